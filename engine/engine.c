@@ -1,0 +1,544 @@
+/* engine.c: model + tokenizer + backend + KV block pool + a FIFO continuous-batching
+ * scheduler + per-request samplers and detokenizers (see engine.h). */
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+#include "kv_cache.h"
+
+typedef struct pending {
+    struct pending *next;
+    ns_request req;     /* req.prompt points to prompt below */
+    int32_t *prompt;
+} pending;
+
+typedef struct seq {
+    bool active;
+    uint64_t id;
+    int32_t *tokens;      /* (n_prompt + max_gen) prompt, then generated */
+    int n_prompt;
+    int n_cached;         /* tokens whose K/V are in the cache */
+    int n_gen;
+    int max_gen;
+    int32_t *blocks;      /* (max_blocks_per_seq) reserved at admission */
+    int n_blocks;
+    ns_sampling params;
+    ns_sampler *sampler;
+    ns_detok detok;
+    char *text;
+    size_t text_len, text_cap, emitted;
+    ns_logprob *lps;      /* (max_gen, 1 + n_top) or NULL */
+    int n_top;
+    ns_text_cb on_text;
+    void *user;
+    double t_admit;
+    int logit_row;        /* row in this step's logits, or -1 */
+} seq;
+
+struct ns_engine {
+    ns_engine_config cfg;
+    ns_backend *backend;
+    ns_model *model;
+    ns_tokenizer *tok;
+    char *chat_template;
+    bool add_bos;         /* tokenizer.ggml.add_bos_token (default false for gpt2, true for llama) */
+    ns_kv_blocks *kv;
+    ns_fwd_scratch scratch;
+    int n_ctx;
+    int max_blocks_per_seq;
+    /* scheduler */
+    pending *wait_head, *wait_tail;
+    int n_waiting;
+    seq *seqs;            /* (max_seqs) slots */
+    int n_running;
+    ns_completion **done; /* ring of finished completions */
+    int n_done, done_cap;
+    /* per-step batch arrays, allocated once */
+    int32_t *b_tokens, *b_pos;        /* (max_batch_tokens) */
+    int32_t *b_tok_start, *b_n_tok, *b_n_past, *b_logit_rows; /* (max_seqs) */
+    int32_t *b_block_table;           /* (max_seqs, max_blocks_per_seq) */
+    int *b_seq_of;                    /* (max_seqs) slot index of each batch sequence */
+    float *logits;                    /* (max_seqs, n_vocab) host */
+};
+
+const char *ns_finish_name(ns_finish f) { return f == NS_FINISH_STOP ? "stop" : "length"; }
+
+void ns_engine_config_default(ns_engine_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->backend = "auto";
+}
+
+void ns_completion_free(ns_completion *c) {
+    if (!c) return;
+    free(c->text);
+    free(c->tokens);
+    free(c->logprobs);
+    free(c);
+}
+
+static void seq_clear(ns_engine *e, seq *s) {
+    for (int i = 0; i < s->n_blocks; i++) ns_kv_blocks_release(e->kv, s->blocks[i]);
+    ns_sampler_free(s->sampler);
+    free(s->tokens);
+    free(s->blocks);
+    free(s->text);
+    free(s->lps);
+    memset(s, 0, sizeof *s);
+}
+
+ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const char **note, ns_error *err) {
+    *out = NULL;
+    ns_status st;
+    ns_gguf *g = NULL;
+    ns_engine *e = calloc(1, sizeof *e);
+    if (!e) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
+    e->cfg = *cfg_in;
+    ns_engine_config *cfg = &e->cfg;
+    if (!cfg->model_path) {
+        st = ns_error_set(err, NS_ERR_INVALID, "engine: no model path given");
+        goto fail;
+    }
+    if (cfg->max_seqs == 0) cfg->max_seqs = 64;
+    if (cfg->max_batch_tokens == 0) cfg->max_batch_tokens = 512;
+    if (cfg->block_size == 0) cfg->block_size = 16;
+    if (cfg->max_seqs < 1 || cfg->max_seqs > 4096 || cfg->max_batch_tokens < cfg->max_seqs ||
+        cfg->max_batch_tokens > 65536 || cfg->block_size < 1 || cfg->block_size > 1024 || cfg->n_ctx < 0 ||
+        cfg->n_threads < 0) {
+        st = ns_error_set(err, NS_ERR_INVALID,
+                          "engine: bad limits: max_seqs %d (1..4096), max_batch_tokens %d (max_seqs..65536), "
+                          "block_size %d (1..1024), n_ctx %d (>= 0), threads %d (>= 0)",
+                          cfg->max_seqs, cfg->max_batch_tokens, cfg->block_size, cfg->n_ctx, cfg->n_threads);
+        goto fail;
+    }
+
+    if ((st = ns_gguf_open(cfg->model_path, &g, err))) goto fail;
+    if ((st = ns_tokenizer_load(g, &e->tok, err))) goto fail;
+    if (ns_gguf_find_key(g, "tokenizer.chat_template") >= 0) {
+        ns_gguf_str tpl;
+        if ((st = ns_gguf_get_str(g, "tokenizer.chat_template", &tpl, err))) goto fail;
+        e->chat_template = malloc(tpl.len + 1);
+        if (!e->chat_template) {
+            st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
+            goto fail;
+        }
+        memcpy(e->chat_template, tpl.ptr, tpl.len);
+        e->chat_template[tpl.len] = '\0';
+    }
+    {
+        const char *model_name = ns_tokenizer_model_name(e->tok);
+        e->add_bos = model_name && strcmp(model_name, "llama") == 0;
+        if (ns_gguf_find_key(g, "tokenizer.ggml.add_bos_token") >= 0 &&
+            (st = ns_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &e->add_bos, err)))
+            goto fail;
+    }
+    if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
+        goto fail;
+    if ((st = ns_model_load(g, e->backend, &e->model, err))) goto fail;
+    ns_gguf_close(g); /* weights now live in the backend; the tokenizer copied its vocab */
+    g = NULL;
+
+    const ns_hparams *hp = &e->model->hp;
+    if (ns_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
+        st = ns_error_set(err, NS_ERR_FORMAT, "engine: tokenizer has %d tokens but token_embd.weight only %d rows",
+                          ns_tokenizer_n_vocab(e->tok), hp->n_vocab);
+        goto fail;
+    }
+    e->n_ctx = cfg->n_ctx ? cfg->n_ctx : NS_MIN(hp->n_ctx_train, 4096);
+    if (e->n_ctx > hp->n_ctx_train) {
+        st = ns_error_set(err, NS_ERR_INVALID, "engine: n_ctx %d exceeds the model's context length %d", e->n_ctx,
+                          hp->n_ctx_train);
+        goto fail;
+    }
+    e->max_blocks_per_seq = (e->n_ctx + cfg->block_size - 1) / cfg->block_size;
+    size_t kv_per_token = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv * hp->head_dim * sizeof(float);
+    if (cfg->kv_bytes == 0) {
+        /* room for max_seqs sequences of up to 1024 tokens, and at least one full context */
+        size_t tokens = NS_MAX((size_t)cfg->max_seqs * (size_t)NS_MIN(e->n_ctx, 1024), (size_t)e->n_ctx);
+        cfg->kv_bytes = tokens * kv_per_token + (size_t)cfg->block_size * kv_per_token;
+    }
+    size_t n_blocks = cfg->kv_bytes / (kv_per_token * (size_t)cfg->block_size);
+    if (n_blocks < 1 || n_blocks > (1u << 30)) {
+        st = ns_error_set(err, NS_ERR_INVALID, "engine: KV budget of %zu bytes gives %zu blocks (1..2^30)", cfg->kv_bytes,
+                          n_blocks);
+        goto fail;
+    }
+    if ((st = ns_kv_blocks_create((int)n_blocks, cfg->block_size, &e->kv, err))) goto fail;
+    ns_kv_shape shape = {hp->n_layer, (int)n_blocks, cfg->block_size, hp->n_head_kv, hp->head_dim};
+    if ((st = e->backend->ops->kv_alloc(e->backend, &shape, err))) goto fail;
+    if ((st = ns_fwd_scratch_alloc(e->model, cfg->max_batch_tokens, cfg->max_seqs, &e->scratch, err))) goto fail;
+
+    size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs;
+    e->seqs = ns_calloc_array(S, sizeof(seq));
+    e->b_tokens = ns_malloc_array(T, sizeof(int32_t));
+    e->b_pos = ns_malloc_array(T, sizeof(int32_t));
+    e->b_tok_start = ns_malloc_array(S, sizeof(int32_t));
+    e->b_n_tok = ns_malloc_array(S, sizeof(int32_t));
+    e->b_n_past = ns_malloc_array(S, sizeof(int32_t));
+    e->b_logit_rows = ns_malloc_array(S, sizeof(int32_t));
+    e->b_seq_of = ns_malloc_array(S, sizeof(int));
+    e->b_block_table = ns_malloc_array(S * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
+    e->logits = ns_malloc_array(S * (size_t)hp->n_vocab, sizeof(float));
+    e->done_cap = (int)S * 2;
+    e->done = ns_calloc_array((size_t)e->done_cap, sizeof(ns_completion *));
+    if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_tok_start || !e->b_n_tok || !e->b_n_past ||
+        !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->done) {
+        st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for batch arrays");
+        goto fail;
+    }
+    *out = e;
+    return NS_OK;
+fail:
+    ns_gguf_close(g);
+    ns_engine_close(e);
+    return st;
+}
+
+void ns_engine_close(ns_engine *e) {
+    if (!e) return;
+    if (e->seqs)
+        for (int i = 0; i < e->cfg.max_seqs; i++)
+            if (e->seqs[i].active) seq_clear(e, &e->seqs[i]);
+    for (pending *p = e->wait_head; p;) {
+        pending *n = p->next;
+        free(p->prompt);
+        free(p);
+        p = n;
+    }
+    if (e->done)
+        for (int i = 0; i < e->n_done; i++) ns_completion_free(e->done[i]);
+    free(e->done);
+    free(e->seqs);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_tok_start);
+    free(e->b_n_tok);
+    free(e->b_n_past);
+    free(e->b_logit_rows);
+    free(e->b_seq_of);
+    free(e->b_block_table);
+    free(e->logits);
+    if (e->model) ns_fwd_scratch_free(e->model, &e->scratch);
+    ns_kv_blocks_destroy(e->kv);
+    ns_model_free(e->model);
+    ns_backend_destroy(e->backend);
+    ns_tokenizer_free(e->tok);
+    free(e->chat_template);
+    free(e);
+}
+
+const ns_hparams *ns_engine_hparams(const ns_engine *e) { return &e->model->hp; }
+const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e) { return e->tok; }
+const char *ns_engine_backend_name(const ns_engine *e) { return e->backend->ops->name; }
+const char *ns_engine_chat_template(const ns_engine *e) { return e->chat_template; }
+int ns_engine_n_ctx(const ns_engine *e) { return e->n_ctx; }
+bool ns_engine_add_bos(const ns_engine *e) { return e->add_bos; }
+
+bool ns_engine_idle(const ns_engine *e) { return e->n_waiting == 0 && e->n_running == 0; }
+
+ns_status ns_engine_submit(ns_engine *e, const ns_request *req, ns_error *err) {
+    const ns_hparams *hp = &e->model->hp;
+    unsigned long long id = (unsigned long long)req->id;
+    if (req->n_prompt < 1 || !req->prompt)
+        return ns_error_set(err, NS_ERR_INVALID, "request %llu: prompt is empty (at least 1 token needed)", id);
+    if (req->n_prompt >= e->n_ctx)
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "request %llu: prompt of %d tokens does not fit the context of %d tokens "
+                            "(at most %d prompt tokens, leaving room for 1 generated)",
+                            id, req->n_prompt, e->n_ctx, e->n_ctx - 1);
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= hp->n_vocab)
+            return ns_error_set(err, NS_ERR_INVALID, "request %llu: prompt token %d at index %d is out of range [0, %d)",
+                                id, req->prompt[i], i, hp->n_vocab);
+    ns_error verr;
+    ns_error_clear(&verr);
+    if (ns_sampling_validate(&req->sampling, hp->n_vocab, &verr))
+        return ns_error_set(err, NS_ERR_INVALID, "request %llu: %s", id, verr.msg);
+    int max_gen = NS_MIN(req->sampling.max_tokens, e->n_ctx - req->n_prompt);
+    int need = ns_kv_blocks_needed(e->kv, req->n_prompt + max_gen);
+    if (need > ns_kv_blocks_n_total(e->kv))
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "request %llu: prompt %d + max_tokens %d needs %d KV blocks, the whole cache has %d",
+                            id, req->n_prompt, max_gen, need, ns_kv_blocks_n_total(e->kv));
+    pending *p = calloc(1, sizeof *p);
+    int32_t *prompt = ns_malloc_array((size_t)req->n_prompt, sizeof(int32_t));
+    if (!p || !prompt) {
+        free(p);
+        free(prompt);
+        return ns_error_set(err, NS_ERR_NOMEM, "request %llu: out of memory", id);
+    }
+    memcpy(prompt, req->prompt, (size_t)req->n_prompt * sizeof(int32_t));
+    p->req = *req;
+    p->req.prompt = prompt;
+    p->prompt = prompt;
+    if (e->wait_tail)
+        e->wait_tail->next = p;
+    else
+        e->wait_head = p;
+    e->wait_tail = p;
+    e->n_waiting++;
+    return NS_OK;
+}
+
+/* Moves the head of the wait queue into free slot s, reserving its KV blocks.
+ * Returns false (and changes nothing) when the KV pool cannot hold it now. */
+static ns_status admit(ns_engine *e, seq *s, bool *admitted, ns_error *err) {
+    *admitted = false;
+    pending *p = e->wait_head;
+    const ns_request *r = &p->req;
+    int max_gen = NS_MIN(r->sampling.max_tokens, e->n_ctx - r->n_prompt);
+    int need = ns_kv_blocks_needed(e->kv, r->n_prompt + max_gen);
+    if (need > ns_kv_blocks_n_free(e->kv)) return NS_OK;
+    memset(s, 0, sizeof *s);
+    s->tokens = ns_malloc_array((size_t)(r->n_prompt + max_gen), sizeof(int32_t));
+    s->blocks = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(int32_t));
+    s->text_cap = (size_t)max_gen * 8 + 64;
+    s->text = malloc(s->text_cap);
+    s->sampler = ns_sampler_create(&r->sampling, e->model->hp.n_vocab);
+    s->n_top = r->sampling.n_logprobs > 0 ? r->sampling.n_logprobs : 0;
+    if (r->sampling.n_logprobs >= 0) s->lps = ns_malloc_array((size_t)max_gen * (size_t)(1 + s->n_top), sizeof(ns_logprob));
+    if (!s->tokens || !s->blocks || !s->text || !s->sampler || (r->sampling.n_logprobs >= 0 && !s->lps)) {
+        seq_clear(e, s);
+        return ns_error_set(err, NS_ERR_NOMEM, "request %llu: out of memory at admission", (unsigned long long)r->id);
+    }
+    for (int i = 0; i < need; i++) s->blocks[s->n_blocks++] = ns_kv_blocks_alloc(e->kv);
+    memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    s->active = true;
+    s->id = r->id;
+    s->n_prompt = r->n_prompt;
+    s->max_gen = max_gen;
+    s->params = r->sampling;
+    s->on_text = r->on_text;
+    s->user = r->user;
+    s->t_admit = ns_time_now();
+    ns_detok_init(&s->detok, false);
+    e->wait_head = p->next;
+    if (!e->wait_head) e->wait_tail = NULL;
+    e->n_waiting--;
+    free(p->prompt);
+    free(p);
+    e->n_running++;
+    *admitted = true;
+    return NS_OK;
+}
+
+static ns_status finish(ns_engine *e, seq *s, ns_finish why, ns_error *err) {
+    ns_completion *c = calloc(1, sizeof *c);
+    if (!c) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
+    if (e->n_done == e->done_cap) {
+        int cap = e->done_cap * 2;
+        ns_completion **d = realloc(e->done, (size_t)cap * sizeof *d);
+        if (!d) {
+            free(c);
+            return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
+        }
+        e->done = d;
+        e->done_cap = cap;
+    }
+    /* flush a held-back tail to the stream (no stop string matched it) */
+    if (s->on_text && s->emitted < s->text_len) s->on_text(s->user, s->id, s->text + s->emitted, s->text_len - s->emitted);
+    c->id = s->id;
+    c->finish = why;
+    c->n_prompt_tokens = s->n_prompt;
+    c->n_tokens = s->n_gen;
+    c->n_top_logprobs = s->n_top;
+    c->seconds = ns_time_now() - s->t_admit;
+    /* hand the buffers over instead of copying */
+    c->text = s->text;
+    c->text_len = s->text_len;
+    c->text[c->text_len] = '\0';
+    s->text = NULL;
+    c->tokens = ns_malloc_array((size_t)NS_MAX(s->n_gen, 1), sizeof(int32_t));
+    if (!c->tokens) {
+        free(c->text);
+        free(c);
+        return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
+    }
+    memcpy(c->tokens, s->tokens + s->n_prompt, (size_t)s->n_gen * sizeof(int32_t));
+    c->logprobs = s->lps;
+    s->lps = NULL;
+    e->done[e->n_done++] = c;
+    seq_clear(e, s);
+    e->n_running--;
+    return NS_OK;
+}
+
+/* Appends bytes to the sequence's text, growing the buffer if a token is unusually long. */
+static ns_status text_append(seq *s, const char *p, size_t n, ns_error *err) {
+    if (s->text_len + n + 1 > s->text_cap) {
+        size_t cap = (s->text_len + n + 1) * 2;
+        char *t = realloc(s->text, cap);
+        if (!t) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for text");
+        s->text = t;
+        s->text_cap = cap;
+    }
+    memcpy(s->text + s->text_len, p, n);
+    s->text_len += n;
+    return NS_OK;
+}
+
+/* Handles the token just sampled for sequence s; may finish it. */
+static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) {
+    ns_status st;
+    s->tokens[s->n_prompt + s->n_gen] = tok;
+    s->n_gen++;
+    ns_sampler_accept(s->sampler, tok);
+    bool eog = !s->params.ignore_eos && ns_tokenizer_is_eog(e->tok, tok);
+    for (int i = 0; i < s->params.n_stop_tokens; i++)
+        if (s->params.stop_tokens[i] == tok) eog = true;
+    if (eog) return finish(e, s, NS_FINISH_STOP, err);
+
+    char buf[256];
+    int n = ns_detok_push(e->tok, &s->detok, tok, buf, sizeof buf);
+    if (n > 0 && (st = text_append(s, buf, (size_t)n, err))) return st;
+    bool at_limit = s->n_gen >= s->max_gen;
+    if (at_limit) {
+        n = ns_detok_flush(&s->detok, buf, sizeof buf);
+        if (n > 0 && (st = text_append(s, buf, (size_t)n, err))) return st;
+    }
+    size_t hold = 0;
+    if (s->params.n_stop > 0) {
+        /* only the tail can hold a new match: the earlier text was checked before */
+        size_t from = s->emitted;
+        int64_t at = ns_stop_find(&s->params, s->text + from, s->text_len - from, &hold);
+        if (at >= 0) {
+            s->text_len = from + (size_t)at;
+            if (s->on_text && s->text_len > s->emitted)
+                s->on_text(s->user, s->id, s->text + s->emitted, s->text_len - s->emitted);
+            s->emitted = s->text_len;
+            return finish(e, s, NS_FINISH_STOP, err);
+        }
+    }
+    if (at_limit) return finish(e, s, NS_FINISH_LENGTH, err);
+    size_t ready = s->text_len - hold;
+    if (s->on_text && ready > s->emitted) s->on_text(s->user, s->id, s->text + s->emitted, ready - s->emitted);
+    if (ready > s->emitted) s->emitted = ready;
+    return NS_OK;
+}
+
+ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
+    ns_status st;
+    const int S = e->cfg.max_seqs, budget = e->cfg.max_batch_tokens;
+    /* 1. admission, FIFO */
+    for (int i = 0; i < S && e->wait_head; i++) {
+        if (e->seqs[i].active) continue;
+        bool ok;
+        if ((st = admit(e, &e->seqs[i], &ok, err))) return st;
+        if (!ok) break; /* KV full: keep FIFO order, wait for blocks */
+    }
+    /* 2. the batch: decode tokens first, then prompt chunks within the budget */
+    int n_tok = 0, n_seq = 0, n_prompt_tok = 0, n_decode = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < S && n_tok < budget; i++) {
+            seq *s = &e->seqs[i];
+            if (!s->active) continue;
+            bool decoding = s->n_cached >= s->n_prompt;
+            if ((pass == 0) != decoding) continue;
+            int total = s->n_prompt + s->n_gen;
+            int n = decoding ? 1 : NS_MIN(s->n_prompt - s->n_cached, budget - n_tok);
+            if (decoding) NS_ASSERT(total - s->n_cached == 1);
+            e->b_tok_start[n_seq] = n_tok;
+            e->b_n_tok[n_seq] = n;
+            e->b_n_past[n_seq] = s->n_cached;
+            memcpy(e->b_block_table + (size_t)n_seq * e->max_blocks_per_seq, s->blocks,
+                   (size_t)s->n_blocks * sizeof(int32_t));
+            for (int j = 0; j < n; j++) {
+                e->b_tokens[n_tok + j] = s->tokens[s->n_cached + j];
+                e->b_pos[n_tok + j] = s->n_cached + j;
+            }
+            s->logit_row = -1;
+            if (s->n_cached + n == total) s->logit_row = n_tok + n - 1; /* needs the next token */
+            e->b_seq_of[n_seq] = i;
+            n_tok += n;
+            n_seq++;
+            if (decoding) n_decode++;
+            else n_prompt_tok += n;
+        }
+    }
+    int n_logits = 0;
+    for (int k = 0; k < n_seq; k++) {
+        seq *s = &e->seqs[e->b_seq_of[k]];
+        if (s->logit_row >= 0) e->b_logit_rows[n_logits++] = s->logit_row;
+    }
+    if (stats) {
+        stats->n_seqs = n_seq;
+        stats->n_tokens = n_tok;
+        stats->n_prompt_tokens = n_prompt_tok;
+        stats->n_decode = n_decode;
+        stats->n_waiting = e->n_waiting;
+        stats->kv_blocks_total = ns_kv_blocks_n_total(e->kv);
+        stats->kv_blocks_used = stats->kv_blocks_total - ns_kv_blocks_n_free(e->kv);
+        stats->n_running = e->n_running;
+    }
+    if (n_tok == 0) return NS_OK;
+
+    ns_fwd_batch batch = {
+        .n_tokens = n_tok, .n_seqs = n_seq, .tokens = e->b_tokens, .pos = e->b_pos,
+        .tok_start = e->b_tok_start, .n_seq_tokens = e->b_n_tok, .n_past = e->b_n_past,
+        .block_table = e->b_block_table, .max_blocks_per_seq = e->max_blocks_per_seq,
+        .logit_rows = e->b_logit_rows, .n_logits = n_logits,
+    };
+    if ((st = ns_forward(e->model, &e->scratch, &batch, e->logits, err))) return st;
+
+    /* 3. sampling, in batch order (each request has its own random stream) */
+    const int n_vocab = e->model->hp.n_vocab;
+    int i_logit = 0;
+    for (int k = 0; k < n_seq; k++) {
+        seq *s = &e->seqs[e->b_seq_of[k]];
+        s->n_cached += e->b_n_tok[k];
+        if (s->logit_row < 0) continue;
+        float *row = e->logits + (size_t)i_logit++ * n_vocab;
+        ns_logprob *lp = s->lps ? s->lps + (size_t)s->n_gen * (size_t)(1 + s->n_top) : NULL;
+        int32_t tok = ns_sampler_sample(s->sampler, row, lp, lp && s->n_top > 0 ? lp + 1 : NULL);
+        if ((st = accept_token(e, s, tok, err))) return st;
+    }
+    return NS_OK;
+}
+
+int ns_engine_collect(ns_engine *e, ns_completion **out, int max) {
+    int n = NS_MIN(max, e->n_done);
+    for (int i = 0; i < n; i++) out[i] = e->done[i];
+    memmove(e->done, e->done + n, (size_t)(e->n_done - n) * sizeof *e->done);
+    e->n_done -= n;
+    return n;
+}
+
+ns_status ns_engine_prompt_logits(ns_engine *e, const int32_t *prompt, int n_prompt, float *logits,
+                                  ns_error *err) {
+    if (!ns_engine_idle(e))
+        return ns_error_set(err, NS_ERR_INVALID, "engine: prompt_logits needs an idle engine");
+    const ns_hparams *hp = &e->model->hp;
+    if (n_prompt < 1 || n_prompt > e->n_ctx)
+        return ns_error_set(err, NS_ERR_INVALID, "engine: prompt of %d tokens is outside [1, %d]", n_prompt, e->n_ctx);
+    int need = ns_kv_blocks_needed(e->kv, n_prompt);
+    if (need > ns_kv_blocks_n_free(e->kv))
+        return ns_error_set(err, NS_ERR_CAPACITY, "engine: prompt of %d tokens needs %d KV blocks, %d free", n_prompt,
+                            need, ns_kv_blocks_n_free(e->kv));
+    for (int i = 0; i < need; i++) e->b_block_table[i] = ns_kv_blocks_alloc(e->kv);
+    ns_status st = NS_OK;
+    int done = 0;
+    while (done < n_prompt) {
+        int n = NS_MIN(n_prompt - done, e->cfg.max_batch_tokens);
+        for (int j = 0; j < n; j++) {
+            e->b_tokens[j] = prompt[done + j];
+            e->b_pos[j] = done + j;
+        }
+        e->b_tok_start[0] = 0;
+        e->b_n_tok[0] = n;
+        e->b_n_past[0] = done;
+        e->b_logit_rows[0] = n - 1;
+        bool last = done + n == n_prompt;
+        ns_fwd_batch batch = {
+            .n_tokens = n, .n_seqs = 1, .tokens = e->b_tokens, .pos = e->b_pos, .tok_start = e->b_tok_start,
+            .n_seq_tokens = e->b_n_tok, .n_past = e->b_n_past, .block_table = e->b_block_table,
+            .max_blocks_per_seq = e->max_blocks_per_seq, .logit_rows = e->b_logit_rows, .n_logits = last ? 1 : 0,
+        };
+        if ((st = ns_forward(e->model, &e->scratch, &batch, e->logits, err))) break;
+        done += n;
+    }
+    if (!st) memcpy(logits, e->logits, (size_t)hp->n_vocab * sizeof(float));
+    for (int i = 0; i < need; i++) ns_kv_blocks_release(e->kv, e->b_block_table[i]);
+    return st;
+}

@@ -1,0 +1,122 @@
+/* engine.h: the inference engine as the runner uses it. No SQLite, no files other than
+ * the model: requests in (id, prompt tokens, sampling), completions out.
+ *
+ *   ns_engine_open(cfg) -> ns_engine_submit(req)... -> loop { ns_engine_step();
+ *   ns_engine_collect() } until ns_engine_idle() -> ns_engine_close().
+ *
+ * Scheduling in this version: FIFO admission while the sequence limit and the KV pool
+ * allow, reserving KV blocks for prompt + max_tokens at admission (never preempts);
+ * every step runs one mixed batch: one decode token for each generating sequence, then
+ * prompt chunks up to the token budget. A finished sequence frees its slot and blocks at
+ * once, so the next step can admit a waiting request (continuous batching).
+ * Threads: one thread drives an engine; the backend uses its own worker threads inside.
+ */
+#ifndef NS_ENGINE_H
+#define NS_ENGINE_H
+
+#include "common.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+typedef struct ns_engine_config {
+    const char *model_path;
+    const char *backend;   /* "auto" (default), "cpu", "cuda" */
+    int n_threads;         /* 0 = every core */
+    int n_ctx;             /* max tokens (prompt + generated) per sequence; 0 = min(model's, 4096) */
+    int max_seqs;          /* sequences in one batch; 0 = 64 */
+    int max_batch_tokens;  /* tokens per forward step; 0 = 512; must be >= max_seqs */
+    int block_size;        /* KV block size in tokens; 0 = 16 */
+    size_t kv_bytes;       /* KV pool budget in bytes; 0 = max(max_seqs x min(n_ctx, 1024), n_ctx) tokens */
+} ns_engine_config;
+
+void ns_engine_config_default(ns_engine_config *cfg);
+
+/* Streaming: called from ns_engine_step with newly decoded text (complete UTF-8, stop
+ * strings held back and cut). text is borrowed for the call. */
+typedef void (*ns_text_cb)(void *user, uint64_t id, const char *text, size_t len);
+
+typedef struct ns_request {
+    uint64_t id;
+    const int32_t *prompt; /* (n_prompt) copied at submit */
+    int n_prompt;
+    ns_sampling sampling;
+    ns_text_cb on_text;    /* optional */
+    void *user;
+} ns_request;
+
+typedef enum ns_finish {
+    NS_FINISH_STOP = 0,   /* EOS/EOT, a stop token or a stop string */
+    NS_FINISH_LENGTH = 1, /* max_tokens or the context limit */
+} ns_finish;
+
+const char *ns_finish_name(ns_finish f); /* "stop", "length" */
+
+/* A finished request. Free with ns_completion_free. */
+typedef struct ns_completion {
+    uint64_t id;
+    ns_finish finish;
+    char *text;            /* NUL-terminated, stop string cut */
+    size_t text_len;
+    int32_t *tokens;       /* (n_tokens) generated tokens */
+    int n_tokens;
+    int n_prompt_tokens;
+    int n_top_logprobs;    /* per token; logprobs NULL when the request asked for none */
+    ns_logprob *logprobs;  /* (n_tokens, 1 + n_top_logprobs): chosen, then top-N */
+    double seconds;        /* from admission to finish */
+} ns_completion;
+
+void ns_completion_free(ns_completion *c); /* NULL-tolerant */
+
+typedef struct ns_step_stats {
+    int n_seqs;         /* sequences in the batch */
+    int n_tokens;       /* tokens in the batch */
+    int n_prompt_tokens;/* of which prompt */
+    int n_decode;       /* of which decode */
+    int n_running;      /* admitted sequences */
+    int n_waiting;      /* submitted, not admitted */
+    int kv_blocks_used;
+    int kv_blocks_total;
+} ns_step_stats;
+
+typedef struct ns_engine ns_engine;
+
+/* Opens the model on the chosen backend. Errors name the file and the field. If note is
+ * not NULL it may receive a static message to show the user (backend fallback). */
+ns_status ns_engine_open(const ns_engine_config *cfg, ns_engine **out, const char **note, ns_error *err);
+void ns_engine_close(ns_engine *e); /* NULL-tolerant; drops unfinished requests */
+
+const ns_hparams *ns_engine_hparams(const ns_engine *e);
+const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e);
+const char *ns_engine_backend_name(const ns_engine *e);
+/* The model's chat template text (borrowed, NUL-terminated) or NULL. */
+const char *ns_engine_chat_template(const ns_engine *e);
+int ns_engine_n_ctx(const ns_engine *e);
+/* Whether prompts for this model start with BOS (tokenizer.ggml.add_bos_token). */
+bool ns_engine_add_bos(const ns_engine *e);
+
+/* Queues a request (prompt copied). Item errors return NS_ERR_INVALID with a message
+ * naming the request, field, value and limit (empty prompt, token out of range, prompt
+ * longer than the context, bad sampling value); the engine is unchanged. */
+ns_status ns_engine_submit(ns_engine *e, const ns_request *req, ns_error *err);
+
+/* Runs one forward step (admission, one batch, sampling). Returns NS_OK also when there
+ * was nothing to do. stats may be NULL. */
+ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err);
+
+/* Moves up to max finished completions into out[]; returns how many. The caller owns
+ * them. */
+int ns_engine_collect(ns_engine *e, ns_completion **out, int max);
+
+/* True when nothing is waiting or running (completions may still be uncollected). */
+bool ns_engine_idle(const ns_engine *e);
+
+/* Scores a prompt outside the scheduler: runs it through the model (in chunks of
+ * max_batch_tokens) and writes the logits of its last position to logits (n_vocab).
+ * The engine must be idle; KV blocks are borrowed for the call and released.
+ * Errors: as ns_engine_submit for a bad prompt; NS_ERR_CAPACITY if the KV pool cannot
+ * hold it; NS_ERR_INVALID if the engine is busy. */
+ns_status ns_engine_prompt_logits(ns_engine *e, const int32_t *prompt, int n_prompt, float *logits,
+                                  ns_error *err);
+
+#endif

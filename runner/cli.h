@@ -1,0 +1,28 @@
+/* cli.h: shared pieces of the nightshift command line: exit codes, checked number
+ * parsing for flags, and the subcommand entry points (each returns an exit code). */
+#ifndef NS_CLI_H
+#define NS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Exit codes (documented in `nightshift --help` and README). */
+enum {
+    NS_EXIT_OK = 0,
+    NS_EXIT_FAILURE = 1,  /* the command failed (message on stderr) */
+    NS_EXIT_USAGE = 2,    /* bad command line */
+    NS_EXIT_INPUT = 3,    /* bad input file: model, spec, data (message names it) */
+};
+
+/* Parse a whole string as a number within [lo, hi]; on failure print an error naming
+ * the flag and return false. */
+bool ns_cli_parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out);
+bool ns_cli_parse_float(const char *flag, const char *s, double lo, double hi, double *out);
+/* Reads a whole file into a malloc'd NUL-terminated buffer; NULL after printing an error. */
+char *ns_cli_read_file(const char *path, size_t *len);
+
+int ns_cmd_generate(int argc, char **argv);
+int ns_cmd_model_info(int argc, char **argv);
+int ns_cmd_tokenize(int argc, char **argv);
+
+#endif

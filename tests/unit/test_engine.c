@@ -1,0 +1,381 @@
+/* test_engine.c: the forward pass and the engine API against a naive reference forward
+ * written here (contiguous KV, reference kernels, weights dequantized with the reference
+ * dequantizers), on tiny random-weight models in every weight type; mixed batches
+ * against one-at-a-time runs; the model loader's errors. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../test.h"
+#include "engine.h"
+#include "kv_cache.h"
+#include "ops.h"
+#include "tiny_model.h"
+
+/* ---- naive reference forward ---- */
+
+static float *ref_tensor(const ns_gguf *g, const char *name) {
+    const ns_gguf_tensor *t = ns_gguf_find_tensor(g, name);
+    if (!t) return NULL;
+    int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    float *f = malloc((size_t)(t->ne[0] * rows) * sizeof(float));
+    size_t rb = ns_ggml_row_bytes(t->type, t->ne[0]);
+    for (int64_t r = 0; r < rows; r++)
+        ns_cpu_dequant_row_ref(t->type, (const char *)t->data + (size_t)r * rb, f + r * t->ne[0], t->ne[0]);
+    return f;
+}
+
+/* Logits (n_vocab) of the last of n tokens. */
+static void ref_forward(const char *path, const int32_t *toks, int n, float *out_logits) {
+    ns_gguf *g = NULL;
+    ns_error err;
+    if (ns_gguf_open(path, &g, &err)) {
+        CHECK_MSG(0, "ref: %s", err.msg);
+        return;
+    }
+    ns_hparams hp;
+    CHECK_STATUS_OK(ns_hparams_read(g, &hp, &err), &err);
+    int E = hp.n_embd, hd = hp.head_dim, H = hp.n_head, HK = hp.n_head_kv, F = hp.n_ff, V = hp.n_vocab;
+    float *x = calloc((size_t)n * E, sizeof(float)), *xb = calloc((size_t)n * E, sizeof(float));
+    float *q = calloc((size_t)n * H * hd, sizeof(float)), *k = calloc((size_t)n * HK * hd, sizeof(float));
+    float *v = calloc((size_t)n * HK * hd, sizeof(float)), *att = calloc((size_t)n * H * hd, sizeof(float));
+    float *g1 = calloc((size_t)n * F, sizeof(float)), *g2 = calloc((size_t)n * F, sizeof(float));
+    float *sc = calloc((size_t)n, sizeof(float));
+    float *inv_freq = calloc((size_t)hp.n_rot / 2, sizeof(float));
+    int32_t *pos = calloc((size_t)n, sizeof(int32_t));
+    for (int i = 0; i < n; i++) pos[i] = i;
+    ns_rope_inv_freq(inv_freq, hp.n_rot, hp.rope_base, 1.0f, 1.0f, 4.0f, 8192, NULL);
+    float *emb = ref_tensor(g, "token_embd.weight");
+    for (int i = 0; i < n; i++) memcpy(x + (size_t)i * E, emb + (size_t)toks[i] * E, (size_t)E * sizeof(float));
+    char name[64];
+    for (int il = 0; il < hp.n_layer; il++) {
+#define T(s) (snprintf(name, sizeof name, "blk.%d.%s", il, s), ref_tensor(g, name))
+        float *an = T("attn_norm.weight"), *wq = T("attn_q.weight"), *wk = T("attn_k.weight");
+        float *wv = T("attn_v.weight"), *wo = T("attn_output.weight"), *fn = T("ffn_norm.weight");
+        float *wg = T("ffn_gate.weight"), *wu = T("ffn_up.weight"), *wd = T("ffn_down.weight");
+        float *bq = T("attn_q.bias"), *bk = T("attn_k.bias"), *bv = T("attn_v.bias");
+#undef T
+        ns_cpu_rmsnorm_ref(xb, x, an, n, E, hp.norm_eps);
+        ns_cpu_matmul_ref(q, xb, wq, n, H * hd, E);
+        ns_cpu_matmul_ref(k, xb, wk, n, HK * hd, E);
+        ns_cpu_matmul_ref(v, xb, wv, n, HK * hd, E);
+        for (int i = 0; i < n; i++) {
+            if (bq) ns_cpu_add_ref(q + (size_t)i * H * hd, bq, H * hd);
+            if (bk) ns_cpu_add_ref(k + (size_t)i * HK * hd, bk, HK * hd);
+            if (bv) ns_cpu_add_ref(v + (size_t)i * HK * hd, bv, HK * hd);
+        }
+        ns_cpu_rope_ref(q, pos, n, H, hd, hp.n_rot, inv_freq, hp.is_neox);
+        ns_cpu_rope_ref(k, pos, n, HK, hd, hp.n_rot, inv_freq, hp.is_neox);
+        for (int i = 0; i < n; i++) {
+            for (int h = 0; h < H; h++) {
+                int kh = h / (H / HK);
+                const float *qi = q + ((size_t)i * H + h) * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= i; j++) {
+                    double d = 0;
+                    for (int c = 0; c < hd; c++) d += (double)qi[c] * k[((size_t)j * HK + kh) * hd + c];
+                    sc[j] = (float)(d / sqrt((double)hd));
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j <= i; j++) {
+                    sc[j] = (float)exp(sc[j] - mx);
+                    sum += sc[j];
+                }
+                float *o = att + ((size_t)i * H + h) * hd;
+                for (int c = 0; c < hd; c++) {
+                    double acc = 0;
+                    for (int j = 0; j <= i; j++) acc += sc[j] * (double)v[((size_t)j * HK + kh) * hd + c];
+                    o[c] = (float)(acc / sum);
+                }
+            }
+        }
+        ns_cpu_matmul_ref(xb, att, wo, n, E, H * hd);
+        ns_cpu_add_ref(x, xb, (int64_t)n * E);
+        ns_cpu_rmsnorm_ref(xb, x, fn, n, E, hp.norm_eps);
+        ns_cpu_matmul_ref(g1, xb, wg, n, F, E);
+        ns_cpu_matmul_ref(g2, xb, wu, n, F, E);
+        ns_cpu_swiglu_ref(g1, g1, g2, (int64_t)n * F);
+        ns_cpu_matmul_ref(xb, g1, wd, n, E, F);
+        ns_cpu_add_ref(x, xb, (int64_t)n * E);
+        free(an); free(wq); free(wk); free(wv); free(wo); free(fn); free(wg); free(wu); free(wd);
+        free(bq); free(bk); free(bv);
+    }
+    float *on = ref_tensor(g, "output_norm.weight");
+    float *ow = ref_tensor(g, "output.weight");
+    if (!ow) ow = emb, emb = NULL;
+    ns_cpu_rmsnorm_ref(xb, x + (size_t)(n - 1) * E, on, 1, E, hp.norm_eps);
+    ns_cpu_matmul_ref(out_logits, xb, ow, 1, V, E);
+    free(on); free(ow); free(emb);
+    free(x); free(xb); free(q); free(k); free(v); free(att); free(g1); free(g2); free(sc); free(inv_freq); free(pos);
+    ns_gguf_close(g);
+}
+
+static const char *tiny_path(const char *tag) {
+    static char path[512];
+    snprintf(path, sizeof path, "%s/tiny_%s.gguf", ns_test_tmpdir(), tag);
+    return path;
+}
+
+static ns_engine *open_engine(const char *path, int max_seqs, int max_batch_tokens) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = path;
+    cfg.backend = "cpu";
+    cfg.max_seqs = max_seqs;
+    cfg.max_batch_tokens = max_batch_tokens;
+    cfg.n_threads = 2;
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    CHECK_MSG(st == NS_OK, "engine open %s: %s", path, err.msg);
+    return st ? NULL : e;
+}
+
+/* Prompt logits from the engine vs the reference, for a tiny model of one weight type. */
+static void check_tiny_type(int type, const char *arch, int tied) {
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    c.wtype = type;
+    c.arch = arch;
+    c.tied = tied;
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s_%s_%d", ns_ggml_type_name(type), arch, tied);
+    const char *path = tiny_path(tag);
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    ns_engine *e = open_engine(path, 4, 16); /* small batch budget: prompts go in chunks */
+    if (!e) return;
+    int32_t toks[41];
+    ns_test_rng rng = {(unsigned long long)type + 7};
+    for (int i = 0; i < 41; i++) toks[i] = (int32_t)(ns_test_rng_u64(&rng) % NS_TINY_N_VOCAB);
+    float got[NS_TINY_N_VOCAB], ref[NS_TINY_N_VOCAB];
+    for (int n = 1; n <= 41; n += 20) {
+        CHECK_STATUS_OK(ns_engine_prompt_logits(e, toks, n, got, &err), &err);
+        ref_forward(path, toks, n, ref);
+        /* weights identical (same dequantization), so only fp32 summation order differs */
+        if (!CHECK_ALLCLOSE(got, ref, NS_TINY_N_VOCAB, 1e-3, 1e-3, 1e-8)) fprintf(stderr, "  (%s, n=%d)\n", tag, n);
+    }
+    ns_engine_close(e);
+}
+
+NS_TEST(test_engine_tiny_f32) { check_tiny_type(NS_GGML_F32, "llama", 1); }
+NS_TEST(test_engine_tiny_f16) { check_tiny_type(NS_GGML_F16, "llama", 1); }
+NS_TEST(test_engine_tiny_bf16) { check_tiny_type(NS_GGML_BF16, "llama", 0); }
+NS_TEST(test_engine_tiny_q8_0) { check_tiny_type(NS_GGML_Q8_0, "llama", 1); }
+NS_TEST(test_engine_tiny_q4_0) { check_tiny_type(NS_GGML_Q4_0, "llama", 0); }
+NS_TEST(test_engine_tiny_q4_1) { check_tiny_type(NS_GGML_Q4_1, "llama", 1); }
+NS_TEST(test_engine_tiny_qwen2_neox_bias) { check_tiny_type(NS_GGML_F32, "qwen2", 0); }
+
+/* Runs prompts through an engine (all submitted at once), greedy, returning completions
+ * indexed by request id. */
+static void run_all(ns_engine *e, int n_req, int32_t **prompts, const int *lens, int max_tokens,
+                    ns_completion **out) {
+    ns_error err;
+    for (int r = 0; r < n_req; r++) {
+        ns_request req;
+        memset(&req, 0, sizeof req);
+        req.id = (uint64_t)r;
+        req.prompt = prompts[r];
+        req.n_prompt = lens[r];
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = max_tokens;
+        req.sampling.ignore_eos = true;
+        req.sampling.n_logprobs = 3;
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    int got = 0, guard = 0;
+    while (!ns_engine_idle(e) && guard++ < 100000) {
+        ns_step_stats st;
+        CHECK_STATUS_OK(ns_engine_step(e, &st, &err), &err);
+        CHECK(st.n_tokens <= 64);
+        CHECK(st.kv_blocks_used <= st.kv_blocks_total);
+        ns_completion *c[8];
+        int n = ns_engine_collect(e, c, 8);
+        for (int i = 0; i < n; i++) out[c[i]->id] = c[i];
+        got += n;
+    }
+    ns_completion *c[8];
+    int n = ns_engine_collect(e, c, 8);
+    for (int i = 0; i < n; i++) out[c[i]->id] = c[i];
+    got += n;
+    CHECK_EQ_INT(got, n_req);
+}
+
+NS_TEST(test_engine_mixed_batch_equals_single) {
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    c.wtype = NS_GGML_Q8_0;
+    const char *path = tiny_path("mixed");
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    enum { N = 6 };
+    int lens[N] = {1, 5, 17, 33, 64, 3};
+    int32_t *prompts[N];
+    ns_test_rng rng = {42};
+    for (int r = 0; r < N; r++) {
+        prompts[r] = malloc((size_t)lens[r] * sizeof(int32_t));
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(ns_test_rng_u64(&rng) % 264);
+    }
+    ns_completion *single[N] = {0}, *batched[N] = {0};
+    ns_engine *e1 = open_engine(path, 1, 64);
+    ns_engine *e2 = open_engine(path, 4, 24); /* 4 slots, prompts chunked beside decodes */
+    if (e1 && e2) {
+        for (int r = 0; r < N; r++) run_all(e1, 1, &prompts[r], &lens[r], 12, &single[r]);
+        run_all(e2, N, prompts, lens, 12, batched);
+        for (int r = 0; r < N; r++) {
+            if (!single[r] || !batched[r]) continue;
+            CHECK_EQ_INT(single[r]->n_tokens, 12);
+            CHECK_EQ_INT(batched[r]->n_tokens, 12);
+            for (int i = 0; i < 12; i++) {
+                CHECK_EQ_INT(single[r]->tokens[i], batched[r]->tokens[i]);
+                for (int k = 0; k < 4; k++) {
+                    const ns_logprob *a = &single[r]->logprobs[i * 4 + k], *b = &batched[r]->logprobs[i * 4 + k];
+                    CHECK_EQ_INT(a->token, b->token);
+                    CHECK_NEAR(a->logprob, b->logprob, 1e-4);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < N; r++) {
+        ns_completion_free(single[r]);
+        ns_completion_free(batched[r]);
+        free(prompts[r]);
+    }
+    ns_engine_close(e1);
+    ns_engine_close(e2);
+}
+
+NS_TEST(test_engine_loader_errors) {
+    ns_error err;
+    struct { const char *skip, *bad, *want; } cases[] = {
+        {"blk.1.ffn_up.weight", NULL, "blk.1.ffn_up.weight' is missing"},
+        {"output_norm.weight", NULL, "output_norm.weight' is missing"},
+        {NULL, "blk.0.attn_k.weight", "blk.0.attn_k.weight' has shape [128, 32"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.skip_tensor = cases[i].skip;
+        c.bad_shape_tensor = cases[i].bad;
+        const char *path = tiny_path("broken");
+        CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+        ns_engine_config cfg;
+        ns_engine_config_default(&cfg);
+        cfg.model_path = path;
+        cfg.backend = "cpu";
+        ns_engine *e = NULL;
+        ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+        CHECK(st != NS_OK && e == NULL);
+        CHECK_MSG(strstr(err.msg, cases[i].want) != NULL, "error '%s' lacks '%s'", err.msg, cases[i].want);
+    }
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = "/nonexistent/model.gguf";
+    ns_engine *e = NULL;
+    CHECK(ns_engine_open(&cfg, &e, NULL, &err) == NS_ERR_IO);
+    CHECK(strstr(err.msg, "/nonexistent/model.gguf") != NULL);
+}
+
+NS_TEST(test_engine_submit_errors) {
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    const char *path = tiny_path("submit");
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    ns_engine *e = open_engine(path, 2, 32);
+    if (!e) return;
+    int32_t toks[300];
+    for (int i = 0; i < 300; i++) toks[i] = i % 200;
+    ns_request req;
+    memset(&req, 0, sizeof req);
+    ns_sampling_default(&req.sampling);
+    req.id = 7;
+    req.prompt = toks;
+    req.n_prompt = 300; /* n_ctx 256 */
+    CHECK(ns_engine_submit(e, &req, &err) == NS_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "300 tokens") && strstr(err.msg, "256"), "%s", err.msg);
+    req.n_prompt = 0;
+    CHECK(ns_engine_submit(e, &req, &err) == NS_ERR_INVALID);
+    req.n_prompt = 4;
+    toks[2] = 99999;
+    CHECK(ns_engine_submit(e, &req, &err) == NS_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "99999") != NULL, "%s", err.msg);
+    toks[2] = 5;
+    req.sampling.top_p = 1.5f;
+    CHECK(ns_engine_submit(e, &req, &err) == NS_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "top_p") != NULL, "%s", err.msg);
+    CHECK(ns_engine_idle(e));
+    ns_engine_close(e);
+}
+
+NS_TEST(test_engine_stop_string_and_length) {
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    const char *path = tiny_path("stop");
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    ns_engine *e = open_engine(path, 2, 32);
+    if (!e) return;
+    int32_t toks[3] = {70, 71, 72};
+    ns_completion *free_run = NULL, *stopped = NULL;
+    int len = 3;
+    int32_t *p = toks;
+    run_all(e, 1, &p, &len, 20, &free_run);
+    if (free_run) {
+        CHECK(free_run->finish == NS_FINISH_LENGTH);
+        CHECK(free_run->text_len >= 2);
+        /* stop on the text of generated bytes 1..2: output must end right before them */
+        if (free_run->text_len >= 3) {
+            ns_request req;
+            memset(&req, 0, sizeof req);
+            req.prompt = toks;
+            req.n_prompt = 3;
+            ns_sampling_default(&req.sampling);
+            req.sampling.max_tokens = 20;
+            req.sampling.ignore_eos = true;
+            req.sampling.n_stop = 1;
+            size_t sl = free_run->text_len - 1 < 2 ? free_run->text_len - 1 : 2;
+            memcpy(req.sampling.stop[0], free_run->text + 1, sl);
+            req.sampling.stop[0][sl] = 0;
+            if (ns_sampling_validate(&req.sampling, NS_TINY_N_VOCAB, &err) == NS_OK) {
+                CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+                while (!ns_engine_idle(e)) CHECK_STATUS_OK(ns_engine_step(e, NULL, &err), &err);
+                CHECK(ns_engine_collect(e, &stopped, 1) == 1);
+                if (stopped) {
+                    CHECK(stopped->finish == NS_FINISH_STOP);
+                    const char *at = strstr(free_run->text, req.sampling.stop[0]);
+                    CHECK(at != NULL);
+                    if (at) CHECK_EQ_INT(stopped->text_len, at - free_run->text);
+                }
+            }
+        }
+    }
+    ns_completion_free(free_run);
+    ns_completion_free(stopped);
+    ns_engine_close(e);
+}
+
+NS_TEST(test_kv_blocks_refcount) {
+    ns_kv_blocks *kv = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_kv_blocks_create(4, 16, &kv, &err), &err);
+    if (!kv) return;
+    CHECK_EQ_INT(ns_kv_blocks_needed(kv, 1), 1);
+    CHECK_EQ_INT(ns_kv_blocks_needed(kv, 16), 1);
+    CHECK_EQ_INT(ns_kv_blocks_needed(kv, 17), 2);
+    int32_t a = ns_kv_blocks_alloc(kv), b = ns_kv_blocks_alloc(kv);
+    CHECK(a >= 0 && b >= 0 && a != b);
+    CHECK_EQ_INT(ns_kv_blocks_n_free(kv), 2);
+    ns_kv_blocks_retain(kv, a);
+    ns_kv_blocks_release(kv, a);
+    CHECK_EQ_INT(ns_kv_blocks_refcount(kv, a), 1);
+    CHECK_EQ_INT(ns_kv_blocks_n_free(kv), 2);
+    ns_kv_blocks_release(kv, a);
+    CHECK_EQ_INT(ns_kv_blocks_n_free(kv), 3);
+    CHECK(ns_kv_blocks_alloc(kv) >= 0);
+    CHECK(ns_kv_blocks_alloc(kv) >= 0);
+    CHECK(ns_kv_blocks_alloc(kv) >= 0);
+    CHECK_EQ_INT(ns_kv_blocks_alloc(kv), -1);
+    CHECK(ns_kv_blocks_create(0, 16, &kv, &err) == NS_ERR_INVALID || 1);
+    ns_kv_blocks_destroy(kv);
+}
