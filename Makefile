@@ -46,9 +46,9 @@ else ifeq ($(USE_CUDA),yes)
 else
   HAVE_CUDA := $(if $(NVCC_PATH),1,0)
 endif
-ifeq ($(HAVE_CUDA)$(CUDA_SRCS),1)
+ifeq ($(strip $(HAVE_CUDA))$(strip $(CUDA_SRCS)),1)
   CUDA_NOTE := cuda: nvcc found, no CUDA sources yet (CUDA backend is its own issue)
-else ifeq ($(HAVE_CUDA),1)
+else ifeq ($(strip $(HAVE_CUDA)),1)
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH)
 else
   CUDA_NOTE := cuda: off (USE_CUDA=$(USE_CUDA), nvcc $(if $(NVCC_PATH),found,not found))
@@ -80,6 +80,13 @@ $(BUILD)/nightshift: $(CLI_OBJS) $(BUILD)/libnightshift.a
 $(BUILD)/unit: $(TEST_OBJS) $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+# The parser tests (GGUF, tokenizer) again under AddressSanitizer + UBSan, in make test.
+PARSER_ASAN_SRCS := engine/common.c engine/gguf.c engine/tokenizer.c $(wildcard kernels/cpu/*.c) \
+                    tests/unit/main.c tests/unit/test_gguf.c tests/unit/test_tokenizer.c
+$(BUILD)/unit-asan-parsers: $(PARSER_ASAN_SRCS)
+	$(CC) $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	  $(PARSER_ASAN_SRCS) -o $@ $(LDLIBS)
+
 $(BUILD)/bench-engine: tests/bench/bench_engine.c $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -108,7 +115,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model
+test: all model $(BUILD)/unit-asan-parsers
 	@bash tests/run.sh $(BUILD)
 
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)

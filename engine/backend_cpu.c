@@ -12,13 +12,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "matmul_quant.h"
 #include "ops.h"
 #include "threadpool.h"
 
 struct ns_bweight {
-    float *data;  /* (ne1, ne0) */
+    float *data;  /* (ne1, ne0) float32, for sgemm at large M */
     int64_t ne0, ne1;
+    void *raw;    /* (ne1 rows of ns_ggml_row_bytes) the file's quantized rows, for small M; NULL for f32 */
+    int type;     /* ggml type of raw */
+    size_t row_bytes;
 };
+
+/* Up to this many activation rows, matmuls read the quantized weights directly
+ * (memory-bound regime); above, float32 sgemm (compute-bound regime). Measured: README. */
+#define NS_CPU_QUANT_MAX_M 8
 
 typedef struct cpu_backend {
     ns_backend base;
@@ -89,6 +97,8 @@ static void dequant_fn(void *ctxp, int i_task, int i_thread) {
                            c->dst + (size_t)r * (size_t)c->t->ne[0], c->t->ne[0]);
 }
 
+static void cpu_weight_free(ns_backend *b, ns_bweight *w);
+
 static ns_status cpu_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bweight **out, ns_error *err) {
     *out = NULL;
     size_t row_bytes = ns_ggml_row_bytes(t->type, t->ne[0]);
@@ -111,6 +121,17 @@ static ns_status cpu_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwei
     dequant_task task = {&flat, w->data, row_bytes, (n_rows + 63) / 64};
     int n_tasks = (int)((n_rows + task.rows_per_task - 1) / task.rows_per_task);
     ns_pool_run(c->pool, n_tasks, dequant_fn, &task);
+    if (t->type != NS_GGML_F32 && t->ne[1] > 1) {
+        /* matrices also keep the file's rows for the small-M quantized kernel */
+        w->type = t->type;
+        w->row_bytes = row_bytes;
+        w->raw = malloc(row_bytes * (size_t)n_rows);
+        if (!w->raw) {
+            cpu_weight_free(b, w);
+            return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
+        }
+        memcpy(w->raw, t->data, row_bytes * (size_t)n_rows);
+    }
     *out = w;
     return NS_OK;
 }
@@ -118,6 +139,7 @@ static ns_status cpu_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwei
 static void cpu_weight_free(ns_backend *b, ns_bweight *w) {
     (void)b;
     if (!w) return;
+    free(w->raw);
     free(w->data);
     free(w);
 }
@@ -200,8 +222,10 @@ static void cpu_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bwei
 
 typedef struct {
     float *y;
-    const float *x, *w;
+    const float *x;
+    const ns_bweight *w;
     int M, N, K, cols_per_task;
+    bool quant;
 } mm_task;
 
 static void mm_fn(void *p, int i_task, int i_thread) {
@@ -209,8 +233,12 @@ static void mm_fn(void *p, int i_task, int i_thread) {
     mm_task *t = p;
     int n0 = i_task * t->cols_per_task, n1 = NS_MIN(n0 + t->cols_per_task, t->N);
     /* y[:, n0:n1] = x . W[n0:n1]^T; y rows have stride N */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->M, n1 - n0, t->K, 1.0f, t->x, t->K,
-                t->w + (size_t)n0 * t->K, t->K, 0.0f, t->y + n0, t->N);
+    if (t->quant)
+        ns_cpu_matmul_quant(t->y + n0, t->N, t->x, (const char *)t->w->raw + (size_t)n0 * t->w->row_bytes,
+                            t->w->type, t->M, n1 - n0, t->K);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->M, n1 - n0, t->K, 1.0f, t->x, t->K,
+                    t->w->data + (size_t)n0 * t->K, t->K, 0.0f, t->y + n0, t->N);
 }
 
 static void cpu_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
@@ -221,7 +249,7 @@ static void cpu_matmul(ns_backend *b, float *y, const float *x, const ns_bweight
     int per = (N + n_tasks - 1) / n_tasks;
     per = (per + 15) / 16 * 16;
     if (per < 64) per = 64;
-    mm_task t = {y, x, w->data, M, N, K, per};
+    mm_task t = {y, x, w, M, N, K, per, w->raw != NULL && M <= NS_CPU_QUANT_MAX_M};
     ns_pool_run(c->pool, (N + per - 1) / per, mm_fn, &t);
 }
 

@@ -44,7 +44,6 @@ struct ns_engine {
     ns_model *model;
     ns_tokenizer *tok;
     char *chat_template;
-    bool add_bos;         /* tokenizer.ggml.add_bos_token (default false for gpt2, true for llama) */
     ns_kv_blocks *kv;
     ns_fwd_scratch scratch;
     int n_ctx;
@@ -126,13 +125,6 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
         }
         memcpy(e->chat_template, tpl.ptr, tpl.len);
         e->chat_template[tpl.len] = '\0';
-    }
-    {
-        const char *model_name = ns_tokenizer_model_name(e->tok);
-        e->add_bos = model_name && strcmp(model_name, "llama") == 0;
-        if (ns_gguf_find_key(g, "tokenizer.ggml.add_bos_token") >= 0 &&
-            (st = ns_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &e->add_bos, err)))
-            goto fail;
     }
     if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
         goto fail;
@@ -234,7 +226,7 @@ const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e) { return e->tok; }
 const char *ns_engine_backend_name(const ns_engine *e) { return e->backend->ops->name; }
 const char *ns_engine_chat_template(const ns_engine *e) { return e->chat_template; }
 int ns_engine_n_ctx(const ns_engine *e) { return e->n_ctx; }
-bool ns_engine_add_bos(const ns_engine *e) { return e->add_bos; }
+bool ns_engine_add_bos(const ns_engine *e) { return ns_tokenizer_add_bos(e->tok); }
 
 bool ns_engine_idle(const ns_engine *e) { return e->n_waiting == 0 && e->n_running == 0; }
 

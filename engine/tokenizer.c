@@ -5,16 +5,19 @@
  *   pre-tokens by one or two PCRE2 patterns applied in stages (llama.cpp's and HF's
  *   Sequence pre-tokenizers: each stage splits the pieces of the previous one, keeping the
  *   unmatched gaps as pieces too), then each pre-token is merged by merge rank starting
- *   from one symbol per byte (the GPT-2 byte->unicode table names the byte tokens).
+ *   from one symbol per byte (the GPT-2 byte->unicode table names the byte tokens; a byte
+ *   the vocab has no token for is dropped, as HF and llama.cpp do).
  * - "llama": SentencePiece BPE. Spaces become U+2581, an optional U+2581 is prepended,
  *   adjacent symbols merge by highest vocab score, and pieces not in the vocab fall back to
- *   <0xXX> byte tokens (or unk).
+ *   <0xXX> byte tokens (or one unk per char when byte tokens are missing).
  * Both merge loops use a heap, so a 1 MB word costs O(n log n), not O(n^2).
+ * Checked against HF tokenizers on the demo vocab with every supported pattern family
+ * (tests/golden/make_tokens.py holds the method).
  *
- * Invariants after ns_tokenizer_load: every id stored (bos, eos, merge results, byte
- * tokens) is in [0, n_vocab); every merge's two sides and their concatenation are vocab
- * tokens; the tokenizer is read-only, so encode/decode may run on many threads at once
- * (each call allocates its own scratch and PCRE2 match data).
+ * Invariants after ns_tokenizer_load: every stored id (bos, eos, merge results, byte
+ * tokens) is -1 or in [0, n_vocab); every merge's two sides and their concatenation are
+ * vocab tokens; the tokenizer is read-only, so encode/decode may run on many threads at
+ * once (each call allocates its own scratch and PCRE2 match data).
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
@@ -49,8 +52,7 @@ typedef struct merge_slot {
     int32_t result;
 } merge_slot;
 
-/* A pre-tokenizer: named patterns applied in stages; `ignore_merges` emits a whole
- * pre-token that is itself a vocab token without merging (Llama 3). */
+/* A tokenizer.ggml.pre name and its pattern family. */
 typedef struct pre_def {
     const char *name;
     int family;
@@ -71,6 +73,8 @@ enum { PRE_GPT2 = 0, PRE_LLAMA3, PRE_QWEN2, PRE_DIGITS_GPT2, PRE_N_FAMILIES };
     CONTRACTIONS_CI "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" NUM "| ?[^" WS                        \
     "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+"
 
+/* A pattern family: patterns applied in stages; `ignore_merges` takes a pre-token that
+ * is itself a vocab token whole, without merging (HF's BPE ignore_merges, Llama 3). */
 static const struct {
     int n_stages;
     const char *stages[MAX_STAGES];
@@ -116,6 +120,7 @@ struct ns_tokenizer {
     int32_t byte_token[256]; /* gpt2: token of the byte's unicode char; spm: <0xXX>; or -1 */
     char byte_char[256][3];  /* gpt2: UTF-8 of the byte's unicode char, NUL-padded */
     uint8_t byte_char_len[256];
+    int16_t cp_byte[324];    /* gpt2: the inverse, code point -> byte, or -1 */
 
     int n_stages;
     pcre2_code *re[MAX_STAGES];
@@ -243,28 +248,13 @@ static size_t utf8_encode(int32_t cp, char *out) {
 }
 
 /* GPT-2's byte -> unicode table: printable Latin-1 bytes stand for themselves, the other
- * 68 bytes take code points 256, 257, ... in byte order. */
+ * 68 bytes take code points 256, 257, ... 323 in byte order. */
 static int32_t gpt2_byte_to_cp(int b) {
     if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff)) return b;
     int k = 0;
     for (int x = 0; x < b; x++)
         if (!((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff))) k++;
     return 256 + k;
-}
-
-/* Inverse for code points below 324 (256 + 68); -1 for any other code point. */
-static int gpt2_cp_to_byte(int32_t cp) {
-    static int16_t table[324];
-    static int ready; /* benign: every thread computes the same values */
-    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-        int16_t tmp[324];
-        for (int i = 0; i < 324; i++) tmp[i] = -1;
-        for (int b = 0; b < 256; b++) tmp[gpt2_byte_to_cp(b)] = (int16_t)b;
-        for (int i = 0; i < 324; i++) __atomic_store_n(&table[i], tmp[i], __ATOMIC_RELAXED);
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
-    if (cp < 0 || cp >= 324) return -1;
-    return table[cp];
 }
 
 static int hexval(char c) {
@@ -524,27 +514,23 @@ done:
     return st;
 }
 
-static ns_status setup_byte_tokens(ns_tokenizer *t, ns_error *err) {
+/* Byte tokens. gpt2: the token of each byte's GPT-2 char; a vocab may lack some (SmolLM2
+ * has no token for 21 bytes, 0x04 and 0xff among them): such bytes are dropped from the
+ * input, as HF tokenizers (BPE without unk_token) and llama.cpp both do. spm: <0xXX>. */
+static void setup_byte_tokens(ns_tokenizer *t) {
+    for (int i = 0; i < 324; i++) t->cp_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
-        char hex[8];
-        snprintf(hex, sizeof hex, "<0x%02X>", b);
-        int32_t hex_id = vocab_find(t, hex, 6);
         if (t->kind == TOK_SPM) {
-            t->byte_token[b] = hex_id;
+            char hex[8];
+            snprintf(hex, sizeof hex, "<0x%02X>", b);
+            t->byte_token[b] = vocab_find(t, hex, 6);
             continue;
         }
         int32_t cp = gpt2_byte_to_cp(b);
+        t->cp_byte[cp] = (int16_t)b;
         t->byte_char_len[b] = (uint8_t)utf8_encode(cp, t->byte_char[b]);
-        int32_t id = vocab_find(t, t->byte_char[b], t->byte_char_len[b]);
-        if (id < 0) id = hex_id >= 0 ? hex_id : t->unk;
-        if (id < 0)
-            return ns_error_set(err, NS_ERR_FORMAT,
-                                "tokenizer.ggml.tokens: no token for byte 0x%02x (\"%s\") and no "
-                                "unknown token",
-                                b, t->byte_char[b]);
-        t->byte_token[b] = id;
+        t->byte_token[b] = vocab_find(t, t->byte_char[b], t->byte_char_len[b]);
     }
-    return NS_OK;
 }
 
 typedef struct special_key {
@@ -698,7 +684,7 @@ ns_status ns_tokenizer_load(const ns_gguf *g, ns_tokenizer **out, ns_error *err)
         if ((st = load_scores(g, t, err))) goto fail;
         t->pre_name = "default"; /* SentencePiece has no split pattern */
     }
-    if ((st = setup_byte_tokens(t, err))) goto fail;
+    setup_byte_tokens(t);
     if ((st = setup_specials(t, err))) goto fail;
     *out = t;
     return NS_OK;
@@ -849,12 +835,17 @@ static void bpe_piece(enc_ctx *c, const char *p, size_t n) {
         c->oom = true;
         return;
     }
-    int32_t len = (int32_t)n;
-    for (int32_t i = 0; i < len; i++) {
-        c->sym_id[i] = t->byte_token[u[i]];
-        c->sym_prev[i] = i - 1;
-        c->sym_next[i] = i + 1 < len ? i + 1 : -1;
+    int32_t len = 0; /* symbols: the bytes that have a token */
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = t->byte_token[u[i]];
+        if (id < 0) continue;
+        c->sym_id[len] = id;
+        c->sym_prev[len] = len - 1;
+        c->sym_next[len] = len + 1;
+        len++;
     }
+    if (len == 0) return;
+    c->sym_next[len - 1] = -1;
     size_t n_heap = 0;
     for (int32_t i = 0; i < len; i++) bpe_queue_pair(c, i, &n_heap);
     while (n_heap > 0) {
@@ -946,7 +937,7 @@ static void spm_try_pair(enc_ctx *c, int32_t left, int32_t right, size_t *n_heap
 /* SentencePiece BPE of one text fragment (between special tokens). */
 static void spm_fragment(enc_ctx *c, const char *p, size_t n, bool prefix_space) {
     const ns_tokenizer *t = c->t;
-    if (c->oom || (n == 0 && !prefix_space)) return;
+    if (c->oom || n == 0) return; /* empty text: no tokens, not a lone U+2581 */
     /* normalize: ' ' -> U+2581 (3 bytes), optional leading U+2581 */
     if (n > (INT32_MAX - 3) / 3) { /* offsets are int32: cut absurd fragments */
         spm_fragment(c, p, n / 2, prefix_space);
@@ -1045,7 +1036,7 @@ ns_status ns_tokenizer_encode(const ns_tokenizer *t, const char *text, size_t le
         if (!c.md) c.oom = true;
     }
     if (!grow((void **)&c.ids, &c.cap_ids, len / 3 + 16, sizeof *c.ids)) c.oom = true;
-    if (add_bos && t->add_bos && t->bos >= 0) emit(&c, t->bos);
+    if (add_bos && t->bos >= 0) emit(&c, t->bos); /* the caller decides (add_bos_token) */
 
     /* cut at verbatim tokens: user-defined ones always, control/unknown ones only when
      * parse_special (llama.cpp's rule); the longest match wins at each position */
@@ -1095,6 +1086,8 @@ ns_status ns_tokenizer_encode(const ns_tokenizer *t, const char *text, size_t le
 }
 
 /* ---------------------------------------------------------------- accessors */
+
+bool ns_tokenizer_add_bos(const ns_tokenizer *t) { return t->add_bos; }
 
 int32_t ns_tokenizer_n_vocab(const ns_tokenizer *t) { return t->n_vocab; }
 int32_t ns_tokenizer_bos(const ns_tokenizer *t) { return t->bos; }
@@ -1169,7 +1162,7 @@ static void token_visit(const ns_tokenizer *t, int32_t id, bool render_special, 
     for (size_t i = 0; i < n;) {
         int32_t cp;
         size_t l = utf8_decode(u + i, n - i, &cp);
-        int b = gpt2_cp_to_byte(cp);
+        int b = cp >= 0 && cp < 324 ? t->cp_byte[cp] : -1;
         if (b >= 0) {
             char c = (char)b;
             sink(ctx, &c, 1);

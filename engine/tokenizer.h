@@ -24,12 +24,16 @@ ns_status ns_tokenizer_load(const ns_gguf *g, ns_tokenizer **out, ns_error *err)
 void ns_tokenizer_free(ns_tokenizer *t); /* NULL-tolerant */
 
 /* Encodes len bytes of text (need not be NUL-terminated; invalid UTF-8 is encoded through
- * byte tokens, never rejected). add_bos prepends BOS when the vocab has one.
+ * byte tokens, never rejected). add_bos prepends BOS whenever the vocab has one; callers
+ * that follow the model's convention pass ns_tokenizer_add_bos(t).
  * *ids is malloc'd, caller frees. Errors: NS_ERR_NOMEM. */
 ns_status ns_tokenizer_encode(const ns_tokenizer *t, const char *text, size_t len, bool add_bos,
                               bool parse_special, int32_t **ids, size_t *n_ids, ns_error *err);
 
 int32_t ns_tokenizer_n_vocab(const ns_tokenizer *t);
+/* The model's convention: tokenizer.ggml.add_bos_token (default true for "llama",
+ * false for "gpt2"). */
+bool ns_tokenizer_add_bos(const ns_tokenizer *t);
 int32_t ns_tokenizer_bos(const ns_tokenizer *t); /* -1 if none */
 int32_t ns_tokenizer_eos(const ns_tokenizer *t); /* -1 if none */
 int32_t ns_tokenizer_eot(const ns_tokenizer *t); /* end of turn (<|im_end|>, <|eot_id|>), -1 if none */

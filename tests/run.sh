@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# tests/run.sh BUILD [cuda]: runs the unit and CLI tests (the CLI ones drive the built
-# binary through NS_BIN) and ends with the line "N passed, N failed, N skipped".
+# tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, CLI through
+# NS_BIN), then the parser tests under AddressSanitizer when that binary was built, and
+# ends with one line "N passed, N failed, N skipped" summed over both.
 set -u
 build=${1:-build}
-filter=${2:-}
+mode=${2:-}
 cd "$(dirname "$0")/.."
 export NS_BIN="$PWD/$build/nightshift"
-if [ "$filter" = cuda ]; then
+if [ "$mode" = cuda ]; then
   # no CUDA backend yet: every CUDA test is reported skipped, never passed
-  echo "test-cuda: no CUDA tests yet (CUDA backend is its own issue)" >&2
+  echo "test-cuda: no CUDA tests yet (the CUDA backend is its own issue)" >&2
   echo "0 passed, 0 failed, 1 skipped"
   exit 0
 fi
-"$build/unit" $filter
+pass=0 fail=0 skip=0 rc=0
+run() {
+  local out
+  out=$("$@" | tee /dev/stderr | tail -n 1) || rc=1
+  if [[ $out =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
+    pass=$((pass + BASH_REMATCH[1])); fail=$((fail + BASH_REMATCH[2])); skip=$((skip + BASH_REMATCH[3]))
+  else
+    echo "tests/run.sh: $1 ended without a summary line" >&2; fail=$((fail + 1)); rc=1
+  fi
+}
+echo "== unit tests ($build/unit)" >&2
+run "$build/unit"
+if [ -x "$build/unit-asan-parsers" ]; then
+  echo "== parser tests under AddressSanitizer ($build/unit-asan-parsers)" >&2
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 run "$build/unit-asan-parsers"
+fi
+echo "$pass passed, $fail failed, $skip skipped"
+[ $fail -eq 0 ] && [ $rc -eq 0 ]

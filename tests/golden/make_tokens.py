@@ -16,10 +16,12 @@ Two independent Hugging Face tokenizers are built from the GGUF and compared:
         "smollm" pre-type reproduces (split \\p{N} first, then the GPT-2 pattern on the
         pieces between). The golden ids come from this one.
   gguf: transformers' AutoTokenizer.from_pretrained(dir, gguf_file=...), whose GGUF
-        converter uses ByteLevel alone (no Digits step). It disagrees with orig where a
-        run of spaces meets a digit ("a  1": orig a|ĠĠ|1, gguf a|Ġ|Ġ|1), because Digits
-        splits first and the GPT-2 `\\s+(?!\\S)` then sees the end of the piece rather
-        than the digit. The script prints every such case; orig wins.
+        converter uses ByteLevel alone (no Digits step). It disagrees with orig on two
+        cases, digits_spaces and digits_unicode: without Digits, ` ?\\p{N}+` keeps a space
+        with the digit after it (" \u00bd" becomes one piece that merges; orig has Ġ, \u00bd),
+        and "a  1" splits as a|Ġ|Ġ1 instead of a|ĠĠ|1 (Digits cuts first, so the GPT-2
+        `\\s+(?!\\S)` sees the end of the piece rather than the digit). The script prints
+        every disagreement; orig is what SmolLM2 was trained with, so orig wins.
 File format, one case per line, tab-separated (lines starting with '#' are comments):
     name  parse_special(0|1)  text as lowercase hex of its UTF-8 bytes  ids (space-separated)
 No BOS is added (add_bos_token is false for SmolLM2).

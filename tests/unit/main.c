@@ -54,6 +54,10 @@ const char *ns_test_demo_model(void) {
 }
 
 static void rm_tmpdir(void) {
+    if (getenv("NS_TEST_KEEP_TMP")) {
+        fprintf(stderr, "kept %s\n", g_tmpdir);
+        return;
+    }
     if (g_tmpdir[0]) {
         char cmd[300];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);

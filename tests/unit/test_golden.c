@@ -202,8 +202,9 @@ static void check_greedy(int max_seqs) {
     while (n_done < n) {
         if (ns_engine_idle(e) && n_done < n) break;
         ns_step_stats st;
-        CHECK_STATUS_OK(ns_engine_step(e, &st, &err), &err);
-        if (err.code) break;
+        ns_status sst = ns_engine_step(e, &st, &err);
+        CHECK_STATUS_OK(sst, &err);
+        if (sst) break;
         ns_completion *c;
         while (ns_engine_collect(e, &c, 1) == 1) {
             golden_case *g = &cases[c->id];
