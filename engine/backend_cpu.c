@@ -1,7 +1,9 @@
-/* backend_cpu.c: the CPU backend. Weights are dequantized to float32 at load and the
- * matrix work goes to OpenBLAS sgemm, one single-threaded sgemm per slice of output
- * columns on each pool thread (so that our pool and OpenBLAS never compete for cores).
- * Why float32 and not quantized kernels: see README "CPU engine: why dequantize at load".
+/* backend_cpu.c: the CPU backend. Each weight matrix is kept twice: as the file's
+ * quantized rows, read directly by ns_cpu_matmul_quant for small batches (decode), and
+ * dequantized to float32 at load for OpenBLAS sgemm on large ones (prompt chunks). The
+ * matrix work is split by output columns over the pool threads, one single-threaded
+ * kernel call per slice, so our pool and OpenBLAS never compete for cores.
+ * Why both: see README "CPU engine".
  * Attention runs per (sequence, head range) task over that sequence's KV blocks only.
  * "Device" memory is host memory; upload/download are memcpy.
  */
@@ -24,9 +26,10 @@ struct ns_bweight {
     size_t row_bytes;
 };
 
-/* Up to this many activation rows, matmuls read the quantized weights directly
- * (memory-bound regime); above, float32 sgemm (compute-bound regime). Measured: README. */
-#define NS_CPU_QUANT_MAX_M 8
+/* Up to this many activation rows, matmuls read the quantized weights directly (decode
+ * steps up to batch 32); above, float32 sgemm on the copy dequantized at load (prompt
+ * chunks). Measured on bench-engine: README "CPU engine". */
+#define NS_CPU_QUANT_MAX_M 32
 
 typedef struct cpu_backend {
     ns_backend base;

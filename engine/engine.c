@@ -63,7 +63,9 @@ struct ns_engine {
     float *logits;                    /* (max_seqs, n_vocab) host */
 };
 
-const char *ns_finish_name(ns_finish f) { return f == NS_FINISH_STOP ? "stop" : "length"; }
+const char *ns_finish_name(ns_finish f) {
+    return f == NS_FINISH_STOP ? "stop" : f == NS_FINISH_LENGTH ? "length" : "error";
+}
 
 void ns_engine_config_default(ns_engine_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -374,6 +376,17 @@ static ns_status text_append(seq *s, const char *p, size_t n, ns_error *err) {
 /* Handles the token just sampled for sequence s; may finish it. */
 static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) {
     ns_status st;
+    if (tok < 0) {
+        /* no finite logit: fail this item, keep the others going */
+        ns_status fst = finish(e, s, NS_FINISH_ERROR, err);
+        if (!fst) {
+            ns_completion *c = e->done[e->n_done - 1];
+            snprintf(c->error, sizeof c->error,
+                     "request %llu: the model produced no finite logits at generated token %d",
+                     (unsigned long long)c->id, c->n_tokens);
+        }
+        return fst;
+    }
     s->tokens[s->n_prompt + s->n_gen] = tok;
     s->n_gen++;
     ns_sampler_accept(s->sampler, tok);

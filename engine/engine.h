@@ -48,9 +48,10 @@ typedef struct ns_request {
 typedef enum ns_finish {
     NS_FINISH_STOP = 0,   /* EOS/EOT, a stop token or a stop string */
     NS_FINISH_LENGTH = 1, /* max_tokens or the context limit */
+    NS_FINISH_ERROR = 2,  /* the item failed; error says why */
 } ns_finish;
 
-const char *ns_finish_name(ns_finish f); /* "stop", "length" */
+const char *ns_finish_name(ns_finish f); /* "stop", "length", "error" */
 
 /* A finished request. Free with ns_completion_free. */
 typedef struct ns_completion {
@@ -64,6 +65,7 @@ typedef struct ns_completion {
     int n_top_logprobs;    /* per token; logprobs NULL when the request asked for none */
     ns_logprob *logprobs;  /* (n_tokens, 1 + n_top_logprobs): chosen, then top-N */
     double seconds;        /* from admission to finish */
+    char error[192];       /* NS_FINISH_ERROR: what went wrong, naming the request */
 } ns_completion;
 
 void ns_completion_free(ns_completion *c); /* NULL-tolerant */

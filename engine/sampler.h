@@ -54,7 +54,9 @@ typedef struct ns_sampler ns_sampler;
 ns_sampler *ns_sampler_create(const ns_sampling *params, int32_t n_vocab);
 void ns_sampler_free(ns_sampler *s); /* NULL-tolerant */
 
-/* Picks the next token from logits (n_vocab; may be modified in place).
+/* Picks the next token from logits (n_vocab; may be modified in place). Returns -1 when
+ * no logit is finite and above -inf (a broken model or backend): the caller fails the
+ * request.
  * If chosen_lp is not NULL it receives the chosen token's logprob; if top_lp is not NULL
  * and params.n_logprobs > 0 it receives the n_logprobs most likely tokens, best first.
  * Does not record the token: call ns_sampler_accept. */

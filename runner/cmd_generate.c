@@ -217,6 +217,10 @@ int ns_cmd_generate(int argc, char **argv) {
     }
     fputc('\n', stdout);
     fflush(stdout);
+    if (c->finish == NS_FINISH_ERROR) {
+        fprintf(stderr, "nightshift generate: %s\n", c->error);
+        goto done;
+    }
     if (c->logprobs) {
         for (int i = 0; i < c->n_tokens; i++) {
             const ns_logprob *lp = c->logprobs + (size_t)i * (1 + c->n_top_logprobs);

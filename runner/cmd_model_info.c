@@ -80,12 +80,18 @@ int ns_cmd_model_info(int argc, char **argv) {
            ns_tokenizer_eot(tok));
     if (ns_gguf_find_key(g, "tokenizer.chat_template") >= 0) {
         ns_gguf_str jt;
-        if (ns_gguf_get_str(g, "tokenizer.chat_template", &jt, &err) ||
-            ns_chat_template_detect(jt.ptr, jt.len, &tpl, &err)) {
+        if (ns_gguf_get_str(g, "tokenizer.chat_template", &jt, &err)) {
             fprintf(stderr, "nightshift model-info: %s: %s\n", path, err.msg);
             goto done;
         }
-        printf("chat template: %s (%llu bytes of Jinja)%s%s%s\n", ns_chat_family_name(tpl.family),
+        ns_status st = ns_chat_template_detect(jt.ptr, jt.len, &tpl, &err);
+        if (st && st != NS_ERR_UNSUPPORTED) {
+            fprintf(stderr, "nightshift model-info: %s: %s\n", path, err.msg);
+            goto done;
+        }
+        if (st) tpl.family = NS_CHAT_NONE; /* a template this version cannot render */
+        printf("chat template: %s (%llu bytes of Jinja)%s%s%s\n",
+               tpl.family == NS_CHAT_NONE ? "unknown family (--chat unavailable)" : ns_chat_family_name(tpl.family),
                (unsigned long long)jt.len, tpl.default_system ? ", default system: \"" : "",
                tpl.default_system ? tpl.default_system : "", tpl.default_system ? "\"" : "");
     } else {

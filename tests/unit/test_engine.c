@@ -379,3 +379,26 @@ NS_TEST(test_kv_blocks_refcount) {
     CHECK(ns_kv_blocks_create(0, 16, &kv, &err) == NS_ERR_INVALID || 1);
     ns_kv_blocks_destroy(kv);
 }
+
+NS_TEST(test_engine_nan_logits_fail_the_item) {
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    c.nan_output_norm = 1;
+    const char *path = tiny_path("nan");
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    ns_engine *e = open_engine(path, 2, 32);
+    if (!e) return;
+    int32_t toks[3] = {70, 71, 72};
+    int len = 3;
+    int32_t *p = toks;
+    ns_completion *out = NULL;
+    run_all(e, 1, &p, &len, 8, &out);
+    CHECK(out != NULL);
+    if (out) {
+        CHECK(out->finish == NS_FINISH_ERROR);
+        CHECK_MSG(strstr(out->error, "no finite logits") != NULL, "error: '%s'", out->error);
+    }
+    ns_completion_free(out);
+    ns_engine_close(e);
+}

@@ -148,7 +148,14 @@ ns_status ns_tiny_model_write(const char *path, const ns_tiny_cfg *c, ns_error *
     int q_dim = c->n_head * head_dim, kv_dim = c->n_head_kv * head_dim;
     float s_in = 1.0f / sqrtf((float)c->n_embd);
     TRY(add_matrix(w, c, &rng, "token_embd.weight", c->n_embd, NS_TINY_N_VOCAB, c->wtype, 1.0f));
-    TRY(add_norm(w, c, &rng, "output_norm.weight", c->n_embd));
+    if (c->nan_output_norm) {
+        float nanv[1024];
+        for (int i = 0; i < c->n_embd && i < 1024; i++) nanv[i] = NAN;
+        int64_t ne[1] = {c->n_embd};
+        TRY(ns_gguf_writer_add_tensor(w, "output_norm.weight", NS_GGML_F32, 1, ne, nanv));
+    } else {
+        TRY(add_norm(w, c, &rng, "output_norm.weight", c->n_embd));
+    }
     if (!c->tied) TRY(add_matrix(w, c, &rng, "output.weight", c->n_embd, NS_TINY_N_VOCAB, c->wtype, s_in * 4));
     bool bias = !strcmp(a, "qwen2");
     for (int il = 0; il < c->n_layer; il++) {

@@ -15,6 +15,7 @@ typedef struct ns_tiny_cfg {
     uint64_t seed;
     const char *skip_tensor;   /* leave this tensor out (error tests) */
     const char *bad_shape_tensor; /* write this one with ne[0] doubled (error tests) */
+    int nan_output_norm;  /* output_norm.weight all NaN: every logit NaN (error tests) */
 } ns_tiny_cfg;
 
 /* n_layer 2, n_embd 64, n_ff 128, n_head 4, n_head_kv 2, n_ctx 256, f32, tied, seed 1. */
