@@ -14,9 +14,13 @@ if [ "$mode" = cuda ]; then
   exit 0
 fi
 pass=0 fail=0 skip=0 rc=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 run() {
   local out
-  out=$("$@" | tee /dev/stderr | tail -n 1) || rc=1
+  set -o pipefail
+  "$@" 2>&1 | tee "$log" || rc=1
+  out=$(tail -n 1 "$log")
   if [[ $out =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
     pass=$((pass + BASH_REMATCH[1])); fail=$((fail + BASH_REMATCH[2])); skip=$((skip + BASH_REMATCH[3]))
   else
