@@ -22,7 +22,7 @@ MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 # Debian packages the build needs (make deps installs the missing ones).
 DEB_PKGS := gcc make pkg-config libopenblas-dev libpcre2-dev libsqlite3-dev libzstd-dev \
-            libyaml-dev libjansson-dev python3 python3-pip
+            libyaml-dev libjansson-dev python3 python3-pip sqlite3 zstd
 
 LIB_SRCS  := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) $(wildcard jobs/*.c)
 CLI_SRCS  := $(wildcard runner/*.c)
@@ -81,8 +81,9 @@ $(BUILD)/unit: $(TEST_OBJS) $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 # The parser tests (GGUF, tokenizer) again under AddressSanitizer + UBSan, in make test.
-PARSER_ASAN_SRCS := engine/common.c engine/gguf.c engine/tokenizer.c $(wildcard kernels/cpu/*.c) \
-                    tests/unit/main.c tests/unit/test_gguf.c tests/unit/test_tokenizer.c
+PARSER_ASAN_SRCS := engine/common.c engine/gguf.c engine/tokenizer.c engine/sampler.c jobs/spec.c jobs/input.c $(wildcard kernels/cpu/*.c) \
+                    tests/unit/main.c tests/unit/tiny_model.c tests/unit/test_gguf.c tests/unit/test_tokenizer.c \
+                    tests/unit/test_spec.c tests/unit/test_input.c
 $(BUILD)/unit-asan-parsers: $(PARSER_ASAN_SRCS)
 	$(CC) $(CFLAGS_BASE) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	  $(PARSER_ASAN_SRCS) -o $@ $(LDLIBS)

@@ -1,4 +1,4 @@
-/* store.h: the job queue in SQLite (WAL mode). Schema and migrations: schemas/*.sql,
+/* store.h: the job queue in SQLite (WAL mode). Schema and migrations: schemas/NNN_name.sql,
  * tracked by PRAGMA user_version; documented in schemas/README.md so that a user can read
  * the queue with the sqlite3 CLI.
  *
@@ -59,6 +59,9 @@ typedef struct ns_job_info {
 
 /* Fills info for job_id (0 = the most recent job). NS_ERR_NOT_FOUND if none. */
 ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_error *err);
+/* The job's spec as submitted (YAML text), malloc'd, caller frees. NS_ERR_NOT_FOUND if
+ * there is no such job. */
+ns_status ns_store_job_spec_text(ns_store *s, int64_t job_id, char **text, ns_error *err);
 /* Calls cb for every job, newest first; stops early when cb returns non-zero. */
 ns_status ns_store_jobs_list(ns_store *s, int (*cb)(void *user, const ns_job_info *info), void *user,
                              ns_error *err);

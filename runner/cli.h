@@ -12,6 +12,7 @@ enum {
     NS_EXIT_FAILURE = 1,  /* the command failed (message on stderr) */
     NS_EXIT_USAGE = 2,    /* bad command line */
     NS_EXIT_INPUT = 3,    /* bad input file: model, spec, data (message names it) */
+    NS_EXIT_INTERRUPTED = 4, /* run stopped by SIGINT/SIGTERM; rerun to resume */
 };
 
 /* Parse a whole string as a number within [lo, hi]; on failure print an error naming
@@ -21,7 +22,16 @@ bool ns_cli_parse_float(const char *flag, const char *s, double lo, double hi, d
 /* Reads a whole file into a malloc'd NUL-terminated buffer; NULL after printing an error. */
 char *ns_cli_read_file(const char *path, size_t *len);
 
+/* The queue database: $NIGHTSHIFT_DB, else "nightshift.db" in the current directory. */
+const char *ns_cli_default_db(void);
+
 int ns_cmd_generate(int argc, char **argv);
+int ns_cmd_submit(int argc, char **argv);
+int ns_cmd_run(int argc, char **argv);
+int ns_cmd_status(int argc, char **argv);
+int ns_cmd_export(int argc, char **argv);
+int ns_cmd_cancel(int argc, char **argv);
+int ns_cmd_retry(int argc, char **argv);
 int ns_cmd_model_info(int argc, char **argv);
 int ns_cmd_tokenize(int argc, char **argv);
 

@@ -22,11 +22,19 @@ static const char *usage =
     "  model-info  M        print the architecture, sizes, tensor types, vocabulary, template\n"
     "  tokenize    --model M (--text T | --file F) [--bos] [--special]\n"
     "              print the token ids of the text, space-separated, on one line\n"
+    "  submit      JOB.yaml [--db PATH]   queue a job's items; prints the job id\n"
+    "  run         [--job ID] [--max-time D] [--max-items N]   run queued items\n"
+    "  status      [--json] [JOB]         counts per status, tokens, ETA\n"
+    "  export      JOB [-o FILE|-] [--format jsonl|openai-batch] [--zstd]\n"
+    "  cancel      JOB                    pending items become cancelled\n"
+    "  retry       JOB [--all]            failed items go back to pending\n"
     "  help        this text\n"
     "\n"
-    "The job pipeline (submit, run, status, export) is not built yet.\n"
+    "The queue database is $NIGHTSHIFT_DB, else ./nightshift.db (--db PATH overrides).\n"
+    "Each command has --help.\n"
     "\n"
-    "exit codes: 0 ok, 1 failure, 2 bad command line, 3 bad input file (model, text)\n"
+    "exit codes: 0 ok, 1 failure, 2 bad command line, 3 bad input (spec, model, data),\n"
+    "            4 run interrupted (rerun to resume)\n"
     "Errors go to stderr; stdout carries only results.\n";
 
 int main(int argc, char **argv) {
@@ -46,8 +54,19 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return ns_cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "model-info")) return ns_cmd_model_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return ns_cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "submit")) return ns_cmd_submit(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run")) return ns_cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "status")) return ns_cmd_status(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export")) return ns_cmd_export(argc - 1, argv + 1);
+    if (!strcmp(cmd, "cancel")) return ns_cmd_cancel(argc - 1, argv + 1);
+    if (!strcmp(cmd, "retry")) return ns_cmd_retry(argc - 1, argv + 1);
     fprintf(stderr, "nightshift: unknown command '%s' (try `nightshift help`)\n", cmd);
     return NS_EXIT_USAGE;
+}
+
+const char *ns_cli_default_db(void) {
+    const char *p = getenv("NIGHTSHIFT_DB");
+    return p && *p ? p : "nightshift.db";
 }
 
 bool ns_cli_parse_int(const char *flag, const char *s, long long lo, long long hi, long long *out) {

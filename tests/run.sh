@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, CLI through
-# NS_BIN), then the parser tests under AddressSanitizer when that binary was built, and
-# ends with one line "N passed, N failed, N skipped" summed over both.
+# tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
+# input, CLI through NS_BIN), the parser tests under AddressSanitizer when that binary was
+# built, and the job pipeline end to end; ends with one line "N passed, N failed,
+# N skipped" summed over all three.
 set -u
 build=${1:-build}
 mode=${2:-}
@@ -33,5 +34,7 @@ if [ -x "$build/unit-asan-parsers" ]; then
   echo "== parser tests under AddressSanitizer ($build/unit-asan-parsers)" >&2
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 run "$build/unit-asan-parsers"
 fi
+echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
+run bash tests/e2e/pipeline.sh "$build"
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ] && [ $rc -eq 0 ]

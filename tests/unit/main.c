@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "../test.h"
 #include "common.h"
+#include "gguf.h"
+#include "tiny_model.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -107,6 +109,19 @@ int ns_test_allclose_at(const char *file, int line, const float *got, const floa
 }
 
 int main(int argc, char **argv) {
+    /* helper for the shell tests: write a tiny random-weight model and exit */
+    if (argc == 3 && !strcmp(argv[1], "--write-tiny-model")) {
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.wtype = NS_GGML_Q8_0;
+        c.n_ctx = 512;
+        ns_error err;
+        if (ns_tiny_model_write(argv[2], &c, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
     const char *filter = argc > 1 ? argv[1] : NULL;
     int n_pass = 0, n_fail = 0, n_skip = 0;
     for (int i = 0; i < g_n_tests; i++) {

@@ -1,0 +1,594 @@
+/* cmd_run.c: `nightshift run`: claims pending items under a lease, shortest prompts
+ * first, keeps the engine fed, and commits each group of finished items (compressed
+ * result + status in one transaction) at least every second or every 64 items.
+ *
+ * SIGINT/SIGTERM: stop claiming, drop in-flight work and release its leases (it goes back
+ * to pending, attempt not counted), commit what finished, exit 4 (NS_EXIT_INTERRUPTED).
+ * A crash (kill -9) leaves leases that expire; the next run reclaims those items.
+ * Fault injection for the crash tests: NS_FAULT=after_steps:N or after_commits:N makes
+ * the process SIGKILL itself at that point. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "engine.h"
+#include "fingerprint.h"
+#include "sampling_json.h"
+#include "spec.h"
+#include "store.h"
+
+#define COMMIT_EVERY_ITEMS 64
+#define COMMIT_EVERY_SECONDS 1.0
+#define NS_MAX_N 64
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+typedef struct slot {
+    bool used;
+    ns_claimed_item item;
+    int n_want, n_got;
+    ns_completion *done[NS_MAX_N];
+    bool failed;
+    char error[1024];
+} slot;
+
+typedef struct fault {
+    long after_steps, after_commits;
+    long commit_items; /* NS_COMMIT_ITEMS: commit every N items (tests); default 64 */
+} fault;
+
+static long env_long(const char *s, const char *prefix) {
+    size_t n = strlen(prefix);
+    if (!s || strncmp(s, prefix, n)) return 0;
+    char *end;
+    long v = strtol(s + n, &end, 10);
+    return *end == '\0' && v > 0 ? v : 0;
+}
+
+static void fault_parse(fault *f) {
+    memset(f, 0, sizeof *f);
+    const char *s = getenv("NS_FAULT");
+    f->after_steps = env_long(s, "after_steps:");
+    f->after_commits = env_long(s, "after_commits:");
+    f->commit_items = env_long(getenv("NS_COMMIT_ITEMS"), "");
+    if (!f->commit_items) f->commit_items = COMMIT_EVERY_ITEMS;
+}
+
+static uint64_t mix64(uint64_t h) {
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    return h ^ (h >> 31);
+}
+
+/* The seed of sample k of an item: from the job seed and the item's custom_id, so that
+ * an item's output does not depend on batch neighbours, order or interruptions. */
+static uint64_t item_seed(uint64_t job_seed, const char *custom_id, int k) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (const char *p = custom_id; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001B3ull;
+    return mix64(job_seed ^ mix64(h + (uint64_t)k));
+}
+
+static bool parse_duration(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v >= 0)) return false;
+    double mult = 1;
+    if (!strcmp(end, "") || !strcmp(end, "s")) mult = 1;
+    else if (!strcmp(end, "m")) mult = 60;
+    else if (!strcmp(end, "h")) mult = 3600;
+    else return false;
+    *out = v * mult;
+    return true;
+}
+
+/* The result JSON of a finished item: choices + usage. malloc'd. */
+static char *result_json(const slot *sl, const ns_tokenizer *tok, int *prompt_tokens, int *completion_tokens,
+                         const char **finish) {
+    json_t *o = json_object(), *choices = json_array();
+    int total = 0;
+    *finish = "stop";
+    for (int k = 0; k < sl->n_want; k++) {
+        const ns_completion *c = sl->done[k];
+        json_t *ch = json_object();
+        json_object_set_new(ch, "index", json_integer(k));
+        json_object_set_new(ch, "text", json_stringn(c->text, c->text_len));
+        json_object_set_new(ch, "finish_reason", json_string(ns_finish_name(c->finish)));
+        json_object_set_new(ch, "completion_tokens", json_integer(c->n_tokens));
+        if (c->logprobs) {
+            json_t *lp = json_array();
+            for (int i = 0; i < c->n_tokens; i++) {
+                const ns_logprob *l = c->logprobs + (size_t)i * (1 + c->n_top_logprobs);
+                json_t *e = json_object(), *top = json_array();
+                const char *t = ns_tokenizer_token_text(tok, l[0].token);
+                json_object_set_new(e, "token", json_string(t ? t : ""));
+                json_object_set_new(e, "id", json_integer(l[0].token));
+                json_object_set_new(e, "logprob", json_real(l[0].logprob));
+                for (int j = 1; j <= c->n_top_logprobs; j++) {
+                    json_t *a = json_object();
+                    const char *tt = ns_tokenizer_token_text(tok, l[j].token);
+                    json_object_set_new(a, "token", json_string(tt ? tt : ""));
+                    json_object_set_new(a, "id", json_integer(l[j].token));
+                    json_object_set_new(a, "logprob", json_real(l[j].logprob));
+                    json_array_append_new(top, a);
+                }
+                json_object_set_new(e, "top_logprobs", top);
+                json_array_append_new(lp, e);
+            }
+            json_object_set_new(ch, "logprobs", lp);
+        }
+        json_array_append_new(choices, ch);
+        total += c->n_tokens;
+        if (c->finish == NS_FINISH_LENGTH) *finish = "length";
+    }
+    json_object_set_new(o, "choices", choices);
+    json_t *usage = json_object();
+    json_object_set_new(usage, "prompt_tokens", json_integer(sl->item.n_tokens));
+    json_object_set_new(usage, "completion_tokens", json_integer(total));
+    json_object_set_new(usage, "total_tokens", json_integer(sl->item.n_tokens + total));
+    json_object_set_new(o, "usage", usage);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(7));
+    json_decref(o);
+    *prompt_tokens = sl->item.n_tokens;
+    *completion_tokens = total;
+    return text;
+}
+
+static void slot_reset(slot *sl) {
+    for (int k = 0; k < sl->n_want; k++) ns_completion_free(sl->done[k]);
+    /* the item was moved out of the claimed array: free its buffers, not the item */
+    free(sl->item.tokens);
+    free(sl->item.sampling_json);
+    memset(sl, 0, sizeof *sl);
+}
+
+/* A pending commit: results and the strings they point to. */
+typedef struct pending_results {
+    ns_result *r;
+    char **bodies;
+    char **errors;
+    int n, cap;
+} pending_results;
+
+static bool pending_push(pending_results *p, const ns_result *r, char *body, char *error) {
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 128;
+        ns_result *nr = realloc(p->r, (size_t)cap * sizeof *nr);
+        if (nr) p->r = nr;
+        char **nb = realloc(p->bodies, (size_t)cap * sizeof *nb);
+        if (nb) p->bodies = nb;
+        char **ne = realloc(p->errors, (size_t)cap * sizeof *ne);
+        if (ne) p->errors = ne;
+        if (!nr || !nb || !ne) return false;
+        p->cap = cap;
+    }
+    p->r[p->n] = *r;
+    p->bodies[p->n] = body;
+    p->errors[p->n] = error;
+    p->n++;
+    return true;
+}
+
+static void pending_clear(pending_results *p) {
+    for (int i = 0; i < p->n; i++) {
+        free(p->bodies[i]);
+        free(p->errors[i]);
+    }
+    p->n = 0;
+}
+
+typedef struct progress {
+    bool tty;
+    double t_start, t_last;
+    int64_t total, done0, done, failed;
+    int64_t tokens;
+} progress;
+
+static void progress_show(progress *pg, int64_t job_id, const ns_step_stats *st, bool force) {
+    double now = ns_time_now();
+    double every = pg->tty ? 0.2 : 5.0;
+    if (!force && now - pg->t_last < every) return;
+    pg->t_last = now;
+    double el = now - pg->t_start;
+    double tok_s = el > 0 ? pg->tokens / el : 0;
+    int64_t finished = pg->done + pg->failed;
+    int64_t this_run = finished - pg->done0;
+    double items_s = el > 0 ? this_run / el : 0;
+    double eta = items_s > 0 ? (pg->total - finished) / items_s : -1;
+    char eta_s[32];
+    if (eta < 0) snprintf(eta_s, sizeof eta_s, "?");
+    else snprintf(eta_s, sizeof eta_s, "%dm%02ds", (int)(eta / 60), (int)eta % 60);
+    if (pg->tty) {
+        int width = 30, fill = pg->total ? (int)(width * finished / pg->total) : 0;
+        char bar[64];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        fprintf(stderr, "\r[%s] %lld/%lld items, %lld failed, %.0f tok/s, batch %d, kv %d/%d, ETA %s   ", bar,
+                (long long)finished, (long long)pg->total, (long long)pg->failed, tok_s, st ? st->n_seqs : 0,
+                st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, eta_s);
+    } else {
+        fprintf(stderr, "nightshift: job %lld: %lld/%lld items done, %lld failed, %.0f tok/s, batch %d, kv blocks %d/%d, ETA %s\n",
+                (long long)job_id, (long long)finished, (long long)pg->total, (long long)pg->failed, tok_s,
+                st ? st->n_seqs : 0, st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, eta_s);
+    }
+}
+
+typedef struct run_opts {
+    const char *db_path;
+    int64_t job_id;
+    double max_time;
+    int64_t max_items;
+    int n_threads;
+    double lease;
+    bool quiet;
+} run_opts;
+
+/* Runs one job until it has no pending items, or a stop. Returns an exit code. */
+static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const char *owner, double t_deadline,
+                   int64_t *items_budget, const fault *flt) {
+    int rc = NS_EXIT_FAILURE;
+    ns_error err;
+    ns_error_clear(&err);
+    ns_job_info info;
+    ns_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    ns_engine *e = NULL;
+    char *spec_text = NULL, *fp_now = NULL;
+    slot *slots = NULL;
+    ns_claimed_item *claimed = NULL;
+    int n_claimed = 0, n_slots = 0;
+    pending_results pend = {0};
+    static long n_commits, n_steps;
+
+    if (ns_store_job_info(store, job_id, &info, &err) || ns_store_job_spec_text(store, job_id, &spec_text, &err)) {
+        fprintf(stderr, "nightshift run: %s\n", err.msg);
+        goto done;
+    }
+    if (ns_job_spec_parse(spec_text, strlen(spec_text), info.model_path[0] ? "<stored spec>" : "<stored spec>",
+                          &spec, &err)) {
+        fprintf(stderr, "nightshift run: job %lld: stored spec: %s\n", (long long)job_id, err.msg);
+        goto done;
+    }
+    /* the stored spec's relative paths were resolved at submit: use the recorded model */
+    free(spec.model);
+    spec.model = strdup(info.model_path);
+    char hash[17];
+    uint64_t size;
+    if (!spec.model || ns_file_hash(spec.model, hash, &size, &err)) {
+        fprintf(stderr, "nightshift run: job %lld: %s\n", (long long)job_id, spec.model ? err.msg : "out of memory");
+        rc = NS_EXIT_INPUT;
+        goto done;
+    }
+    fp_now = ns_fingerprint_make(&spec, hash, size);
+    if (!fp_now || ns_fingerprint_compare(info.fingerprint, fp_now, &err)) {
+        fprintf(stderr, "nightshift run: job %lld: refusing to resume: %s\n", (long long)job_id,
+                fp_now ? err.msg : "out of memory");
+        rc = NS_EXIT_INPUT;
+        goto done;
+    }
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = spec.model;
+    cfg.backend = spec.backend ? spec.backend : "auto";
+    cfg.n_threads = o->n_threads;
+    cfg.n_ctx = spec.max_context;
+    cfg.max_seqs = spec.max_seqs;
+    cfg.max_batch_tokens = spec.max_batch_tokens;
+    if (cfg.max_seqs && cfg.max_batch_tokens && cfg.max_batch_tokens < cfg.max_seqs) cfg.max_batch_tokens = cfg.max_seqs;
+    const char *note = NULL;
+    if (ns_engine_open(&cfg, &e, &note, &err)) {
+        fprintf(stderr, "nightshift run: job %lld: %s: %s\n", (long long)job_id, spec.model, err.msg);
+        rc = NS_EXIT_INPUT;
+        goto done;
+    }
+    if (note && !o->quiet) fprintf(stderr, "nightshift: %s\n", note);
+    int max_seqs = cfg.max_seqs ? cfg.max_seqs : 64;
+    int n = spec.n > 0 ? spec.n : 1;
+    n_slots = NS_MAX(2 * max_seqs / n, 2);
+    slots = ns_calloc_array((size_t)n_slots, sizeof(slot));
+    if (!slots) {
+        fprintf(stderr, "nightshift run: out of memory\n");
+        goto done;
+    }
+    progress pg = {.tty = isatty(2) && !o->quiet, .t_start = ns_time_now(), .t_last = 0,
+                   .total = info.n_total, .done0 = info.n_done + info.n_failed, .done = info.n_done,
+                   .failed = info.n_failed};
+    double t_commit = ns_time_now(), t_renew = ns_time_now();
+    int n_used = 0;
+    bool claiming = true, interrupted = false;
+    ns_step_stats st;
+    memset(&st, 0, sizeof st);
+    for (;;) {
+        if (g_stop) {
+            interrupted = true;
+            break;
+        }
+        double now = ns_time_now();
+        if ((o->max_time > 0 && now >= t_deadline) || (*items_budget == 0)) claiming = false;
+        /* 1. claim into free slots */
+        if (claiming && n_used < n_slots) {
+            int want = n_slots - n_used;
+            if (*items_budget > 0 && want > *items_budget) want = (int)*items_budget;
+            if (ns_store_items_claim(store, job_id, owner, o->lease, want, &claimed, &n_claimed, &err)) {
+                fprintf(stderr, "\nnightshift run: %s\n", err.msg);
+                goto done;
+            }
+            if (n_claimed == 0 && n_used == 0) {
+                ns_store_claimed_free(claimed, 0);
+                claimed = NULL;
+                break; /* nothing left to do */
+            }
+            if (*items_budget > 0) *items_budget -= n_claimed;
+            for (int i = 0; i < n_claimed; i++) {
+                int si = 0;
+                while (slots[si].used) si++;
+                slot *sl = &slots[si];
+                memset(sl, 0, sizeof *sl);
+                sl->used = true;
+                sl->item = claimed[i];
+                sl->n_want = n;
+                n_used++;
+                ns_sampling sp = spec.sampling;
+                ns_error ierr;
+                ns_error_clear(&ierr);
+                if (sl->item.sampling_json && ns_sampling_from_json(sl->item.sampling_json, &sp, &ierr)) {
+                    sl->failed = true;
+                    snprintf(sl->error, sizeof sl->error, "custom_id '%s': %s", sl->item.custom_id, ierr.msg);
+                    continue;
+                }
+                for (int k = 0; k < n && !sl->failed; k++) {
+                    ns_request req = {.id = (uint64_t)si * NS_MAX_N + (uint64_t)k, .prompt = sl->item.tokens,
+                                      .n_prompt = sl->item.n_tokens, .sampling = sp};
+                    req.sampling.seed = item_seed(sp.seed, sl->item.custom_id, k);
+                    if (ns_engine_submit(e, &req, &ierr)) {
+                        sl->failed = true;
+                        snprintf(sl->error, sizeof sl->error, "custom_id '%s': %s", sl->item.custom_id, ierr.msg);
+                    }
+                }
+            }
+            free(claimed); /* the items' buffers now belong to the slots */
+            claimed = NULL;
+            n_claimed = 0;
+        }
+        /* 2. one engine step */
+        if (!ns_engine_idle(e)) {
+            if (ns_engine_step(e, &st, &err)) {
+                fprintf(stderr, "\nnightshift run: engine: %s\n", err.msg);
+                goto done;
+            }
+            pg.tokens += st.n_tokens;
+            n_steps++;
+            if (flt->after_steps && n_steps >= flt->after_steps) raise(SIGKILL);
+        }
+        ns_completion *cs[64];
+        int nc;
+        while ((nc = ns_engine_collect(e, cs, 64)) > 0) {
+            for (int i = 0; i < nc; i++) {
+                slot *sl = &slots[cs[i]->id / NS_MAX_N];
+                int k = (int)(cs[i]->id % NS_MAX_N);
+                sl->done[k] = cs[i];
+                sl->n_got++;
+                if (cs[i]->finish == NS_FINISH_ERROR && !sl->failed) {
+                    sl->failed = true;
+                    snprintf(sl->error, sizeof sl->error, "custom_id '%s': %s", sl->item.custom_id, cs[i]->error);
+                }
+            }
+        }
+        /* 3. finished items -> pending results */
+        for (int si = 0; si < n_slots; si++) {
+            slot *sl = &slots[si];
+            if (!sl->used) continue;
+            bool complete = sl->n_got == sl->n_want || (sl->failed && sl->n_got == 0 && ns_engine_idle(e)) ||
+                            (sl->failed && sl->n_got > 0 && sl->n_got == sl->n_want);
+            if (sl->failed && sl->n_got < sl->n_want) {
+                /* wait for the sub-requests already in the engine; none were submitted
+                 * after the failure, so count what can still come */
+                bool any_in_engine = false;
+                for (int k = 0; k < sl->n_want; k++)
+                    if (!sl->done[k]) any_in_engine = !ns_engine_idle(e);
+                complete = !any_in_engine;
+            }
+            if (!complete) continue;
+            ns_result r;
+            memset(&r, 0, sizeof r);
+            r.item_id = sl->item.id;
+            char *body = NULL, *errtxt = NULL;
+            if (sl->failed) {
+                r.failed = true;
+                errtxt = strdup(sl->error);
+                r.error = errtxt;
+                pg.failed++;
+            } else {
+                const char *finish;
+                body = result_json(sl, ns_engine_tokenizer(e), &r.prompt_tokens, &r.completion_tokens, &finish);
+                r.body_json = body;
+                r.body_len = body ? strlen(body) : 0;
+                r.finish_reason = finish;
+                r.seconds = sl->done[0] ? sl->done[0]->seconds : 0;
+                pg.done++;
+            }
+            if ((!sl->failed && !body) || (sl->failed && !errtxt) || !pending_push(&pend, &r, body, errtxt)) {
+                fprintf(stderr, "\nnightshift run: out of memory\n");
+                free(body);
+                free(errtxt);
+                goto done;
+            }
+            slot_reset(sl);
+            n_used--;
+        }
+        /* 4. commit a group */
+        now = ns_time_now();
+        if (pend.n >= flt->commit_items || (pend.n > 0 && now - t_commit >= COMMIT_EVERY_SECONDS)) {
+            if (ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err)) {
+                fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
+                goto done;
+            }
+            pending_clear(&pend);
+            t_commit = now;
+            n_commits++;
+            if (flt->after_commits && n_commits >= flt->after_commits) raise(SIGKILL);
+        }
+        if (now - t_renew >= o->lease / 3) {
+            if (ns_store_leases_renew(store, owner, o->lease, &err)) {
+                fprintf(stderr, "\nnightshift run: %s\n", err.msg);
+                goto done;
+            }
+            t_renew = now;
+        }
+        if (!o->quiet) progress_show(&pg, job_id, &st, false);
+        if (!claiming && n_used == 0) break;
+    }
+    /* finish: commit what is done, give the rest back */
+    if (pend.n > 0) {
+        if (ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err)) {
+            fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
+            goto done;
+        }
+        pending_clear(&pend);
+    }
+    int64_t released = 0;
+    if (ns_store_leases_release(store, owner, &released, &err)) {
+        fprintf(stderr, "\nnightshift run: %s\n", err.msg);
+        goto done;
+    }
+    if (!o->quiet) {
+        progress_show(&pg, job_id, &st, true);
+        if (pg.tty) fputc('\n', stderr);
+    }
+    if (interrupted) {
+        fprintf(stderr, "nightshift run: interrupted; %lld in-flight items returned to the queue; run again to "
+                        "resume\n", (long long)released);
+        rc = NS_EXIT_INTERRUPTED;
+    } else {
+        rc = NS_EXIT_OK;
+    }
+done:
+    if (slots)
+        for (int si = 0; si < n_slots; si++)
+            if (slots[si].used) slot_reset(&slots[si]);
+    free(slots);
+    ns_store_claimed_free(claimed, n_claimed);
+    pending_clear(&pend);
+    free(pend.r);
+    free(pend.bodies);
+    free(pend.errors);
+    ns_engine_close(e);
+    ns_job_spec_free(&spec);
+    free(spec_text);
+    free(fp_now);
+    return rc;
+}
+
+typedef struct pick_ctx {
+    int64_t job_id;
+    int best_priority;
+} pick_ctx;
+
+static int pick_job(void *user, const ns_job_info *info) {
+    pick_ctx *p = user;
+    if (info->n_pending + info->n_running == 0 || !strcmp(info->status, "cancelled")) return 0;
+    /* list is newest first: take the highest priority, oldest among equals */
+    if (p->job_id == 0 || info->priority >= p->best_priority) {
+        p->job_id = info->id;
+        p->best_priority = info->priority;
+    }
+    return 0;
+}
+
+int ns_cmd_run(int argc, char **argv) {
+    run_opts o = {.db_path = ns_cli_default_db(), .lease = 60.0};
+    long long v;
+    double d;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            puts("usage: nightshift run [--db PATH] [--job ID] [--max-time DURATION] [--max-items N]\n"
+                 "                      [--threads N] [--lease SECONDS] [--quiet]\n\n"
+                 "Runs queued items (all jobs by priority, or --job ID) until none are pending.\n"
+                 "  --max-time D   stop claiming after D (90, 90s, 15m, 2h); in-flight items finish\n"
+                 "  --max-items N  claim at most N items in this run\n"
+                 "  --lease S      lease length in seconds (default 60); a crashed run's items return after it\n"
+                 "Progress: a bar on a terminal, else a log line every 5 s (stderr).\n"
+                 "Exit codes: 0 done (or limit reached), 1 failure, 3 bad job or model, 4 interrupted\n"
+                 "(SIGINT/SIGTERM: finished items are committed, the rest returned to the queue).");
+            return NS_EXIT_OK;
+        } else if (!strcmp(a, "--db") && val) { o.db_path = val; i++;
+        } else if (!strcmp(a, "--quiet")) { o.quiet = true;
+        } else if (!strcmp(a, "--job")) {
+            if (!ns_cli_parse_int(a, val, 1, INT64_MAX, &v)) return NS_EXIT_USAGE;
+            o.job_id = v; i++;
+        } else if (!strcmp(a, "--max-items")) {
+            if (!ns_cli_parse_int(a, val, 1, INT64_MAX, &v)) return NS_EXIT_USAGE;
+            o.max_items = v; i++;
+        } else if (!strcmp(a, "--threads")) {
+            if (!ns_cli_parse_int(a, val, 1, 256, &v)) return NS_EXIT_USAGE;
+            o.n_threads = (int)v; i++;
+        } else if (!strcmp(a, "--lease")) {
+            if (!ns_cli_parse_float(a, val, 0.05, 86400, &d)) return NS_EXIT_USAGE;
+            o.lease = d; i++;
+        } else if (!strcmp(a, "--max-time")) {
+            if (!val || !parse_duration(val, &o.max_time)) {
+                fprintf(stderr, "nightshift run: --max-time: '%s' is not a duration (90, 90s, 15m, 2h)\n", val ? val : "");
+                return NS_EXIT_USAGE;
+            }
+            i++;
+        } else {
+            fprintf(stderr, "nightshift run: unknown option '%s' (see --help)\n", a);
+            return NS_EXIT_USAGE;
+        }
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    fault flt;
+    fault_parse(&flt);
+
+    ns_error err;
+    ns_error_clear(&err);
+    ns_store *store = NULL;
+    if (ns_store_open(o.db_path, &store, &err)) {
+        fprintf(stderr, "nightshift run: %s\n", err.msg);
+        return NS_EXIT_FAILURE;
+    }
+    char owner[128], host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    snprintf(owner, sizeof owner, "%s:%ld:%llx", host, (long)getpid(), (unsigned long long)(ns_time_now() * 1e6));
+    double deadline = ns_time_now() + o.max_time;
+    int64_t budget = o.max_items > 0 ? o.max_items : -1;
+    int rc = NS_EXIT_OK;
+    if (o.job_id) {
+        rc = run_job(store, &o, o.job_id, owner, deadline, &budget, &flt);
+    } else {
+        for (;;) {
+            pick_ctx p = {0, 0};
+            if (ns_store_jobs_list(store, pick_job, &p, &err)) {
+                fprintf(stderr, "nightshift run: %s\n", err.msg);
+                rc = NS_EXIT_FAILURE;
+                break;
+            }
+            if (p.job_id == 0) {
+                if (!o.quiet) fprintf(stderr, "nightshift run: no pending items\n");
+                break;
+            }
+            rc = run_job(store, &o, p.job_id, owner, deadline, &budget, &flt);
+            if (rc != NS_EXIT_OK || budget == 0 || (o.max_time > 0 && ns_time_now() >= deadline)) break;
+            ns_job_info info;
+            if (ns_store_job_info(store, p.job_id, &info, &err) == NS_OK && info.n_pending > 0) break; /* leases of others */
+        }
+    }
+    ns_store_close(store);
+    return rc;
+}
