@@ -145,12 +145,17 @@ fuzz: model
 	build/fuzz/fuzz_gguf -max_total_time=60 -max_len=4096
 	NS_DEMO_MODEL=$(MODEL_FILE) build/fuzz/fuzz_tokenizer -max_total_time=60
 
-## demo: deps, model, build, then a chat completion from the demo model (a few minutes the first time)
+## demo: deps, model, build, then the summarization example job: submit, run, status, export (a few minutes the first time)
+DEMO_DB := $(BUILD)/demo.db
 demo: deps
 	$(MAKE) all model
-	$(BUILD)/nightshift model-info $(MODEL_FILE)
-	$(BUILD)/nightshift generate --model $(MODEL_FILE) --chat --max-tokens 64 \
-	  --prompt "Write one sentence about the night shift."
+	rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	$(BUILD)/nightshift submit examples/summarize/job.yaml --db $(DEMO_DB)
+	$(BUILD)/nightshift run --db $(DEMO_DB)
+	$(BUILD)/nightshift status --db $(DEMO_DB)
+	$(BUILD)/nightshift export 1 --db $(DEMO_DB) -o $(BUILD)/demo-summaries.jsonl
+	@echo "--- first results ($(BUILD)/demo-summaries.jsonl; the run also wrote examples/summarize/summaries.jsonl):"
+	@head -n 3 $(BUILD)/demo-summaries.jsonl
 
 PREFIX ?= /usr/local
 ## install: installs the binary into $(PREFIX)/bin

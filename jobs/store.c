@@ -167,7 +167,7 @@ static const char *const k_sql[ST_COUNT] = {
     [ST_JOB_GET] = "SELECT status, max_retries FROM jobs WHERE id = ?1",
     [ST_JOB_LATEST] = "SELECT id FROM jobs ORDER BY id DESC LIMIT 1",
     [ST_JOB_ROW] = "SELECT id, name, status, model_path, fingerprint, priority, max_retries, "
-                   "zstd_level, created_at FROM jobs WHERE id = ?1",
+                   "zstd_level, created_at, spec_path FROM jobs WHERE id = ?1",
     [ST_JOB_COUNTS] = "SELECT status, count(*) FROM items WHERE job_id = ?1 GROUP BY status",
     [ST_JOB_TOTALS] = "SELECT coalesce(sum(r.prompt_tokens), 0), "
                       "coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0) "
@@ -672,6 +672,7 @@ ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_e
     info->max_retries = sqlite3_column_int(q, 6);
     info->zstd_level = sqlite3_column_int(q, 7);
     info->created_at = sqlite3_column_double(q, 8);
+    copy_text(info->spec_path, sizeof info->spec_path, sqlite3_column_text(q, 9));
     (void)sqlite3_reset(q);
 
     op = "count job items";

@@ -48,6 +48,8 @@ typedef struct ns_job_info {
     char name[129];
     char status[16];          /* "queued", "running", "completed", "cancelled" */
     char model_path[1024];
+    char spec_path[1024];     /* as given to submit: relative paths in the spec are resolved
+                                 against its directory (output.path at run and export) */
     char fingerprint[2048];
     int priority, max_retries, zstd_level;
     double created_at;        /* unix seconds */

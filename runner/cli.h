@@ -22,6 +22,12 @@ bool ns_cli_parse_float(const char *flag, const char *s, double lo, double hi, d
 /* Reads a whole file into a malloc'd NUL-terminated buffer; NULL after printing an error. */
 char *ns_cli_read_file(const char *path, size_t *len);
 
+/* Writes job's finished items to out_path ("-" or NULL: stdout) as format ("jsonl",
+ * "openai-batch", or NULL: the job's output.format), zstd-compressed when asked.
+ * Returns an exit code; messages on stderr. (runner/cmd_export.c) */
+struct ns_store;
+int ns_export_job(struct ns_store *s, int64_t job, const char *out_path, const char *format, bool zstd);
+
 /* The queue database: $NIGHTSHIFT_DB, else "nightshift.db" in the current directory. */
 const char *ns_cli_default_db(void);
 

@@ -242,11 +242,19 @@ int ns_cmd_export(int argc, char **argv) {
         fprintf(stderr, "nightshift export: %s\n", err.msg);
         return NS_EXIT_FAILURE;
     }
+    int rc = ns_export_job(s, job, out_path, format, zstd);
+    ns_store_close(s);
+    return rc;
+}
+
+int ns_export_job(ns_store *s, int64_t job, const char *out_path, const char *format, bool zstd) {
+    ns_error err;
+    ns_error_clear(&err);
     int rc = NS_EXIT_FAILURE;
     ns_job_info info;
     export_ctx x;
     memset(&x, 0, sizeof x);
-    bool to_file = strcmp(out_path, "-") != 0;
+    bool to_file = out_path && strcmp(out_path, "-") != 0;
     char tmp[4200] = "", errs_path[4200] = "", errs_tmp[4300] = "";
     if (ns_store_job_info(s, job, &info, &err)) {
         fprintf(stderr, "nightshift export: %s\n", err.msg);
@@ -260,7 +268,7 @@ int ns_cmd_export(int argc, char **argv) {
         ns_job_spec spec;
         memset(&spec, 0, sizeof spec);
         if (ns_store_job_spec_text(s, job, &spec_text, &err) ||
-            ns_job_spec_parse(spec_text, strlen(spec_text), "<stored spec>", &spec, &err)) {
+            ns_job_spec_parse(spec_text, strlen(spec_text), info.spec_path, &spec, &err)) {
             fprintf(stderr, "nightshift export: job %lld: %s\n", (long long)job, err.msg);
             free(spec_text);
             goto done;
@@ -270,7 +278,8 @@ int ns_cmd_export(int argc, char **argv) {
         free(spec_text);
     }
     x.job_id = job;
-    x.model = info.model_path;
+    const char *slash = strrchr(info.model_path, '/');
+    x.model = slash ? slash + 1 : info.model_path; /* the model file's name */
     const char *fault = getenv("NS_FAULT");
     if (fault && !strncmp(fault, "after_rows:", 11)) x.kill_after_rows = strtol(fault + 11, NULL, 10);
     if (to_file) {
@@ -310,6 +319,5 @@ int ns_cmd_export(int argc, char **argv) {
     fprintf(stderr, "\n");
     rc = NS_EXIT_OK;
 done:
-    ns_store_close(s);
     return rc;
 }

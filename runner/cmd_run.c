@@ -232,6 +232,7 @@ typedef struct run_opts {
     int n_threads;
     double lease;
     bool quiet;
+    bool stats;
 } run_opts;
 
 /* Runs one job until it has no pending items, or a stop. Returns an exit code. */
@@ -255,8 +256,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         fprintf(stderr, "nightshift run: %s\n", err.msg);
         goto done;
     }
-    if (ns_job_spec_parse(spec_text, strlen(spec_text), info.model_path[0] ? "<stored spec>" : "<stored spec>",
-                          &spec, &err)) {
+    if (ns_job_spec_parse(spec_text, strlen(spec_text), info.spec_path, &spec, &err)) {
         fprintf(stderr, "nightshift run: job %lld: stored spec: %s\n", (long long)job_id, err.msg);
         goto done;
     }
@@ -305,6 +305,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                    .total = info.n_total, .done0 = info.n_done + info.n_failed, .done = info.n_done,
                    .failed = info.n_failed};
     double t_commit = ns_time_now(), t_renew = ns_time_now();
+    double t_book = 0; /* claim + result JSON + compress/commit + lease renewal */
     int n_used = 0;
     bool claiming = true, interrupted = false;
     ns_step_stats st;
@@ -320,7 +321,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         if (claiming && n_used < n_slots) {
             int want = n_slots - n_used;
             if (*items_budget > 0 && want > *items_budget) want = (int)*items_budget;
-            if (ns_store_items_claim(store, job_id, owner, o->lease, want, &claimed, &n_claimed, &err)) {
+            double tb = ns_time_now();
+            ns_status cst = ns_store_items_claim(store, job_id, owner, o->lease, want, &claimed, &n_claimed, &err);
+            t_book += ns_time_now() - tb;
+            if (cst) {
                 fprintf(stderr, "\nnightshift run: %s\n", err.msg);
                 goto done;
             }
@@ -411,7 +415,9 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                 pg.failed++;
             } else {
                 const char *finish;
+                double tb = ns_time_now();
                 body = result_json(sl, ns_engine_tokenizer(e), &r.prompt_tokens, &r.completion_tokens, &finish);
+                t_book += ns_time_now() - tb;
                 r.body_json = body;
                 r.body_len = body ? strlen(body) : 0;
                 r.finish_reason = finish;
@@ -430,7 +436,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         /* 4. commit a group */
         now = ns_time_now();
         if (pend.n >= flt->commit_items || (pend.n > 0 && now - t_commit >= COMMIT_EVERY_SECONDS)) {
-            if (ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err)) {
+            double tb = ns_time_now();
+            ns_status cst = ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err);
+            t_book += ns_time_now() - tb;
+            if (cst) {
                 fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
                 goto done;
             }
@@ -440,7 +449,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
             if (flt->after_commits && n_commits >= flt->after_commits) raise(SIGKILL);
         }
         if (now - t_renew >= o->lease / 3) {
-            if (ns_store_leases_renew(store, owner, o->lease, &err)) {
+            double tb = ns_time_now();
+            ns_status rst = ns_store_leases_renew(store, owner, o->lease, &err);
+            t_book += ns_time_now() - tb;
+            if (rst) {
                 fprintf(stderr, "\nnightshift run: %s\n", err.msg);
                 goto done;
             }
@@ -451,7 +463,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     }
     /* finish: commit what is done, give the rest back */
     if (pend.n > 0) {
-        if (ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err)) {
+        double tb = ns_time_now();
+        ns_status cst = ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err);
+        t_book += ns_time_now() - tb;
+        if (cst) {
             fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
             goto done;
         }
@@ -465,6 +480,24 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     if (!o->quiet) {
         progress_show(&pg, job_id, &st, true);
         if (pg.tty) fputc('\n', stderr);
+    }
+    if (o->stats) {
+        double wall = ns_time_now() - pg.t_start;
+        fprintf(stderr, "nightshift run: job %lld: wall %.3f s, bookkeeping (claim, result JSON, compress + commit, "
+                        "leases) %.3f s = %.2f%%, %lld tokens through the engine\n",
+                (long long)job_id, wall, t_book, wall > 0 ? 100.0 * t_book / wall : 0.0, (long long)pg.tokens);
+    }
+    if (!interrupted && spec.output_path) {
+        /* the job is complete (nothing pending or running): write its output file */
+        ns_job_info now_info;
+        if (ns_store_job_info(store, job_id, &now_info, &err) == NS_OK && now_info.n_pending == 0 &&
+            now_info.n_running == 0) {
+            int erc = ns_export_job(store, job_id, spec.output_path, NULL, false);
+            if (erc != NS_EXIT_OK) {
+                rc = erc;
+                goto done;
+            }
+        }
     }
     if (interrupted) {
         fprintf(stderr, "nightshift run: interrupted; %lld in-flight items returned to the queue; run again to "
@@ -514,17 +547,19 @@ int ns_cmd_run(int argc, char **argv) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: nightshift run [--db PATH] [--job ID] [--max-time DURATION] [--max-items N]\n"
-                 "                      [--threads N] [--lease SECONDS] [--quiet]\n\n"
+                 "                      [--threads N] [--lease SECONDS] [--quiet] [--stats]\n\n"
                  "Runs queued items (all jobs by priority, or --job ID) until none are pending.\n"
                  "  --max-time D   stop claiming after D (90, 90s, 15m, 2h); in-flight items finish\n"
                  "  --max-items N  claim at most N items in this run\n"
                  "  --lease S      lease length in seconds (default 60); a crashed run's items return after it\n"
+                 "  --stats        print the time spent on queue bookkeeping at the end\n"
                  "Progress: a bar on a terminal, else a log line every 5 s (stderr).\n"
                  "Exit codes: 0 done (or limit reached), 1 failure, 3 bad job or model, 4 interrupted\n"
                  "(SIGINT/SIGTERM: finished items are committed, the rest returned to the queue).");
             return NS_EXIT_OK;
         } else if (!strcmp(a, "--db") && val) { o.db_path = val; i++;
         } else if (!strcmp(a, "--quiet")) { o.quiet = true;
+        } else if (!strcmp(a, "--stats")) { o.stats = true;
         } else if (!strcmp(a, "--job")) {
             if (!ns_cli_parse_int(a, val, 1, INT64_MAX, &v)) return NS_EXIT_USAGE;
             o.job_id = v; i++;

@@ -3,6 +3,8 @@
  * transaction: a bad input line rejects the whole submit (all bad lines listed, up to
  * 20) and nothing is queued, unless the spec says on_bad_input: queue. Prints the job id.
  * Only the tokenizer is loaded, not the weights. */
+#define _DEFAULT_SOURCE
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,7 +138,9 @@ int ns_cmd_submit(int argc, char **argv) {
         goto done;
     }
     in_tx = true;
-    ns_job_new jn = {.name = spec.name, .spec_path = spec_path, .spec_text = spec_text, .fingerprint = fingerprint,
+    char abs_spec[4096];
+    if (!realpath(spec_path, abs_spec)) snprintf(abs_spec, sizeof abs_spec, "%s", spec_path);
+    ns_job_new jn = {.name = spec.name, .spec_path = abs_spec, .spec_text = spec_text, .fingerprint = fingerprint,
                      .model_path = spec.model, .priority = spec.priority, .max_retries = spec.max_retries,
                      .zstd_level = spec.zstd_level};
     int64_t job_id;
