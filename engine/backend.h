@@ -100,6 +100,9 @@ typedef struct ns_backend_ops {
 
 struct ns_backend {
     const ns_backend_ops *ops;
+    /* Set by the engine before loading: every op computes each row the same way whatever
+     * the batch (CPU: the matmul kernel never switches with the number of rows). */
+    bool batch_invariant;
 };
 
 /* Creates the CPU backend with n_threads worker threads (0 = all cores). */

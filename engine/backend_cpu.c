@@ -228,7 +228,8 @@ typedef struct {
     const float *x;
     const ns_bweight *w;
     int M, N, K, cols_per_task;
-    bool quant;
+    bool quant;     /* quantized kernel (small M) */
+    bool invariant; /* batch-invariant kernel (every M) */
 } mm_task;
 
 static void mm_fn(void *p, int i_task, int i_thread) {
@@ -236,7 +237,13 @@ static void mm_fn(void *p, int i_task, int i_thread) {
     mm_task *t = p;
     int n0 = i_task * t->cols_per_task, n1 = NS_MIN(n0 + t->cols_per_task, t->N);
     /* y[:, n0:n1] = x . W[n0:n1]^T; y rows have stride N */
-    if (t->quant)
+    if (t->invariant && t->w->raw)
+        ns_cpu_matmul_quant_invariant(t->y + n0, t->N, t->x, (const char *)t->w->raw + (size_t)n0 * t->w->row_bytes,
+                                      t->w->type, t->M, n1 - n0, t->K);
+    else if (t->invariant)
+        ns_cpu_matmul_quant_invariant(t->y + n0, t->N, t->x, t->w->data + (size_t)n0 * t->K, NS_GGML_F32, t->M,
+                                      n1 - n0, t->K);
+    else if (t->quant)
         ns_cpu_matmul_quant(t->y + n0, t->N, t->x, (const char *)t->w->raw + (size_t)n0 * t->w->row_bytes,
                             t->w->type, t->M, n1 - n0, t->K);
     else
@@ -252,7 +259,9 @@ static void cpu_matmul(ns_backend *b, float *y, const float *x, const ns_bweight
     int per = (N + n_tasks - 1) / n_tasks;
     per = (per + 15) / 16 * 16;
     if (per < 64) per = 64;
-    mm_task t = {y, x, w, M, N, K, per, w->raw != NULL && M <= NS_CPU_QUANT_MAX_M};
+    /* batch-invariant: one kernel for every M, whose per-row arithmetic does not depend on M */
+    bool quant = w->raw != NULL && M <= NS_CPU_QUANT_MAX_M;
+    mm_task t = {y, x, w, M, N, K, per, quant, b->batch_invariant};
     ns_pool_run(c->pool, (N + per - 1) / per, mm_fn, &t);
 }
 

@@ -1,5 +1,12 @@
-/* engine.c: model + tokenizer + backend + KV block pool + a FIFO continuous-batching
- * scheduler + per-request samplers and detokenizers (see engine.h). */
+/* engine.c: model + tokenizer + backend + KV block pool with a prefix cache + the
+ * scheduler + per-request samplers and detokenizers (see engine.h).
+ *
+ * Scheduler, every step: (1) admission: preempted sequences first (optimistic mode), then
+ * waiting requests in submission order, while slots and KV blocks allow; a request's
+ * leading full prompt blocks are looked up in the prefix cache and reused; (2) the batch:
+ * one token for every sequence that has exactly one token not yet in the cache (decode),
+ * then prompt chunks of the others up to the token budget; (3) one forward pass;
+ * (4) sampling where a sequence reached its last known token. */
 #include "engine.h"
 
 #include <stdio.h>
@@ -24,7 +31,11 @@ typedef struct seq {
     int n_gen;
     int max_gen;
     int32_t *blocks;      /* (max_blocks_per_seq) reserved at admission */
-    int n_blocks;
+    int n_blocks;         /* 0 while preempted (optimistic mode) */
+    int n_matched;        /* leading blocks taken from the prefix cache */
+    int n_ready_checked;  /* of those, how many are known to be computed */
+    bool preempted;
+    uint64_t admit_order;
     ns_sampling params;
     ns_sampler *sampler;
     ns_detok detok;
@@ -61,6 +72,9 @@ struct ns_engine {
     int32_t *b_block_table;           /* (max_seqs, max_blocks_per_seq) */
     int *b_seq_of;                    /* (max_seqs) slot index of each batch sequence */
     float *logits;                    /* (max_seqs, n_vocab) host */
+    uint64_t *hash_scratch;           /* (max_blocks_per_seq) prefix chain hashes */
+    uint64_t n_admitted;
+    int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted;
 };
 
 const char *ns_finish_name(ns_finish f) {
@@ -80,8 +94,16 @@ void ns_completion_free(ns_completion *c) {
     free(c);
 }
 
+/* Releases s's blocks, last first: the LRU then evicts a cached prefix from its tail. */
+static void seq_release_blocks(ns_engine *e, seq *s) {
+    for (int i = s->n_blocks - 1; i >= 0; i--) ns_kv_blocks_release(e->kv, s->blocks[i]);
+    s->n_blocks = 0;
+    s->n_matched = 0;
+    s->n_ready_checked = 0;
+}
+
 static void seq_clear(ns_engine *e, seq *s) {
-    for (int i = 0; i < s->n_blocks; i++) ns_kv_blocks_release(e->kv, s->blocks[i]);
+    seq_release_blocks(e, s);
     ns_sampler_free(s->sampler);
     free(s->tokens);
     free(s->blocks);
@@ -107,7 +129,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if (cfg->block_size == 0) cfg->block_size = 16;
     if (cfg->max_seqs < 1 || cfg->max_seqs > 4096 || cfg->max_batch_tokens < cfg->max_seqs ||
         cfg->max_batch_tokens > 65536 || cfg->block_size < 1 || cfg->block_size > 1024 || cfg->n_ctx < 0 ||
-        cfg->n_threads < 0) {
+        cfg->n_threads < 0 || (cfg->policy != NS_SCHED_CONTINUOUS && cfg->policy != NS_SCHED_STATIC)) {
         st = ns_error_set(err, NS_ERR_INVALID,
                           "engine: bad limits: max_seqs %d (1..4096), max_batch_tokens %d (max_seqs..65536), "
                           "block_size %d (1..1024), n_ctx %d (>= 0), threads %d (>= 0)",
@@ -130,6 +152,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     }
     if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
         goto fail;
+    e->backend->batch_invariant = cfg->batch_invariant;
     if ((st = ns_model_load(g, e->backend, &e->model, err))) goto fail;
     ns_gguf_close(g); /* weights now live in the backend; the tokenizer copied its vocab */
     g = NULL;
@@ -175,10 +198,11 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     e->b_seq_of = ns_malloc_array(S, sizeof(int));
     e->b_block_table = ns_malloc_array(S * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
     e->logits = ns_malloc_array(S * (size_t)hp->n_vocab, sizeof(float));
+    e->hash_scratch = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(uint64_t));
     e->done_cap = (int)S * 2;
     e->done = ns_calloc_array((size_t)e->done_cap, sizeof(ns_completion *));
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_tok_start || !e->b_n_tok || !e->b_n_past ||
-        !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->done) {
+        !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->done || !e->hash_scratch) {
         st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for batch arrays");
         goto fail;
     }
@@ -214,6 +238,7 @@ void ns_engine_close(ns_engine *e) {
     free(e->b_seq_of);
     free(e->b_block_table);
     free(e->logits);
+    free(e->hash_scratch);
     if (e->model) ns_fwd_scratch_free(e->model, &e->scratch);
     ns_kv_blocks_destroy(e->kv);
     ns_model_free(e->model);
@@ -276,37 +301,85 @@ ns_status ns_engine_submit(ns_engine *e, const ns_request *req, ns_error *err) {
     return NS_OK;
 }
 
-/* Moves the head of the wait queue into free slot s, reserving its KV blocks.
- * Returns false (and changes nothing) when the KV pool cannot hold it now. */
+/* Gives s KV blocks for its first n_tokens tokens, reusing the leading full blocks of its
+ * prompt from the prefix cache (at most those before the last prompt token, which must be
+ * computed to get logits). Publishes its own full prompt blocks for later sequences.
+ * Returns false, changing nothing, when the pool cannot hold it now. */
+static bool seq_get_blocks(ns_engine *e, seq *s, int n_tokens) {
+    const int bs = e->cfg.block_size;
+    int need = ns_kv_blocks_needed(e->kv, n_tokens);
+    int n_share = e->cfg.no_prefix_cache ? 0 : NS_MIN((s->n_prompt - 1) / bs, need);
+    uint64_t h = 0;
+    for (int i = 0; i < n_share; i++) e->hash_scratch[i] = h = ns_kv_hash_block(h, s->tokens + (size_t)i * bs, bs);
+    int m = 0;
+    /* optimistic mode shares only computed blocks: a preempted owner never leaves a
+     * sharer waiting for a block that will not be computed */
+    while (m < n_share) {
+        int32_t id = ns_kv_blocks_lookup(e->kv, e->hash_scratch[m], e->cfg.optimistic);
+        if (id < 0) break;
+        s->blocks[m++] = id;
+    }
+    if (need - m > ns_kv_blocks_n_free(e->kv)) {
+        for (int i = m - 1; i >= 0; i--) ns_kv_blocks_release(e->kv, s->blocks[i]);
+        return false;
+    }
+    for (int i = m; i < need; i++) {
+        s->blocks[i] = ns_kv_blocks_alloc(e->kv);
+        NS_ASSERT(s->blocks[i] >= 0);
+    }
+    for (int i = m; i < n_share; i++) ns_kv_blocks_publish(e->kv, s->blocks[i], e->hash_scratch[i]);
+    s->n_blocks = need;
+    s->n_matched = m;
+    s->n_ready_checked = 0;
+    s->n_cached = m * bs;
+    e->stat_prefix_hit += (int64_t)m * bs;
+    e->stat_prompt_admitted += s->n_prompt;
+    return true;
+}
+
+/* Tokens a sequence needs KV blocks for at admission: everything it may write
+ * (reservation, the default: never preempts) or what it has now (optimistic). */
+static int admission_tokens(const ns_engine *e, const seq *s) {
+    return e->cfg.optimistic ? s->n_prompt + s->n_gen : s->n_prompt + s->max_gen;
+}
+
+/* Moves the head of the wait queue into free slot s and gives it KV blocks. Sets
+ * *admitted false (and changes nothing) when the KV pool cannot hold it now. */
 static ns_status admit(ns_engine *e, seq *s, bool *admitted, ns_error *err) {
     *admitted = false;
     pending *p = e->wait_head;
     const ns_request *r = &p->req;
     int max_gen = NS_MIN(r->sampling.max_tokens, e->n_ctx - r->n_prompt);
-    int need = ns_kv_blocks_needed(e->kv, r->n_prompt + max_gen);
-    if (need > ns_kv_blocks_n_free(e->kv)) return NS_OK;
     memset(s, 0, sizeof *s);
     s->tokens = ns_malloc_array((size_t)(r->n_prompt + max_gen), sizeof(int32_t));
     s->blocks = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(int32_t));
+    if (!s->tokens || !s->blocks) {
+        seq_clear(e, s);
+        return ns_error_set(err, NS_ERR_NOMEM, "request %llu: out of memory at admission", (unsigned long long)r->id);
+    }
+    memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    s->n_prompt = r->n_prompt;
+    s->max_gen = max_gen;
+    if (!seq_get_blocks(e, s, admission_tokens(e, s))) {
+        seq_clear(e, s);
+        return NS_OK;
+    }
     s->text_cap = (size_t)max_gen * 8 + 64;
     s->text = malloc(s->text_cap);
     s->sampler = ns_sampler_create(&r->sampling, e->model->hp.n_vocab);
     s->n_top = r->sampling.n_logprobs > 0 ? r->sampling.n_logprobs : 0;
     if (r->sampling.n_logprobs >= 0) s->lps = ns_malloc_array((size_t)max_gen * (size_t)(1 + s->n_top), sizeof(ns_logprob));
-    if (!s->tokens || !s->blocks || !s->text || !s->sampler || (r->sampling.n_logprobs >= 0 && !s->lps)) {
+    if (!s->text || !s->sampler || (r->sampling.n_logprobs >= 0 && !s->lps)) {
         seq_clear(e, s);
         return ns_error_set(err, NS_ERR_NOMEM, "request %llu: out of memory at admission", (unsigned long long)r->id);
     }
-    for (int i = 0; i < need; i++) s->blocks[s->n_blocks++] = ns_kv_blocks_alloc(e->kv);
-    memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
     s->active = true;
     s->id = r->id;
-    s->n_prompt = r->n_prompt;
-    s->max_gen = max_gen;
     s->params = r->sampling;
     s->on_text = r->on_text;
     s->user = r->user;
     s->t_admit = ns_time_now();
+    s->admit_order = e->n_admitted++;
     ns_detok_init(&s->detok, false);
     e->wait_head = p->next;
     if (!e->wait_head) e->wait_tail = NULL;
@@ -316,6 +389,56 @@ static ns_status admit(ns_engine *e, seq *s, bool *admitted, ns_error *err) {
     e->n_running++;
     *admitted = true;
     return NS_OK;
+}
+
+/* Optimistic mode: frees a running sequence's blocks; it keeps its tokens and sampler
+ * and is recomputed when blocks are available again. Blocks it had not computed yet are
+ * withdrawn from the prefix cache. */
+static void preempt(ns_engine *e, seq *s) {
+    for (int i = 0; i < s->n_blocks; i++)
+        if (!ns_kv_blocks_is_ready(e->kv, s->blocks[i]) && ns_kv_blocks_refcount(e->kv, s->blocks[i]) == 1)
+            ns_kv_blocks_unpublish(e->kv, s->blocks[i]);
+    seq_release_blocks(e, s);
+    s->n_cached = 0;
+    s->preempted = true;
+    e->stat_preempted++;
+}
+
+/* The most recently admitted sequence holding blocks, or NULL. */
+static seq *newest_with_blocks(ns_engine *e) {
+    seq *best = NULL;
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        seq *s = &e->seqs[i];
+        if (s->active && s->n_blocks > 0 && (!best || s->admit_order > best->admit_order)) best = s;
+    }
+    return best;
+}
+
+/* Optimistic mode: every decoding sequence gets the block its next token needs,
+ * preempting the newest sequences when the pool is full. */
+static void grow_blocks(ns_engine *e) {
+    for (int i = 0; i < e->cfg.max_seqs; i++) {
+        seq *s = &e->seqs[i];
+        if (!s->active || s->n_blocks == 0) continue;
+        int need = ns_kv_blocks_needed(e->kv, s->n_prompt + s->n_gen);
+        while (s->n_blocks > 0 && s->n_blocks < need) {
+            int32_t id = ns_kv_blocks_alloc(e->kv);
+            if (id >= 0) {
+                s->blocks[s->n_blocks++] = id;
+                continue;
+            }
+            seq *victim = newest_with_blocks(e);
+            NS_ASSERT(victim != NULL);
+            preempt(e, victim); /* may be s itself: then it waits for re-admission */
+        }
+    }
+}
+
+/* True when s's cached prefix blocks have all been computed (by their owner). */
+static bool prefix_ready(ns_engine *e, seq *s) {
+    while (s->n_ready_checked < s->n_matched && ns_kv_blocks_is_ready(e->kv, s->blocks[s->n_ready_checked]))
+        s->n_ready_checked++;
+    return s->n_ready_checked == s->n_matched;
 }
 
 static ns_status finish(ns_engine *e, seq *s, ns_finish why, ns_error *err) {
@@ -426,24 +549,42 @@ static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) 
 ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
     ns_status st;
     const int S = e->cfg.max_seqs, budget = e->cfg.max_batch_tokens;
-    /* 1. admission, FIFO */
-    for (int i = 0; i < S && e->wait_head; i++) {
+    /* 1. admission */
+    if (e->cfg.optimistic) {
+        grow_blocks(e);
+        /* preempted sequences come back first, oldest first */
+        for (;;) {
+            seq *best = NULL;
+            for (int i = 0; i < S; i++) {
+                seq *s = &e->seqs[i];
+                if (s->active && s->preempted && (!best || s->admit_order < best->admit_order)) best = s;
+            }
+            if (!best || !seq_get_blocks(e, best, admission_tokens(e, best))) break;
+            best->preempted = false;
+        }
+    }
+    bool blocked = false;
+    for (int i = 0; i < S; i++)
+        if (e->seqs[i].active && e->seqs[i].preempted) blocked = true;
+    if (e->cfg.policy == NS_SCHED_STATIC && e->n_running > 0) blocked = true; /* wait for the whole batch */
+    for (int i = 0; i < S && e->wait_head && !blocked; i++) {
         if (e->seqs[i].active) continue;
         bool ok;
         if ((st = admit(e, &e->seqs[i], &ok, err))) return st;
-        if (!ok) break; /* KV full: keep FIFO order, wait for blocks */
+        if (!ok) break; /* KV full: keep submission order, wait for blocks */
     }
-    /* 2. the batch: decode tokens first, then prompt chunks within the budget */
+    /* 2. the batch: single tokens first (decode), then chunks within the budget */
     int n_tok = 0, n_seq = 0, n_prompt_tok = 0, n_decode = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < S && n_tok < budget; i++) {
             seq *s = &e->seqs[i];
-            if (!s->active) continue;
-            bool decoding = s->n_cached >= s->n_prompt;
-            if ((pass == 0) != decoding) continue;
+            if (!s->active || s->n_blocks == 0) continue;
             int total = s->n_prompt + s->n_gen;
-            int n = decoding ? 1 : NS_MIN(s->n_prompt - s->n_cached, budget - n_tok);
-            if (decoding) NS_ASSERT(total - s->n_cached == 1);
+            int remaining = total - s->n_cached;
+            NS_ASSERT(remaining >= 1);
+            if ((pass == 0) != (remaining == 1)) continue;
+            if (!prefix_ready(e, s)) continue; /* its shared prefix is computed this step */
+            int n = pass == 0 ? 1 : NS_MIN(remaining, budget - n_tok);
             e->b_tok_start[n_seq] = n_tok;
             e->b_n_tok[n_seq] = n;
             e->b_n_past[n_seq] = s->n_cached;
@@ -458,7 +599,7 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
             e->b_seq_of[n_seq] = i;
             n_tok += n;
             n_seq++;
-            if (decoding) n_decode++;
+            if (s->n_gen > 0 && remaining == 1) n_decode++;
             else n_prompt_tok += n;
         }
     }
@@ -476,6 +617,10 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         stats->kv_blocks_total = ns_kv_blocks_n_total(e->kv);
         stats->kv_blocks_used = stats->kv_blocks_total - ns_kv_blocks_n_free(e->kv);
         stats->n_running = e->n_running;
+        stats->kv_blocks_cached = ns_kv_blocks_n_cached(e->kv);
+        stats->prefix_hit_tokens = e->stat_prefix_hit;
+        stats->prompt_tokens_admitted = e->stat_prompt_admitted;
+        stats->n_preempted = e->stat_preempted;
     }
     if (n_tok == 0) return NS_OK;
 
@@ -492,6 +637,9 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
     int i_logit = 0;
     for (int k = 0; k < n_seq; k++) {
         seq *s = &e->seqs[e->b_seq_of[k]];
+        int bs = e->cfg.block_size;
+        for (int b = s->n_cached / bs; b < (s->n_cached + e->b_n_tok[k]) / bs; b++)
+            ns_kv_blocks_set_ready(e->kv, s->blocks[b]); /* full now: sharers may read it */
         s->n_cached += e->b_n_tok[k];
         if (s->logit_row < 0) continue;
         float *row = e->logits + (size_t)i_logit++ * n_vocab;

@@ -28,7 +28,17 @@ typedef struct ns_engine_config {
     int max_batch_tokens;  /* tokens per forward step; 0 = 512; must be >= max_seqs */
     int block_size;        /* KV block size in tokens; 0 = 16 */
     size_t kv_bytes;       /* KV pool budget in bytes; 0 = max(max_seqs x min(n_ctx, 1024), n_ctx) tokens */
+    int policy;            /* NS_SCHED_CONTINUOUS (default) or NS_SCHED_STATIC */
+    bool no_prefix_cache;  /* turn off sharing of KV blocks between prompts with a common prefix */
+    bool optimistic;       /* admit on prompt blocks only; preempt (and later recompute) on KV pressure */
+    bool batch_invariant;  /* bit-identical outputs whatever the batch composition (slower) */
 } ns_engine_config;
+
+/* Scheduling policies (for benchmarks; continuous is the product's). */
+enum {
+    NS_SCHED_CONTINUOUS = 0, /* a finished sequence's slot is refilled in the next step */
+    NS_SCHED_STATIC = 1,     /* a batch is admitted, then nothing until all of it finished */
+};
 
 void ns_engine_config_default(ns_engine_config *cfg);
 
@@ -79,6 +89,10 @@ typedef struct ns_step_stats {
     int n_waiting;      /* submitted, not admitted */
     int kv_blocks_used;
     int kv_blocks_total;
+    int kv_blocks_cached;   /* free blocks still holding a reusable prefix */
+    int64_t prefix_hit_tokens; /* prompt tokens served from the prefix cache, since open */
+    int64_t prompt_tokens_admitted; /* prompt tokens admitted, since open */
+    int64_t n_preempted;    /* sequences preempted (optimistic mode), since open */
 } ns_step_stats;
 
 typedef struct ns_engine ns_engine;

@@ -65,6 +65,7 @@ char *ns_fingerprint_make(const ns_job_spec *spec, const char *model_hash, uint6
     json_object_set_new(prompt, "user", spec->user_template ? json_string(spec->user_template) : json_null());
     json_object_set_new(prompt, "chat", json_boolean(spec->chat));
     json_object_set_new(prompt, "n", json_integer(spec->n));
+    json_object_set_new(prompt, "deterministic", json_boolean(spec->deterministic));
     json_object_set_new(o, "engine", json_string(NS_ENGINE_VERSION));
     json_object_set_new(o, "model_hash", json_string(model_hash));
     json_object_set_new(o, "model_size", json_integer((json_int_t)model_size));

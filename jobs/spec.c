@@ -590,9 +590,25 @@ static ns_status parse_output(spec_parser *p, yaml_node_t *v) {
     return NS_OK;
 }
 
-enum { LI_BATCH_TOKENS, LI_SEQS, LI_CONTEXT, LI_PRIORITY, LI_RETRIES, LI_N };
+enum { LI_BATCH_TOKENS, LI_SEQS, LI_CONTEXT, LI_PRIORITY, LI_RETRIES, LI_DETERMINISTIC, LI_N };
 static const char *const k_limits[LI_N] = {"max_batch_tokens", "max_seqs", "max_context",
-                                           "priority", "retries"};
+                                           "priority", "retries", "deterministic"};
+
+static ns_status get_bool(spec_parser *p, yaml_node_t *v, const char *field, bool *out) {
+    char buf[SPEC_SHOW_MAX + 8];
+    if (v->type == YAML_SCALAR_NODE) {
+        const char *s = (const char *)v->data.scalar.value;
+        if (!strcmp(s, "true")) {
+            *out = true;
+            return NS_OK;
+        }
+        if (!strcmp(s, "false")) {
+            *out = false;
+            return NS_OK;
+        }
+    }
+    return fail_at(p, v, NS_ERR_INVALID, field, "expected true or false, got %s", describe(v, buf, sizeof buf));
+}
 
 static ns_status parse_limits(spec_parser *p, yaml_node_t *v) {
     ns_job_spec *o = p->out;
@@ -606,16 +622,19 @@ static ns_status parse_limits(spec_parser *p, yaml_node_t *v) {
         const char *field;
         long long lo, hi;
         bool zero_ok;
-    } k[LI_N] = {
+    } k[LI_DETERMINISTIC] = {
         {"limits.max_batch_tokens", 1, 65536, true},
         {"limits.max_seqs", 1, 4096, true},
         {"limits.max_context", 16, 1048576, true},
         {"limits.priority", -1000, 1000, false},
         {"limits.retries", 0, 100, false},
     };
-    int *dst[LI_N] = {&o->max_batch_tokens, &o->max_seqs, &o->max_context, &o->priority,
-                      &o->max_retries};
-    for (int i = 0; i < LI_N; i++) {
+    int *dst[LI_DETERMINISTIC] = {&o->max_batch_tokens, &o->max_seqs, &o->max_context, &o->priority,
+                                  &o->max_retries};
+    if (f.val[LI_DETERMINISTIC] &&
+        (st = get_bool(p, f.val[LI_DETERMINISTIC], "limits.deterministic", &o->deterministic)))
+        return st;
+    for (int i = 0; i < LI_DETERMINISTIC; i++) {
         if (!f.val[i]) continue;
         if ((st = get_int(p, f.val[i], k[i].field, k[i].lo, k[i].hi, k[i].zero_ok, &x))) return st;
         *dst[i] = (int)x;

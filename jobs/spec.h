@@ -59,6 +59,7 @@ typedef struct ns_job_spec {
     int max_context;       /* 0 = engine default */
     int priority;          /* higher runs first; default 0 */
     int max_retries;       /* attempts after the first; default 2 */
+    bool deterministic;    /* batch-invariant engine: bit-identical outputs whatever the batch */
     ns_bad_input on_bad_input;
 } ns_job_spec;
 

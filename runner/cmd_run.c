@@ -206,6 +206,7 @@ static void progress_show(progress *pg, int64_t job_id, const ns_step_stats *st,
     int64_t this_run = finished - pg->done0;
     double items_s = el > 0 ? this_run / el : 0;
     double eta = items_s > 0 ? (pg->total - finished) / items_s : -1;
+    double hit = st && st->prompt_tokens_admitted > 0 ? 100.0 * (double)st->prefix_hit_tokens / (double)st->prompt_tokens_admitted : 0;
     char eta_s[32];
     if (eta < 0) snprintf(eta_s, sizeof eta_s, "?");
     else snprintf(eta_s, sizeof eta_s, "%dm%02ds", (int)(eta / 60), (int)eta % 60);
@@ -214,13 +215,14 @@ static void progress_show(progress *pg, int64_t job_id, const ns_step_stats *st,
         char bar[64];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = 0;
-        fprintf(stderr, "\r[%s] %lld/%lld items, %lld failed, %.0f tok/s, batch %d, kv %d/%d, ETA %s   ", bar,
-                (long long)finished, (long long)pg->total, (long long)pg->failed, tok_s, st ? st->n_seqs : 0,
-                st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, eta_s);
+        fprintf(stderr, "\r[%s] %lld/%lld items, %lld failed, %.0f tok/s, batch %d, kv %d/%d, prefix hits %.0f%%, ETA %s  ",
+                bar, (long long)finished, (long long)pg->total, (long long)pg->failed, tok_s, st ? st->n_seqs : 0,
+                st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, hit, eta_s);
     } else {
-        fprintf(stderr, "nightshift: job %lld: %lld/%lld items done, %lld failed, %.0f tok/s, batch %d, kv blocks %d/%d, ETA %s\n",
+        fprintf(stderr, "nightshift: job %lld: %lld/%lld items done, %lld failed, %.0f tok/s, batch %d, kv blocks %d/%d, "
+                        "prefix hits %.0f%%, ETA %s\n",
                 (long long)job_id, (long long)finished, (long long)pg->total, (long long)pg->failed, tok_s,
-                st ? st->n_seqs : 0, st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, eta_s);
+                st ? st->n_seqs : 0, st ? st->kv_blocks_used : 0, st ? st->kv_blocks_total : 0, hit, eta_s);
     }
 }
 
@@ -285,6 +287,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     cfg.n_ctx = spec.max_context;
     cfg.max_seqs = spec.max_seqs;
     cfg.max_batch_tokens = spec.max_batch_tokens;
+    cfg.batch_invariant = spec.deterministic;
     if (cfg.max_seqs && cfg.max_batch_tokens && cfg.max_batch_tokens < cfg.max_seqs) cfg.max_batch_tokens = cfg.max_seqs;
     const char *note = NULL;
     if (ns_engine_open(&cfg, &e, &note, &err)) {

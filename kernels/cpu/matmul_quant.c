@@ -290,10 +290,11 @@ static float load_weight(int type, const uint8_t *p, int k) {
  * and are not stored) against activation rows x[0 .. G). type and G are compile-time
  * constants at every call site (one copy per pair). When G * TILE_N accumulators are too
  * few to hide the FMA latency, each is split in S partial sums over the block's vectors. */
-static ALWAYS_INLINE void group(int type, int G, float *y, int ldy, const float *x, int K,
+static ALWAYS_INLINE void group(int type, int G, int invariant, float *y, int ldy, const float *x, int K,
                                 const uint8_t *w, size_t rb, int n_rows) {
     enum { S_MAX = NV < 4 ? NV : 4 };
-    const int S = G * TILE_N >= 8 ? 1 : G * TILE_N >= 4 ? (S_MAX < 2 ? S_MAX : 2) : S_MAX;
+    /* invariant: one partial sum whatever G, so a row's arithmetic does not depend on M */
+    const int S = invariant ? 1 : G * TILE_N >= 8 ? 1 : G * TILE_N >= 4 ? (S_MAX < 2 ? S_MAX : 2) : S_MAX;
     const uint8_t *wr[TILE_N];
     for (int r = 0; r < TILE_N; r++) wr[r] = w + (size_t)(r < n_rows ? r : n_rows - 1) * rb;
     const int nb = K / QK;
@@ -333,7 +334,7 @@ static ALWAYS_INLINE void group(int type, int G, float *y, int ldy, const float 
 /* All N rows, tile by tile; within a tile (which stays in L1/L2) the activation rows in
  * groups of GMAX and a last group of M % GMAX. */
 #define GROUP_CASE(T, g)                                                                     \
-    case g: group(T, (g) <= GMAX ? (g) : 1, y + (size_t)m0 * ldy + n0, ldy, x + (size_t)m0 * K, \
+    case g: group(T, (g) <= GMAX ? (g) : 1, INV, y + (size_t)m0 * ldy + n0, ldy, x + (size_t)m0 * K, \
                   K, wt, rb, n_rows); break;
 #define DEFINE_TYPE(name, T)                                                                 \
     static void name(float *y, int ldy, const float *x, int M, int N, int K, const uint8_t *w) { \
@@ -350,12 +351,22 @@ static ALWAYS_INLINE void group(int type, int G, float *y, int ldy, const float 
             }                                                                                \
         }                                                                                    \
     }
+#define INV 0
 DEFINE_TYPE(mq_f32, NS_GGML_F32)
 DEFINE_TYPE(mq_f16, NS_GGML_F16)
 DEFINE_TYPE(mq_bf16, NS_GGML_BF16)
 DEFINE_TYPE(mq_q8_0, NS_GGML_Q8_0)
 DEFINE_TYPE(mq_q4_0, NS_GGML_Q4_0)
 DEFINE_TYPE(mq_q4_1, NS_GGML_Q4_1)
+#undef INV
+#define INV 1
+DEFINE_TYPE(mqi_f32, NS_GGML_F32)
+DEFINE_TYPE(mqi_f16, NS_GGML_F16)
+DEFINE_TYPE(mqi_bf16, NS_GGML_BF16)
+DEFINE_TYPE(mqi_q8_0, NS_GGML_Q8_0)
+DEFINE_TYPE(mqi_q4_0, NS_GGML_Q4_0)
+DEFINE_TYPE(mqi_q4_1, NS_GGML_Q4_1)
+#undef INV
 
 #endif /* NS_CPU_AVX2 */
 
@@ -374,4 +385,21 @@ void ns_cpu_matmul_quant(float *y, int ldy, const float *x, const void *w, int t
     }
 #endif
     matmul_quant_scalar(y, ldy, x, w, type, M, N, K);
+}
+
+void ns_cpu_matmul_quant_invariant(float *y, int ldy, const float *x, const void *w, int type, int M, int N,
+                                   int K) {
+    if (!check_args(y, ldy, type, M, N, K)) return;
+#if NS_CPU_AVX2
+    switch (type) {
+    case NS_GGML_F32: mqi_f32(y, ldy, x, M, N, K, w); return;
+    case NS_GGML_F16: mqi_f16(y, ldy, x, M, N, K, w); return;
+    case NS_GGML_BF16: mqi_bf16(y, ldy, x, M, N, K, w); return;
+    case NS_GGML_Q8_0: mqi_q8_0(y, ldy, x, M, N, K, w); return;
+    case NS_GGML_Q4_0: mqi_q4_0(y, ldy, x, M, N, K, w); return;
+    case NS_GGML_Q4_1: mqi_q4_1(y, ldy, x, M, N, K, w); return;
+    default: break;
+    }
+#endif
+    matmul_quant_scalar(y, ldy, x, w, type, M, N, K); /* per element, invariant already */
 }

@@ -31,4 +31,9 @@ void ns_cpu_matmul_quant_ref(float *y /*(M, ldy)*/, int ldy, const float *x /*(M
 void ns_cpu_matmul_quant(float *y /*(M, ldy)*/, int ldy, const float *x /*(M, K)*/,
                          const void *w /*(N, K) in type*/, int type, int M, int N, int K);
 
+/* Same, but each row's result is bit-identical whatever M and the row's place in x
+ * (batch-invariant mode): one fixed accumulation order, a little slower for small M. */
+void ns_cpu_matmul_quant_invariant(float *y /*(M, ldy)*/, int ldy, const float *x /*(M, K)*/,
+                                   const void *w, int type, int M, int N, int K);
+
 #endif

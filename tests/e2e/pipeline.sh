@@ -144,6 +144,15 @@ mk 's/path: in.jsonl/path: in8.jsonl/' b8.yaml;                    bad_case "emp
 python3 -c "import json; print(json.dumps({'id': 'long', 'text': 'the ' * 600}))" > "$T/in9.jsonl"
 mk 's/path: in.jsonl/path: in9.jsonl/' b9.yaml;                    bad_case "prompt too long for the context" "context is 512 tokens" "$T/b9.yaml"
 
+# --- a changed model file refuses the resume, naming what changed; the queue is kept
+cp "$T/tiny.gguf" "$T/fp.gguf"
+sed 's/model: tiny.gguf/model: fp.gguf/' "$T/job.yaml" > "$T/fp.yaml"
+"$BIN" submit "$T/fp.yaml" --db "$T/fp.db" >/dev/null 2>&1
+"$UNIT" --write-tiny-model "$T/fp.gguf" 99
+"$BIN" run --db "$T/fp.db" --quiet >/dev/null 2>"$T/err"; rc=$?
+check "changed model: run refused (exit 3) naming model_hash" bash -c "[ $rc = 3 ] && grep -q 'fingerprint changed: model_hash was' '$T/err'"
+check "changed model: all items still pending" test "$(sqlite3 "$T/fp.db" "SELECT COUNT(*) FROM items WHERE status='pending'")" = 40
+
 # --- on_bad_input: queue -> the bad line becomes a failed item with its error
 sed 's/path: in.jsonl/path: in5.jsonl/' "$T/job.yaml" > "$T/q.yaml"; echo "on_bad_input: queue" >> "$T/q.yaml"
 db="$T/queue.db"

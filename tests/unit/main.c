@@ -110,9 +110,10 @@ int ns_test_allclose_at(const char *file, int line, const float *got, const floa
 
 int main(int argc, char **argv) {
     /* helper for the shell tests: write a tiny random-weight model and exit */
-    if (argc == 3 && !strcmp(argv[1], "--write-tiny-model")) {
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "--write-tiny-model")) {
         ns_tiny_cfg c;
         ns_tiny_cfg_default(&c);
+        if (argc == 4) c.seed = strtoull(argv[3], NULL, 10); /* test helper: a different model */
         c.wtype = NS_GGML_Q8_0;
         c.n_ctx = 512;
         ns_error err;

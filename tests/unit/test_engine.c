@@ -402,3 +402,250 @@ NS_TEST(test_engine_nan_logits_fail_the_item) {
     ns_completion_free(out);
     ns_engine_close(e);
 }
+
+/* ---- scheduler: prefix cache, policies, optimistic admission, batch invariance ---- */
+
+typedef struct sched_run {
+    ns_completion *c[64];
+    int max_step_tokens;
+    int max_kv_used;
+    ns_step_stats last;
+} sched_run;
+
+/* Submits n requests (prompts[r], max_tokens each, seeds[r] or greedy) into an engine
+ * with the given config tweaks and runs it dry, checking the budget and the pool. */
+static void sched_go(const char *path, const ns_engine_config *tweak, int n, int32_t **prompts, const int *lens,
+                     int max_tokens, float temperature, const uint64_t *seeds, sched_run *out) {
+    memset(out, 0, sizeof *out);
+    ns_engine_config cfg = *tweak;
+    cfg.model_path = path;
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    CHECK_MSG(st == NS_OK, "open: %s", err.msg);
+    if (st) return;
+    for (int r = 0; r < n; r++) {
+        ns_request req;
+        memset(&req, 0, sizeof req);
+        req.id = (uint64_t)r;
+        req.prompt = prompts[r];
+        req.n_prompt = lens[r];
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = max_tokens;
+        req.sampling.ignore_eos = true;
+        req.sampling.n_logprobs = 2;
+        req.sampling.temperature = temperature;
+        if (seeds) req.sampling.seed = seeds[r];
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    int guard = 0, got = 0;
+    while (!ns_engine_idle(e) && guard++ < 100000) {
+        ns_step_stats s;
+        CHECK_STATUS_OK(ns_engine_step(e, &s, &err), &err);
+        out->max_step_tokens = NS_MAX(out->max_step_tokens, s.n_tokens);
+        out->max_kv_used = NS_MAX(out->max_kv_used, s.kv_blocks_used);
+        CHECK(s.kv_blocks_used <= s.kv_blocks_total);
+        out->last = s;
+        ns_completion *c;
+        while (ns_engine_collect(e, &c, 1) == 1) {
+            if (c->id < 64) out->c[c->id] = c;
+            got++;
+        }
+    }
+    CHECK_EQ_INT(got, n);
+    for (int r = 0; r < n; r++) CHECK(out->c[r] && out->c[r]->n_tokens == max_tokens);
+    ns_engine_close(e);
+}
+
+static void sched_free(sched_run *r) {
+    for (int i = 0; i < 64; i++) ns_completion_free(r->c[i]);
+}
+
+/* Same tokens (and, when exact, bit-identical logprobs) in two runs. */
+static void sched_same(const sched_run *a, const sched_run *b, int n, bool exact) {
+    for (int r = 0; r < n; r++) {
+        if (!a->c[r] || !b->c[r]) continue;
+        CHECK_EQ_INT(a->c[r]->n_tokens, b->c[r]->n_tokens);
+        for (int i = 0; i < a->c[r]->n_tokens && i < b->c[r]->n_tokens; i++) {
+            if (a->c[r]->tokens[i] != b->c[r]->tokens[i]) {
+                CHECK_MSG(0, "request %d token %d: %d vs %d", r, i, a->c[r]->tokens[i], b->c[r]->tokens[i]);
+                break;
+            }
+            float x = a->c[r]->logprobs[i * 3].logprob, y = b->c[r]->logprobs[i * 3].logprob;
+            if (exact) CHECK_MSG(memcmp(&x, &y, sizeof x) == 0, "request %d token %d: logprob %.9g vs %.9g", r, i, x, y);
+            else CHECK_NEAR(x, y, 1e-3);
+        }
+    }
+}
+
+/* n prompts sharing a prefix of n_common tokens, each with a unique tail. */
+static void make_prompts(int n, int n_common, int n_tail, int32_t **prompts, int *lens, unsigned long long seed) {
+    ns_test_rng rng = {seed};
+    int32_t common[512];
+    for (int i = 0; i < n_common; i++) common[i] = (int32_t)(ns_test_rng_u64(&rng) % 264);
+    for (int r = 0; r < n; r++) {
+        int tail = n_tail + r % 5;
+        lens[r] = n_common + tail;
+        prompts[r] = malloc((size_t)lens[r] * sizeof(int32_t));
+        memcpy(prompts[r], common, (size_t)n_common * sizeof(int32_t));
+        for (int i = 0; i < tail; i++) prompts[r][n_common + i] = (int32_t)(ns_test_rng_u64(&rng) % 264);
+    }
+}
+
+static const char *sched_model(void) {
+    static char path[512];
+    if (!path[0]) {
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.wtype = NS_GGML_Q8_0;
+        c.n_ctx = 512;
+        snprintf(path, sizeof path, "%s/tiny_sched.gguf", ns_test_tmpdir());
+        ns_error err;
+        CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    }
+    return path;
+}
+
+NS_TEST(test_sched_prefix_sharing_same_outputs) {
+    enum { N = 12 };
+    int32_t *p[N];
+    int lens[N];
+    make_prompts(N, 70, 9, p, lens, 5);
+    ns_engine_config on, off;
+    ns_engine_config_default(&on);
+    on.max_seqs = 4;
+    on.max_batch_tokens = 48;
+    off = on;
+    off.no_prefix_cache = true;
+    sched_run a, b;
+    sched_go(sched_model(), &off, N, p, lens, 8, 0.0f, NULL, &a);
+    sched_go(sched_model(), &on, N, p, lens, 8, 0.0f, NULL, &b);
+    sched_same(&a, &b, N, false);
+    CHECK_EQ_INT(a.last.prefix_hit_tokens, 0);
+    /* 70 common tokens = 4 full blocks of 16; every request after the first reuses them */
+    CHECK_MSG(b.last.prefix_hit_tokens >= (N - 1) * 64, "prefix hits %lld", (long long)b.last.prefix_hit_tokens);
+    CHECK(b.max_step_tokens <= 48 && a.max_step_tokens <= 48);
+    sched_free(&a);
+    sched_free(&b);
+    for (int r = 0; r < N; r++) free(p[r]);
+}
+
+NS_TEST(test_sched_batch_invariant_alone_vs_full_batch) {
+    enum { N = 8 };
+    int32_t *p[N];
+    int lens[N];
+    make_prompts(N, 0, 20, p, lens, 9);
+    for (int r = 0; r < N; r++) lens[r] += 13 * r; /* different lengths, chunked differently */
+    for (int r = 0; r < N; r++) {
+        p[r] = realloc(p[r], (size_t)lens[r] * sizeof(int32_t));
+        for (int i = 20 + r % 5; i < lens[r]; i++) p[r][i] = (int32_t)((i * 7 + r) % 264);
+    }
+    ns_engine_config full, alone;
+    ns_engine_config_default(&full);
+    full.batch_invariant = true;
+    full.max_seqs = 8;
+    full.max_batch_tokens = 40;
+    alone = full;
+    alone.max_seqs = 1;
+    alone.max_batch_tokens = 512;
+    sched_run a, b;
+    sched_go(sched_model(), &alone, N, p, lens, 10, 0.0f, NULL, &a);
+    sched_go(sched_model(), &full, N, p, lens, 10, 0.0f, NULL, &b);
+    sched_same(&a, &b, N, true); /* bit-identical */
+    sched_free(&a);
+    sched_free(&b);
+    for (int r = 0; r < N; r++) free(p[r]);
+}
+
+NS_TEST(test_sched_static_and_optimistic_same_outputs) {
+    enum { N = 10 };
+    int32_t *p[N];
+    int lens[N];
+    make_prompts(N, 20, 15, p, lens, 13);
+    ns_engine_config base, stat, opt;
+    ns_engine_config_default(&base);
+    base.batch_invariant = true;
+    base.max_seqs = 6;
+    base.max_batch_tokens = 64;
+    stat = base;
+    stat.policy = NS_SCHED_STATIC;
+    opt = base;
+    opt.optimistic = true;
+    /* a pool of 14 blocks of 16: six sequences of 40 + 30 tokens do not fit at once */
+    size_t per_token = (size_t)2 * 2 * 2 * 16 * sizeof(float); /* layers x K,V x kv heads x head dim */
+    opt.kv_bytes = per_token * 16 * 14;
+    sched_run a, b, c;
+    sched_go(sched_model(), &base, N, p, lens, 30, 0.0f, NULL, &a);
+    sched_go(sched_model(), &stat, N, p, lens, 30, 0.0f, NULL, &b);
+    sched_go(sched_model(), &opt, N, p, lens, 30, 0.0f, NULL, &c);
+    sched_same(&a, &b, N, true);
+    sched_same(&a, &c, N, true);
+    CHECK_MSG(c.last.n_preempted > 0, "optimistic mode never preempted (%lld)", (long long)c.last.n_preempted);
+    CHECK(c.max_kv_used <= 14);
+    sched_free(&a);
+    sched_free(&b);
+    sched_free(&c);
+    for (int r = 0; r < N; r++) free(p[r]);
+}
+
+NS_TEST(test_sched_n_samples_seeded_reproducible_and_share_prefill) {
+    enum { N = 4 };
+    int32_t *p[N];
+    int lens[N];
+    make_prompts(1, 0, 50, p, lens, 21);
+    for (int r = 1; r < N; r++) {
+        p[r] = p[0];
+        lens[r] = lens[0];
+    }
+    uint64_t seeds[N] = {11, 12, 13, 14};
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.max_seqs = 4;
+    sched_run a, b;
+    sched_go(sched_model(), &cfg, N, p, lens, 12, 3.0f, seeds, &a);
+    sched_go(sched_model(), &cfg, N, p, lens, 12, 3.0f, seeds, &b);
+    sched_same(&a, &b, N, true);
+    /* the 3 later samples reuse the first one's 3 full prompt blocks */
+    CHECK_MSG(a.last.prefix_hit_tokens == 3 * 48, "prefix hits %lld", (long long)a.last.prefix_hit_tokens);
+    bool differ = false;
+    for (int r = 1; r < N && a.c[0] && a.c[r]; r++)
+        if (memcmp(a.c[0]->tokens, a.c[r]->tokens, 12 * sizeof(int32_t))) differ = true;
+    CHECK_MSG(differ, "samples with different seeds are all equal");
+    sched_free(&a);
+    sched_free(&b);
+    free(p[0]);
+}
+
+NS_TEST(test_kv_prefix_cache_refcounts_and_lru) {
+    ns_kv_blocks *kv = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_kv_blocks_create(3, 4, &kv, &err), &err);
+    if (!kv) return;
+    int32_t t[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    uint64_t h0 = ns_kv_hash_block(0, t, 4), h1 = ns_kv_hash_block(h0, t + 4, 4);
+    CHECK(h0 != h1 && h0 != ns_kv_hash_block(0, t + 4, 4));
+    int32_t a = ns_kv_blocks_alloc(kv);
+    ns_kv_blocks_publish(kv, a, h0);
+    CHECK_EQ_INT(ns_kv_blocks_lookup(kv, h0, true), -1); /* not computed yet */
+    ns_kv_blocks_set_ready(kv, a);
+    CHECK_EQ_INT(ns_kv_blocks_lookup(kv, h0, true), a); /* a sharer */
+    CHECK_EQ_INT(ns_kv_blocks_refcount(kv, a), 2);
+    ns_kv_blocks_release(kv, a);
+    CHECK_EQ_INT(ns_kv_blocks_n_cached(kv), 0); /* still used by one */
+    ns_kv_blocks_release(kv, a);                /* last user gone: cached, evictable */
+    CHECK_EQ_INT(ns_kv_blocks_refcount(kv, a), 0);
+    CHECK_EQ_INT(ns_kv_blocks_n_cached(kv), 1);
+    CHECK_EQ_INT(ns_kv_blocks_n_free(kv), 3);
+    CHECK_EQ_INT(ns_kv_blocks_lookup(kv, h0, true), a); /* revived */
+    CHECK_EQ_INT(ns_kv_blocks_n_cached(kv), 0);
+    ns_kv_blocks_release(kv, a);
+    int32_t b = ns_kv_blocks_alloc(kv), c = ns_kv_blocks_alloc(kv);
+    CHECK(b != a && c != a && b >= 0 && c >= 0); /* free blocks before evicting */
+    int32_t d = ns_kv_blocks_alloc(kv);           /* evicts the cached one */
+    CHECK_EQ_INT(d, a);
+    CHECK_EQ_INT(ns_kv_blocks_lookup(kv, h0, false), -1);
+    CHECK_EQ_INT(ns_kv_blocks_alloc(kv), -1);
+    ns_kv_blocks_destroy(kv);
+}

@@ -197,3 +197,39 @@ NS_TEST(test_matmul_quant_column_slices) {
     free(w);
     free(wf);
 }
+
+/* The batch-invariant variant: a row's result is bit-identical alone and at every
+ * position of every M (the property the engine's batch-invariant mode rests on), and
+ * close to the reference. */
+NS_TEST(test_matmul_quant_invariant_rows) {
+    const int types[] = {NS_GGML_F32, NS_GGML_F16, NS_GGML_BF16, NS_GGML_Q8_0, NS_GGML_Q4_0, NS_GGML_Q4_1};
+    enum { N = 37, K = 96, MMAX = 21 };
+    ns_test_rng rng = {77};
+    float wf[N * K], x[MMAX * K], y1[N], yM[MMAX * N], yref[MMAX * N];
+    for (int i = 0; i < N * K; i++) wf[i] = ns_test_rng_f32(&rng);
+    for (int i = 0; i < MMAX * K; i++) x[i] = ns_test_rng_f32(&rng);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        size_t rb = (size_t)K * 4 + 64;
+        unsigned char *w = malloc(rb * N);
+        size_t row = 0;
+        switch (types[t]) {
+        case NS_GGML_F32: row = (size_t)K * 4; break;
+        case NS_GGML_F16: case NS_GGML_BF16: row = (size_t)K * 2; break;
+        case NS_GGML_Q8_0: row = (size_t)K / 32 * 34; break;
+        case NS_GGML_Q4_0: row = (size_t)K / 32 * 18; break;
+        default: row = (size_t)K / 32 * 20; break;
+        }
+        for (int n = 0; n < N; n++) ns_cpu_quantize_row(types[t], wf + n * K, w + (size_t)n * row, K);
+        for (int M = 1; M <= MMAX; M += 4) {
+            ns_cpu_matmul_quant_invariant(yM, N, x, w, types[t], M, N, K);
+            ns_cpu_matmul_quant_ref(yref, N, x, w, types[t], M, N, K);
+            CHECK_ALLCLOSE(yM, yref, (size_t)M * N, 1e-4, 1e-4, 1e-10);
+            for (int r = 0; r < M; r++) {
+                ns_cpu_matmul_quant_invariant(y1, N, x + (size_t)r * K, w, types[t], 1, N, K);
+                CHECK_MSG(memcmp(y1, yM + (size_t)r * N, sizeof y1) == 0, "type %d: row %d of M=%d differs from alone",
+                          types[t], r, M);
+            }
+        }
+        free(w);
+    }
+}

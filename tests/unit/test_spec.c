@@ -541,3 +541,19 @@ NS_TEST(test_spec_truncated_every_offset) {
     CHECK(n_ok > 0 && n_err > 0);
     CHECK_EQ_INT(n_ok + n_err, (long long)len + 1);
 }
+
+NS_TEST(test_spec_deterministic_flag) {
+    const char *ok = "name: d\nmodel: m.gguf\ninput:\n  path: in.jsonl\nprompt:\n  template: \"{{text}}\"\n"
+                     "limits:\n  deterministic: true\n";
+    ns_job_spec s;
+    ns_error err;
+    ns_error *e = &err;
+    CHECK_STATUS_OK(ns_job_spec_parse(ok, strlen(ok), "d.yaml", &s, e), e);
+    CHECK(s.deterministic);
+    ns_job_spec_free(&s);
+    const char *bad = "name: d\nmodel: m.gguf\ninput:\n  path: in.jsonl\nprompt:\n  template: \"{{text}}\"\n"
+                      "limits:\n  deterministic: maybe\n";
+    CHECK(ns_job_spec_parse(bad, strlen(bad), "d.yaml", &s, e) == NS_ERR_INVALID);
+    CHECK_MSG(strstr(err.msg, "d.yaml:8:") && strstr(err.msg, "limits.deterministic") && strstr(err.msg, "true or false"),
+              "%s", err.msg);
+}
