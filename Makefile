@@ -34,8 +34,19 @@ CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
 # ---- CUDA detection ----
+# With HAVE_CUDA=1 the kernels in kernels/cuda/*.cu go into $(BUILD)/libnightshift_cuda.a,
+# engine/backend_cuda.c is compiled with -DNS_HAVE_CUDA (it is empty otherwise), and the
+# binaries link cuBLAS and the CUDA runtime from $(CUDA_HOME)/lib64 (with an rpath, and
+# --as-needed so that a binary that calls no CUDA does not load them). A binary built so
+# still starts on a machine without a GPU or driver: "auto" then falls back to the CPU.
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(NVCC_PATH)))
 CUDA_SRCS := $(wildcard kernels/cuda/*.cu) $(wildcard engine/cuda/*.cu)
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
+NVCCFLAGS ?= -O2 -std=c++17 --expt-relaxed-constexpr \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90 \
+             -Iengine -Ikernels/cpu -Ikernels/cuda -Xcompiler -Wall
 ifeq ($(USE_CUDA),no)
   HAVE_CUDA := 0
 else ifeq ($(USE_CUDA),yes)
@@ -46,15 +57,28 @@ else ifeq ($(USE_CUDA),yes)
 else
   HAVE_CUDA := $(if $(NVCC_PATH),1,0)
 endif
-ifeq ($(strip $(HAVE_CUDA))$(strip $(CUDA_SRCS)),1)
-  CUDA_NOTE := cuda: nvcc found, no CUDA sources yet (CUDA backend is its own issue)
-else ifeq ($(strip $(HAVE_CUDA)),1)
-  CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH)
+ifeq ($(strip $(HAVE_CUDA)),1)
+  CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
+  CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
+  LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+            -Wl,--push-state,--as-needed -lcublas -lcudart -lstdc++ -Wl,--pop-state
+  CUDA_LINKED := $(BUILD)/nightshift $(BUILD)/unit $(BUILD)/unit-asan-parsers $(BUILD)/bench-engine $(BUILD)/bench-sched
+  $(CUDA_LINKED): $(BUILD)/libnightshift_cuda.a
 else
   CUDA_NOTE := cuda: off (USE_CUDA=$(USE_CUDA), nvcc $(if $(NVCC_PATH),found,not found))
 endif
 
-.PHONY: all help deps model test test-cuda bench bench-engine asan fuzz demo install clean features
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libnightshift_cuda.a: $(CUDA_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+-include $(CUDA_OBJS:.o=.d)
+
+.PHONY: all help deps model test test-cuda bench bench-engine bench-sched bench-pipeline asan fuzz demo install clean features
 
 ## all: the nightshift binary and the unit-test runner (about 1 minute)
 all: features $(BUILD)/nightshift $(BUILD)/unit
@@ -91,6 +115,9 @@ $(BUILD)/unit-asan-parsers: $(PARSER_ASAN_SRCS)
 $(BUILD)/bench-engine: tests/bench/bench_engine.c $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+$(BUILD)/bench-sched: tests/bench/bench_sched.c $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
 ## deps: installs the missing Debian build packages with apt-get (seconds when present)
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -123,12 +150,20 @@ test: all model $(BUILD)/unit-asan-parsers
 test-cuda: all
 	@bash tests/run.sh $(BUILD) cuda
 
-## bench-engine: engine throughput on the demo model, llama.cpp batched-bench layout (minutes)
+## bench-engine: engine throughput on the demo model, llama.cpp batched-bench layout (about 5 minutes)
 bench-engine: $(BUILD)/bench-engine model
-	$(BUILD)/bench-engine $(MODEL_FILE)
+	$(BUILD)/bench-engine $(MODEL_FILE) --jsonl $(BUILD)/bench.jsonl
 
-## bench: all benchmarks
-bench: bench-engine
+## bench-sched: scheduling policies (static/sorted/continuous/prefix) on three workloads (about 15 minutes)
+bench-sched: $(BUILD)/bench-sched model
+	$(BUILD)/bench-sched $(MODEL_FILE) --jsonl $(BUILD)/bench.jsonl
+
+## bench-pipeline: submit rate and RSS for 1M items, bookkeeping share, result compression (about 10 minutes)
+bench-pipeline: all model
+	bash tests/bench/bench_pipeline.sh $(BUILD) $(BUILD)/bench.jsonl
+
+## bench: all benchmarks; tables on stdout, JSONL appended to build/bench.jsonl
+bench: bench-engine bench-sched bench-pipeline
 
 ## asan: unit tests under AddressSanitizer + UBSan (a few minutes)
 asan:

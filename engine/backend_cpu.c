@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend_cuda.h"
 #include "matmul_quant.h"
 #include "ops.h"
 #include "threadpool.h"
@@ -175,9 +176,11 @@ static ns_status cpu_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error 
     c->scratch_len = (size_t)shape->n_blocks * (size_t)shape->block_size + 16;
     c->scratch = ns_malloc_array((size_t)c->n_threads * c->scratch_len, sizeof(float));
     if (!c->k_pool || !c->v_pool || !c->scratch) goto oom;
+    /* Not zeroed: a slot is always written (kv_store) before attention reads it, and
+     * untouched pages cost no memory, so RSS follows the blocks actually used. */
     for (int i = 0; i < shape->n_layer; i++) {
-        if (cpu_buf_alloc(b, per_layer, (void **)&c->k_pool[i], err)) goto oom;
-        if (cpu_buf_alloc(b, per_layer, (void **)&c->v_pool[i], err)) goto oom;
+        if (posix_memalign((void **)&c->k_pool[i], 64, per_layer ? per_layer : 64) != 0) goto oom;
+        if (posix_memalign((void **)&c->v_pool[i], 64, per_layer ? per_layer : 64) != 0) goto oom;
     }
     return NS_OK;
 oom:
@@ -427,13 +430,25 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
 ns_status ns_backend_create(const char *name, int n_threads, ns_backend **out, const char **note, ns_error *err) {
     if (note) *note = NULL;
     if (!name || strcmp(name, "cpu") == 0) return ns_backend_cpu_create(n_threads, out, err);
+#ifdef NS_HAVE_CUDA
+    /* n_threads is for the CPU; the CUDA backend runs on device 0 (one replica per GPU
+     * comes with multi-GPU). auto falls back to the CPU only when there is no device. */
+    if (strcmp(name, "auto") == 0) {
+        int n_dev = 0;
+        if (ns_backend_cuda_device_count(&n_dev, NULL) == NS_OK && n_dev > 0) return ns_backend_cuda_create(0, out, err);
+        if (note) *note = "backend auto: no CUDA device found; using the CPU";
+        return ns_backend_cpu_create(n_threads, out, err);
+    }
+    if (strcmp(name, "cuda") == 0) return ns_backend_cuda_create(0, out, err);
+#else
     if (strcmp(name, "auto") == 0) {
         if (note) *note = "backend auto: this build has no CUDA backend; using the CPU";
         return ns_backend_cpu_create(n_threads, out, err);
     }
     if (strcmp(name, "cuda") == 0)
         return ns_error_set(err, NS_ERR_UNSUPPORTED,
-                            "backend 'cuda' is not available in this build (no CUDA backend yet); use cpu or auto");
+                            "backend 'cuda' is not available in this build (built without nvcc); use cpu or auto");
+#endif
     return ns_error_set(err, NS_ERR_INVALID, "backend '%s' is unknown (expected auto, cpu or cuda)", name);
 }
 

@@ -38,9 +38,11 @@
 #include <time.h>
 
 #include <sqlite3.h>
+#define ZDICT_STATIC_LINKING_ONLY
+#include <zdict.h>
 #include <zstd.h>
 
-#define NS_STORE_SCHEMA_VERSION 1
+#define NS_STORE_SCHEMA_VERSION 2
 #define NS_STORE_MAX_BODY ((size_t)256 << 20) /* largest result body, bytes */
 #define NS_STORE_MAX_CUSTOM_ID 255
 #define NS_STORE_BUSY_MS 10000
@@ -104,6 +106,23 @@ static const char k_schema_001[] =
     "    created_at        REAL NOT NULL\n"
     ");\n";
 
+/* ---- the same text as schemas/002_zstd_dict.sql ---- */
+static const char k_schema_002[] =
+    "-- 002: a per-job zstd dictionary for result bodies. Short results compress poorly one at\n"
+    "-- a time; a dictionary trained on a job's first results and kept with the job compresses\n"
+    "-- the rest 2-3x better (measured: README \"Job pipeline\"). zstd_dict_state: 0 = not\n"
+    "-- decided yet, 1 = in use (frames carry its dictionary id), 2 = tried, plain frames kept.\n"
+    "ALTER TABLE jobs ADD COLUMN zstd_dict BLOB;\n"
+    "ALTER TABLE jobs ADD COLUMN zstd_dict_state INTEGER NOT NULL DEFAULT 0;\n";
+
+/* Dictionary training: after DICT_TRAIN_N results of a job, train on the first
+ * DICT_TRAIN_FIT and keep the dictionary if the other ones compress at most
+ * DICT_KEEP_RATIO of their plain size with it. */
+#define DICT_TRAIN_N 128
+#define DICT_TRAIN_FIT 96
+#define DICT_MAX_BYTES (16 << 10)
+#define DICT_KEEP_RATIO 0.85
+
 typedef struct migration {
     int version;
     const char *name;
@@ -112,6 +131,7 @@ typedef struct migration {
 
 static const migration k_migrations[] = {
     {1, "001_init.sql", k_schema_001},
+    {2, "002_zstd_dict.sql", k_schema_002},
 };
 #define N_MIGRATIONS ((int)(sizeof k_migrations / sizeof k_migrations[0]))
 
@@ -236,6 +256,10 @@ struct ns_store {
     size_t d_cap;
     int64_t level_job;      /* job whose zstd level is cached (0 = none) */
     int level;
+    int64_t dict_job;       /* job whose dictionary state is cached (0 = none) */
+    int dict_state;         /* 0 undecided, 1 in use, 2 plain */
+    ZSTD_CDict *cdict;      /* dict_state 1, at the job's level */
+    ZSTD_DDict *ddict;
 };
 
 /* ---- helpers ---- */
@@ -577,6 +601,8 @@ void ns_store_close(ns_store *s) {
     }
     ZSTD_freeCCtx(s->cctx);
     ZSTD_freeDCtx(s->dctx);
+    ZSTD_freeCDict(s->cdict);
+    ZSTD_freeDDict(s->ddict);
     free(s->tok_buf);
     free(s->z_buf);
     free(s->d_buf);
@@ -1113,6 +1139,147 @@ fail:
     return st;
 }
 
+/* Loads job_id's dictionary state (and dictionaries) into the cache. */
+static ns_status dict_load(ns_store *s, int64_t job_id, int level, ns_error *err) {
+    if (s->dict_job == job_id) return NS_OK;
+    ZSTD_freeCDict(s->cdict);
+    ZSTD_freeDDict(s->ddict);
+    s->cdict = NULL;
+    s->ddict = NULL;
+    s->dict_job = 0;
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT zstd_dict_state, zstd_dict FROM jobs WHERE id = ?1", -1, &q, NULL);
+    if (rc != SQLITE_OK) return db_err(s, err, rc, "read job dictionary");
+    sqlite3_bind_int64(q, 1, job_id);
+    rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        sqlite3_finalize(q);
+        return db_err(s, err, rc == SQLITE_DONE ? SQLITE_ERROR : rc, "read job dictionary");
+    }
+    s->dict_state = sqlite3_column_int(q, 0);
+    if (s->dict_state == 1) {
+        const void *d = sqlite3_column_blob(q, 1);
+        int dn = sqlite3_column_bytes(q, 1);
+        if (d && dn > 0) {
+            s->cdict = ZSTD_createCDict(d, (size_t)dn, level);
+            s->ddict = ZSTD_createDDict(d, (size_t)dn);
+        }
+        if (!s->cdict || !s->ddict) {
+            sqlite3_finalize(q);
+            return ns_error_set(err, NS_ERR_FORMAT, "%s: job %lld: its zstd dictionary (%d bytes) does not load",
+                                s->path, (long long)job_id, dn);
+        }
+    }
+    sqlite3_finalize(q);
+    s->dict_job = job_id;
+    return NS_OK;
+}
+
+/* Once a job has DICT_TRAIN_N results, trains a dictionary on the first ones and keeps
+ * it when it wins on the held-out ones (state 1), else records plain frames (state 2).
+ * Runs inside the caller's transaction. */
+static ns_status dict_maybe_train(ns_store *s, int64_t job_id, int level, ns_error *err) {
+    if (s->dict_state != 0) return NS_OK;
+    sqlite3_stmt *q = NULL;
+    ns_status st = NS_OK;
+    char *samples = NULL;
+    size_t *sizes = NULL, used = 0, cap = 0;
+    void *dict = NULL, *zb = NULL;
+    ZSTD_CDict *cd = NULL;
+    int n = 0, rc = sqlite3_prepare_v2(s->db,
+                                       "SELECT r.body, r.raw_bytes FROM results r JOIN items i ON i.id = r.item_id "
+                                       "WHERE i.job_id = ?1 ORDER BY r.item_id LIMIT ?2",
+                                       -1, &q, NULL);
+    if (rc != SQLITE_OK) return db_err(s, err, rc, "read results for the dictionary");
+    sqlite3_bind_int64(q, 1, job_id);
+    sqlite3_bind_int(q, 2, DICT_TRAIN_N);
+    sizes = calloc(DICT_TRAIN_N, sizeof *sizes);
+    if (!s->dctx) s->dctx = ZSTD_createDCtx();
+    if (!sizes || !s->dctx) {
+        st = ns_error_set(err, NS_ERR_NOMEM, "dictionary: out of memory");
+        goto done;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW && n < DICT_TRAIN_N) {
+        const void *blob = sqlite3_column_blob(q, 0);
+        int blen = sqlite3_column_bytes(q, 0);
+        int64_t raw = sqlite3_column_int64(q, 1);
+        if (!blob || blen <= 0 || raw < 0 || raw > (1 << 20)) continue; /* skip huge or odd ones */
+        if (used + (size_t)raw > cap) {
+            size_t nc = (used + (size_t)raw) * 2 + 4096;
+            char *ns = realloc(samples, nc);
+            if (!ns) {
+                st = ns_error_set(err, NS_ERR_NOMEM, "dictionary: out of memory");
+                goto done;
+            }
+            samples = ns;
+            cap = nc;
+        }
+        size_t got = ZSTD_decompressDCtx(s->dctx, samples + used, (size_t)raw, blob, (size_t)blen);
+        if (ZSTD_isError(got) || got != (size_t)raw) continue;
+        sizes[n++] = got;
+        used += got;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        st = db_err(s, err, rc, "read results for the dictionary");
+        goto done;
+    }
+    if (n < DICT_TRAIN_N) goto done; /* not enough yet: decide later */
+    size_t fit_bytes = 0;
+    for (int i = 0; i < DICT_TRAIN_FIT; i++) fit_bytes += sizes[i];
+    size_t dict_cap = fit_bytes / 4 < DICT_MAX_BYTES ? fit_bytes / 4 : DICT_MAX_BYTES;
+    int state = 2;
+    size_t dict_len = 0;
+    if (dict_cap >= 256 && (dict = malloc(dict_cap))) {
+        dict_len = ZDICT_trainFromBuffer(dict, dict_cap, samples, sizes, DICT_TRAIN_FIT);
+        if (!ZDICT_isError(dict_len) && (cd = ZSTD_createCDict(dict, dict_len, level))) {
+            /* held-out comparison: plain vs with the dictionary */
+            size_t plain = 0, with = 0, off = fit_bytes;
+            if (!s->cctx) s->cctx = ZSTD_createCCtx();
+            size_t zcap = ZSTD_compressBound(1 << 20);
+            zb = malloc(zcap);
+            for (int i = DICT_TRAIN_FIT; i < n && zb && s->cctx; i++) {
+                size_t a = ZSTD_compressCCtx(s->cctx, zb, zcap, samples + off, sizes[i], level);
+                size_t b = ZSTD_compress_usingCDict(s->cctx, zb, zcap, samples + off, sizes[i], cd);
+                if (ZSTD_isError(a) || ZSTD_isError(b)) {
+                    plain = 0;
+                    break;
+                }
+                plain += a;
+                with += b;
+                off += sizes[i];
+            }
+            if (plain > 0 && (double)with <= DICT_KEEP_RATIO * (double)plain) state = 1;
+        }
+    }
+    sqlite3_stmt *u = NULL;
+    /* only if still undecided: another runner may have decided meanwhile, and frames it
+     * wrote with its dictionary must stay decodable */
+    rc = sqlite3_prepare_v2(s->db, "UPDATE jobs SET zstd_dict_state = ?2, zstd_dict = ?3 WHERE id = ?1 AND zstd_dict_state = 0",
+                            -1, &u, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(u, 1, job_id);
+        sqlite3_bind_int(u, 2, state);
+        if (state == 1) sqlite3_bind_blob64(u, 3, dict, dict_len, SQLITE_STATIC);
+        else sqlite3_bind_null(u, 3);
+        rc = sqlite3_step(u);
+        sqlite3_finalize(u);
+    }
+    if (rc != SQLITE_DONE) {
+        st = db_err(s, err, rc, "store the job dictionary");
+        goto done;
+    }
+    s->dict_job = 0; /* reload: state and dictionaries */
+    st = dict_load(s, job_id, level, err);
+done:
+    sqlite3_finalize(q);
+    ZSTD_freeCDict(cd);
+    free(zb);
+    free(dict);
+    free(samples);
+    free(sizes);
+    return st;
+}
+
 ns_status ns_store_results_commit(ns_store *s, const char *owner, const ns_result *results, int n,
                                   int64_t *n_skipped, ns_error *err) {
     const char *op = "commit results";
@@ -1174,8 +1341,12 @@ ns_status ns_store_results_commit(ns_store *s, const char *owner, const ns_resul
             goto fail;
         }
         if ((st = grow((void **)&s->z_buf, &s->z_cap, bound, err)) != NS_OK) goto fail;
-        size_t zlen = ZSTD_compressCCtx(s->cctx, s->z_buf, s->z_cap,
-                                        r->body_len ? r->body_json : "", r->body_len, level);
+        if ((st = dict_load(s, item_job, level, err)) != NS_OK) goto fail;
+        if ((st = dict_maybe_train(s, item_job, level, err)) != NS_OK) goto fail;
+        size_t zlen = s->cdict ? ZSTD_compress_usingCDict(s->cctx, s->z_buf, s->z_cap,
+                                                           r->body_len ? r->body_json : "", r->body_len, s->cdict)
+                               : ZSTD_compressCCtx(s->cctx, s->z_buf, s->z_cap,
+                                                   r->body_len ? r->body_json : "", r->body_len, level);
         if (ZSTD_isError(zlen)) {
             st = ns_error_set(err, NS_ERR_IO, "commit: item %lld: zstd compress: %s",
                               (long long)r->item_id, ZSTD_getErrorName(zlen));
@@ -1239,7 +1410,17 @@ static ns_status export_body(ns_store *s, sqlite3_stmt *q, int64_t job_id, ns_ex
     if (st != NS_OK) return st;
     if (!s->dctx && !(s->dctx = ZSTD_createDCtx()))
         return ns_error_set(err, NS_ERR_NOMEM, "export: cannot create a zstd context");
-    size_t got = ZSTD_decompressDCtx(s->dctx, s->d_buf, (size_t)raw, blob, (size_t)blen);
+    size_t got;
+    if (ZSTD_getDictID_fromFrame(blob, (size_t)blen) != 0) { /* a job-dictionary frame */
+        int level = 0;
+        ns_status dst = job_level(s, job_id, &level, err);
+        if (dst == NS_OK) dst = dict_load(s, job_id, level, err);
+        if (dst != NS_OK) return dst;
+        if (!s->ddict) return ns_error_set(err, NS_ERR_FORMAT, "%s: frame needs the job's zstd dictionary, which is missing", where);
+        got = ZSTD_decompress_usingDDict(s->dctx, s->d_buf, (size_t)raw, blob, (size_t)blen, s->ddict);
+    } else {
+        got = ZSTD_decompressDCtx(s->dctx, s->d_buf, (size_t)raw, blob, (size_t)blen);
+    }
     if (ZSTD_isError(got))
         return ns_error_set(err, NS_ERR_FORMAT, "%s: corrupt zstd result body: %s", where,
                             ZSTD_getErrorName(got));

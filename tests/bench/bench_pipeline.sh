@@ -15,13 +15,15 @@
 #   4. result compression: sum(raw_bytes) vs sum(length(body)) (per-item zstd frames as
 #      stored), exported JSONL and its whole-file zstd, and per-item zstd with a
 #      dictionary trained on the first 100 bodies (applied to the rest), on the jobs of 3.
-#      and two 1000-item jobs run once (raw template and chat, max_tokens 32)
+#      and two 1000-item jobs run once (raw template and chat, max_tokens 32); the
+#      1000-item jobs also give a bookkeeping share (one run each)
 #
 # Environment: BENCH_REPS (3), BENCH_BIG_N (1000000), BENCH_SMALL_N (100000),
-#   BENCH_COMP_N (1000), BENCH_COMP_TOKENS (32), BENCH_TMP (a new /tmp dir),
+#   BENCH_COMP_N (1000), BENCH_COMP_TOKENS (32), BENCH_CHAT_N (= BENCH_COMP_N; 0 skips
+#   the chat job), BENCH_TMP (a new /tmp dir),
 #   BENCH_KEEP=1 keeps the temp dir. Needs the demo model (make model), /usr/bin/time,
 #   sqlite3, zstd (installed with apt-get when missing and running as root).
-# About 5 minutes on 2 cores.
+# About 5 minutes on 2 idle cores (9.5 with other work on the machine).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,6 +38,7 @@ BIG_N=${BENCH_BIG_N:-1000000}
 SMALL_N=${BENCH_SMALL_N:-100000}
 COMP_N=${BENCH_COMP_N:-1000}
 COMP_TOKENS=${BENCH_COMP_TOKENS:-32}
+CHAT_N=${BENCH_CHAT_N:-$COMP_N}
 TRAIN_N=100
 
 die() { echo "bench_pipeline: $*" >&2; exit 2; }
@@ -173,11 +176,11 @@ run_job() {
     m=$(median "${rsss[@]}"); tk=$(median "${toks[@]}")
     local items
     items=$(sqlite3 "$db" "SELECT count(*) FROM items")
-    row "run $name ($items items)" "bookkeeping share" "$bk" "%"
-    row "run $name ($items items)" "bookkeeping time" "$bs" "s"
-    row "run $name ($items items)" "run wall (stats line)" "$w" "s"
-    row "run $name ($items items)" "tokens through engine" "$tk" "tok"
-    row "run $name ($items items)" "peak RSS" "$(mb "$m")" "MB"
+    row "run $name ($items items, x$reps)" "bookkeeping share" "$bk" "%"
+    row "run $name ($items items, x$reps)" "bookkeeping time" "$bs" "s"
+    row "run $name ($items items, x$reps)" "run wall (stats line)" "$w" "s"
+    row "run $name ($items items, x$reps)" "tokens through engine" "$tk" "tok"
+    row "run $name ($items items, x$reps)" "peak RSS" "$(mb "$m")" "MB"
     emit "\"metric\":\"run_bookkeeping\",\"job\":\"$name\",\"items\":$items,\"runs\":$reps,\"bookkeeping_pct\":$bk,\"bookkeeping_s\":$bs,\"wall_s\":$w,\"tokens\":$tk,\"rss_kb\":$m,\"pcts\":[$(IFS=,; echo "${bks[*]}")]"
 }
 
@@ -194,12 +197,12 @@ raw_spec "$T/short200/job.yaml" bench-short200 in.jsonl 8
 log "run: 200 short items, max_tokens 8 x $REPS"
 run_job short200 "$T/short200/job.yaml" "$REPS"
 
-mkdir -p "$T/raw$COMP_N" "$T/chat$COMP_N"
+mkdir -p "$T/raw$COMP_N" "$T/chat$CHAT_N"
 short_items "$COMP_N" "$T/raw$COMP_N/in.jsonl"
 raw_spec "$T/raw$COMP_N/job.yaml" "bench-raw$COMP_N" in.jsonl "$COMP_TOKENS"
-chat_items "$COMP_N" "$T/chat$COMP_N/in.jsonl"
-cat >"$T/chat$COMP_N/job.yaml" <<EOF
-name: bench-chat$COMP_N
+chat_items "$CHAT_N" "$T/chat$CHAT_N/in.jsonl"
+cat >"$T/chat$CHAT_N/job.yaml" <<EOF
+name: bench-chat$CHAT_N
 model: $MODEL
 input: {path: in.jsonl, format: jsonl, id_field: id}
 prompt: {user: "Write one short sentence about {{topic}}."}
@@ -207,8 +210,10 @@ sampling: {temperature: 0, max_tokens: $COMP_TOKENS}
 EOF
 log "run: $COMP_N short items (raw template), max_tokens $COMP_TOKENS x 1"
 run_job "raw$COMP_N" "$T/raw$COMP_N/job.yaml" 1
-log "run: $COMP_N chat items, max_tokens $COMP_TOKENS x 1"
-run_job "chat$COMP_N" "$T/chat$COMP_N/job.yaml" 1
+if [ "$CHAT_N" -gt 0 ]; then
+    log "run: $CHAT_N chat items, max_tokens $COMP_TOKENS x 1"
+    run_job "chat$CHAT_N" "$T/chat$CHAT_N/job.yaml" 1
+fi
 
 # --- 4: compression of the results ---------------------------------------------------
 sumsize() { # total bytes of the files in a directory
@@ -269,12 +274,14 @@ compress_report() { # compress_report NAME
     emit "$js"
 }
 log "compression"
-for j in summarize short200 "raw$COMP_N" "chat$COMP_N"; do compress_report "$j"; done
+jobs=(summarize short200 "raw$COMP_N")
+[ "$CHAT_N" -le 0 ] || jobs+=("chat$CHAT_N")
+for j in "${jobs[@]}"; do compress_report "$j"; done
 
 # --- table ---------------------------------------------------------------------------
 log "done in $(( $(date +%s) - START )) s"
 echo
-echo "nightshift pipeline bench ($GIT_REV, $(nproc) cores, medians of $REPS unless a run says x1)"
+echo "nightshift pipeline bench ($GIT_REV, $(nproc) cores, medians of $REPS runs unless a section says x1)"
 prev=""
 for r in "${ROWS[@]}"; do
     IFS='|' read -r sec what val unit <<<"$r"

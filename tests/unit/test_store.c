@@ -154,19 +154,22 @@ NS_TEST(test_store_schema_file_matches) {
     ns_store_close(s);
 
     char *file_sql = read_file("schemas/001_init.sql");
-    CHECK_MSG(file_sql != NULL, "cannot read schemas/001_init.sql (run from the repo root)");
-    if (!file_sql) return;
+    char *file_sql2 = read_file("schemas/002_zstd_dict.sql");
+    CHECK_MSG(file_sql != NULL && file_sql2 != NULL, "cannot read schemas/00N_*.sql (run from the repo root)");
+    if (!file_sql || !file_sql2) return;
     sqlite3 *a = NULL, *b = NULL;
     CHECK(sqlite3_open(path, &a) == SQLITE_OK);
     CHECK(sqlite3_open(":memory:", &b) == SQLITE_OK);
     CHECK(sqlite3_exec(b, file_sql, NULL, NULL, NULL) == SQLITE_OK);
+    CHECK(sqlite3_exec(b, file_sql2, NULL, NULL, NULL) == SQLITE_OK); /* migrations in order */
+    free(file_sql2);
     char *da = dump_schema(a), *dbs = dump_schema(b);
     CHECK(strlen(da) > 100);
     CHECK_MSG(strcmp(da, dbs) == 0, "schema differs:\nstore.c:  %s\nfile:     %s", da, dbs);
     sqlite3_stmt *q = NULL;
     CHECK(sqlite3_prepare_v2(a, "PRAGMA user_version", -1, &q, NULL) == SQLITE_OK);
     CHECK(sqlite3_step(q) == SQLITE_ROW);
-    CHECK_EQ_INT(sqlite3_column_int(q, 0), 1);
+    CHECK_EQ_INT(sqlite3_column_int(q, 0), 2);
     sqlite3_finalize(q);
     free(da);
     free(dbs);
@@ -640,7 +643,7 @@ NS_TEST(test_store_version_too_new) {
     s = NULL;
     CHECK_EQ_INT(ns_store_open(path, &s, err), NS_ERR_FORMAT);
     CHECK(s == NULL);
-    CHECK_MSG(strstr(e.msg, "version 99 is newer") && strstr(e.msg, "knows up to 1"), "msg: %s",
+    CHECK_MSG(strstr(e.msg, "version 99 is newer") && strstr(e.msg, "knows up to 2"), "msg: %s",
               e.msg);
 }
 
@@ -945,4 +948,100 @@ NS_TEST(test_store_open_race) {
     if (s) CHECK_STATUS_OK(ns_store_jobs_list(s, count_jobs, &n_jobs, err), err);
     CHECK_EQ_INT(n_jobs, N_PROCS);
     ns_store_close(s);
+}
+
+/* Export collector that checks every body against the one committed for its idx. */
+typedef struct dict_check {
+    char **bodies;
+    int n_rows, n_bad;
+} dict_check;
+
+static int dict_check_cb(void *user, const ns_export_row *row) {
+    dict_check *d = user;
+    d->n_rows++;
+    const char *want = d->bodies[row->idx];
+    if (!row->body_json || row->body_len != strlen(want) || memcmp(row->body_json, want, row->body_len)) d->n_bad++;
+    return 0;
+}
+
+/* Commits n results whose bodies come from make(i), 50 at a time. */
+static void commit_bodies(ns_store *s, int64_t job, int n, char **bodies, ns_error *err) {
+    ns_claimed_item *it = NULL;
+    int got = 0;
+    for (int done = 0; done < n; done += got) {
+        CHECK_STATUS_OK(ns_store_items_claim(s, job, "w", 60, 50, &it, &got, err), err);
+        if (got == 0) break;
+        ns_result r[50];
+        for (int i = 0; i < got; i++) r[i] = done_result(it[i].id, bodies[it[i].idx]);
+        CHECK_STATUS_OK(ns_store_results_commit(s, "w", r, got, NULL, err), err);
+        ns_store_claimed_free(it, got);
+    }
+}
+
+static int64_t sql_int(const char *path, const char *sql) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int64_t v = -1;
+    if (sqlite3_open(path, &db) == SQLITE_OK && sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW)
+        v = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Short, similar JSON results: after 128 of them the job trains a dictionary, keeps it
+ * because it wins on held-out results, and later frames use it; export decodes both kinds.
+ * Random bodies: the dictionary does not win, plain frames are kept. */
+NS_TEST(test_store_zstd_dictionary) {
+    ns_error e, *err = &e;
+    for (int kind = 0; kind < 2; kind++) {
+        char path[512];
+        db_path(path, sizeof path, kind ? "dict-random.db" : "dict.db");
+        ns_store *s = NULL;
+        CHECK_STATUS_OK(ns_store_open(path, &s, err), err);
+        if (!s) return;
+        int64_t job = make_job(s, "dict", 0, 2, err);
+        enum { N = 300 };
+        add_items(s, job, N, 4, err);
+        char **bodies = calloc(N, sizeof *bodies);
+        ns_test_rng rng = {kind + 3};
+        for (int i = 0; i < N; i++) {
+            bodies[i] = malloc(400);
+            if (kind == 0) {
+                snprintf(bodies[i], 400,
+                         "{\"choices\":[{\"index\":0,\"text\":\"The answer to question %d is %d.\",\"finish_reason\":"
+                         "\"stop\",\"completion_tokens\":%d}],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d}}",
+                         i, i * 7 % 100, 5 + i % 9, 20 + i % 13, 5 + i % 9);
+            } else {
+                for (int k = 0; k < 300; k++) bodies[i][k] = (char)('!' + ns_test_rng_u64(&rng) % 90);
+                bodies[i][300] = 0;
+            }
+        }
+        commit_bodies(s, job, N, bodies, err);
+        dict_check d = {bodies, 0, 0};
+        CHECK_STATUS_OK(ns_store_export(s, job, dict_check_cb, &d, err), err);
+        CHECK_EQ_INT(d.n_rows, N);
+        CHECK_EQ_INT(d.n_bad, 0);
+        ns_store_close(s);
+        int64_t state = sql_int(path, "SELECT zstd_dict_state FROM jobs");
+        if (kind == 0) {
+            CHECK_EQ_INT(state, 1);
+            /* frames after the decision are smaller than the plain ones before it */
+            int64_t plain = sql_int(path, "SELECT AVG(length(body)) FROM results WHERE item_id <= 100");
+            int64_t dict = sql_int(path, "SELECT AVG(length(body)) FROM results WHERE item_id > 200");
+            CHECK_MSG(dict > 0 && dict * 3 < plain * 2, "avg frame: plain %lld, with dictionary %lld", (long long)plain,
+                      (long long)dict);
+        } else {
+            CHECK_EQ_INT(state, 2);
+        }
+        /* a fresh process (new store) still decodes everything */
+        CHECK_STATUS_OK(ns_store_open(path, &s, err), err);
+        dict_check d2 = {bodies, 0, 0};
+        CHECK_STATUS_OK(ns_store_export(s, job, dict_check_cb, &d2, err), err);
+        CHECK_EQ_INT(d2.n_bad, 0);
+        ns_store_close(s);
+        for (int i = 0; i < N; i++) free(bodies[i]);
+        free(bodies);
+    }
 }

@@ -1,0 +1,517 @@
+/* backend_cuda.c: the CUDA backend (engine/backend.h) over kernels/cuda and cuBLAS.
+ * Built only with NS_HAVE_CUDA (make defines it when nvcc is found); otherwise this file
+ * is empty and ns_backend_create says there is no CUDA backend.
+ *
+ * Memory: every buffer is device memory from cudaMalloc, zeroed. Weight matrices are
+ * dequantized on the device to bf16 at load (the file's rows are uploaded once, then
+ * ns_cuda_dequant_row); vectors (norms, biases) are fp32. Activations are fp32; a matmul
+ * converts its input to bf16 into a scratch buffer and calls cublasGemmEx with bf16
+ * inputs, fp32 output and fp32 accumulation (CUBLAS_COMPUTE_32F).
+ * Batch: batch_set packs the host arrays (tokens, positions, per-token sequence and KV
+ * slot, logit rows, block tables) into one pinned buffer, checks every block id the ops
+ * can reach, and copies it to the device in one transfer on the backend's stream.
+ * Errors: every CUDA and cuBLAS return code is checked. The ops return void, so an op
+ * that fails records the first error in the context ("sticky") and the next batch_set or
+ * download returns it as NS_ERR_BACKEND naming the op; an out-of-memory at allocation
+ * says how much was needed and how much was free (cudaMemGetInfo).
+ * Device state (stream, cuBLAS handle, event, buffers) lives in the context, no globals.
+ * Not yet: batch invariance (cuBLAS picks its algorithm by shape), CUDA graphs, the
+ * quantized-weight GEMV for small batches, device-side sampling in the engine.
+ */
+#ifdef NS_HAVE_CUDA
+
+#include "backend_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_cuda.h"
+
+_Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F16 == (int)NS_GGML_F16 &&
+                   (int)NS_CUDA_TYPE_BF16 == (int)NS_GGML_BF16 && (int)NS_CUDA_TYPE_Q8_0 == (int)NS_GGML_Q8_0 &&
+                   (int)NS_CUDA_TYPE_Q4_0 == (int)NS_GGML_Q4_0 && (int)NS_CUDA_TYPE_Q4_1 == (int)NS_GGML_Q4_1,
+               "kernels/cuda/ops_cuda.h type values must match ns_ggml_type");
+
+struct ns_bweight {
+    void *data;     /* device: (ne1, ne0) bf16 for matrices, (ne0) fp32 for vectors */
+    int64_t ne0, ne1;
+    bool is_bf16;
+};
+
+typedef struct cuda_backend {
+    ns_backend base;
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cudaEvent_t batch_copied; /* the pinned batch buffer may be rewritten once this fired */
+    /* KV pool: (n_layer) device pointers, each (n_blocks, block_size, n_head_kv, head_dim) */
+    ns_kv_shape kv;
+    float **k_pool;
+    float **v_pool;
+    /* the current batch: one pinned host buffer and its device copy, int32 each */
+    int32_t *h_batch, *d_batch;
+    size_t batch_cap; /* int32 elements */
+    int n_tokens, n_seqs, n_logits, max_blocks_per_seq;
+    const int32_t *d_tokens, *d_pos, *d_tok_seq, *d_slot, *d_logit_rows, *d_block_table;
+    /* bf16 copy of a matmul input: (max rows, max_k) */
+    uint16_t *x_bf16;
+    size_t x_bf16_cap; /* elements */
+    int64_t max_k;     /* widest weight row seen at load */
+    /* first error of an op, returned by the next batch_set / download */
+    ns_status sticky;
+    ns_error sticky_err;
+} cuda_backend;
+
+static cuda_backend *cb(ns_backend *b) { return (cuda_backend *)b; }
+
+/* ---- errors ---- */
+
+static ns_status cuda_fail(ns_error *err, cudaError_t e, const char *what) {
+    return ns_error_set(err, NS_ERR_BACKEND, "cuda backend: %s: %s (%s)", what, cudaGetErrorString(e),
+                        cudaGetErrorName(e));
+}
+
+static ns_status cublas_fail(ns_error *err, cublasStatus_t s, const char *what) {
+    return ns_error_set(err, NS_ERR_BACKEND, "cuda backend: %s: cuBLAS %s", what, cublasGetStatusString(s));
+}
+
+#define CUDA_TRY(call, what)                                                             \
+    do {                                                                                 \
+        cudaError_t e_ = (call);                                                         \
+        if (e_ != cudaSuccess) return cuda_fail(err, e_, (what));                        \
+    } while (0)
+
+/* An op's failure: kept (the first one) for the next call that can return a status. */
+static void op_check(cuda_backend *c, cudaError_t e, const char *op) {
+    if (e == cudaSuccess || c->sticky) return;
+    c->sticky = cuda_fail(&c->sticky_err, e, op);
+}
+
+static ns_status sticky_status(cuda_backend *c, ns_error *err) {
+    if (!c->sticky) return NS_OK;
+    if (err) *err = c->sticky_err;
+    return c->sticky;
+}
+
+/* cudaMalloc + zero; out of memory names what, how much was needed and how much was free. */
+static ns_status dev_alloc(cuda_backend *c, size_t nbytes, const char *what, void **out, ns_error *err) {
+    *out = NULL;
+    cudaError_t e = cudaMalloc(out, nbytes ? nbytes : 256);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError(); /* not sticky: clear it */
+        size_t n_free = 0, n_total = 0;
+        cudaError_t e2 = cudaMemGetInfo(&n_free, &n_total);
+        if (e2 != cudaSuccess)
+            return ns_error_set(err, NS_ERR_NOMEM,
+                                "cuda backend: out of device memory for %s on device %d: needed %zu bytes "
+                                "(free memory unknown: %s)",
+                                what, c->device, nbytes, cudaGetErrorString(e2));
+        return ns_error_set(err, NS_ERR_NOMEM,
+                            "cuda backend: out of device memory for %s on device %d: needed %zu bytes (%.1f MiB), "
+                            "%zu free of %zu (%.1f of %.1f MiB)",
+                            what, c->device, nbytes, nbytes / 1048576.0, n_free, n_total, n_free / 1048576.0,
+                            n_total / 1048576.0);
+    }
+    if (e != cudaSuccess) return cuda_fail(err, e, what);
+    e = cudaMemsetAsync(*out, 0, nbytes ? nbytes : 256, c->stream);
+    if (e != cudaSuccess) {
+        cudaFree(*out);
+        *out = NULL;
+        return cuda_fail(err, e, "cudaMemsetAsync");
+    }
+    return NS_OK;
+}
+
+/* ---- memory ---- */
+
+static ns_status cuda_buf_alloc(ns_backend *b, size_t nbytes, void **out, ns_error *err) {
+    cuda_backend *c = cb(b);
+    CUDA_TRY(cudaSetDevice(c->device), "cudaSetDevice");
+    return dev_alloc(c, nbytes, "an activation buffer", out, err);
+}
+
+static void cuda_buf_free(ns_backend *b, void *p) {
+    (void)b;
+    if (p) cudaFree(p); /* errors here are sticky ones already reported elsewhere */
+}
+
+static ns_status cuda_upload(ns_backend *b, void *dst, const void *src, size_t n, ns_error *err) {
+    cuda_backend *c = cb(b);
+    /* from pageable memory this returns once src has been staged: the caller may reuse it */
+    CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream), "upload (cudaMemcpyAsync)");
+    return NS_OK;
+}
+
+static ns_status cuda_download(ns_backend *b, void *dst, const void *src, size_t n, ns_error *err) {
+    cuda_backend *c = cb(b);
+    ns_status st = sticky_status(c, err);
+    if (st) return st;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream), "download (cudaMemcpyAsync)");
+    CUDA_TRY(cudaStreamSynchronize(c->stream), "download (cudaStreamSynchronize)");
+    return sticky_status(c, err);
+}
+
+/* ---- weights ---- */
+
+static void cuda_weight_free(ns_backend *b, ns_bweight *w) {
+    (void)b;
+    if (!w) return;
+    if (w->data) cudaFree(w->data);
+    free(w);
+}
+
+static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bweight **out, ns_error *err) {
+    cuda_backend *c = cb(b);
+    *out = NULL;
+    size_t row_bytes = ns_ggml_row_bytes(t->type, t->ne[0]);
+    if (row_bytes == 0)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED, "cuda backend: tensor '%.*s' type %d is not supported",
+                            (int)NS_MIN(t->name.len, 96), t->name.ptr, t->type);
+    CUDA_TRY(cudaSetDevice(c->device), "cudaSetDevice");
+    int64_t n_rows = t->ne[1] * t->ne[2] * t->ne[3];
+    bool is_matrix = t->ne[1] > 1;
+    ns_bweight *w = calloc(1, sizeof *w);
+    if (!w) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
+    w->ne0 = t->ne[0];
+    w->ne1 = n_rows;
+    w->is_bf16 = is_matrix;
+    char what[160];
+    snprintf(what, sizeof what, "tensor '%.*s' (%lld x %lld, %s)", (int)NS_MIN(t->name.len, 96), t->name.ptr,
+             (long long)n_rows, (long long)t->ne[0], is_matrix ? "bf16" : "f32");
+    size_t n_elem = (size_t)w->ne0 * (size_t)n_rows;
+    void *raw = NULL;
+    ns_status st = dev_alloc(c, n_elem * (is_matrix ? 2 : 4), what, &w->data, err);
+    if (st) goto fail;
+    snprintf(what, sizeof what, "the file rows of tensor '%.*s' (staging)", (int)NS_MIN(t->name.len, 96),
+             t->name.ptr);
+    if ((st = dev_alloc(c, row_bytes * (size_t)n_rows, what, &raw, err))) goto fail;
+    cudaError_t e = cudaMemcpyAsync(raw, t->data, row_bytes * (size_t)n_rows, cudaMemcpyHostToDevice, c->stream);
+    if (e == cudaSuccess)
+        e = ns_cuda_dequant_row(t->type, raw, row_bytes, w->data, is_matrix ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32,
+                                n_rows, t->ne[0], c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) {
+        st = cuda_fail(err, e, "weight_load (upload and dequantize)");
+        goto fail;
+    }
+    cudaFree(raw);
+    if (is_matrix && w->ne0 > c->max_k) c->max_k = w->ne0;
+    *out = w;
+    return NS_OK;
+fail:
+    if (raw) cudaFree(raw);
+    cuda_weight_free(b, w);
+    return st;
+}
+
+static const float *cuda_weight_f32(const ns_bweight *w) {
+    NS_ASSERT(!w->is_bf16); /* only vectors are kept in fp32 */
+    return w->data;
+}
+
+/* ---- KV pool and batch ---- */
+
+static void free_kv(cuda_backend *c) {
+    for (int i = 0; i < c->kv.n_layer; i++) {
+        if (c->k_pool && c->k_pool[i]) cudaFree(c->k_pool[i]);
+        if (c->v_pool && c->v_pool[i]) cudaFree(c->v_pool[i]);
+    }
+    free(c->k_pool);
+    free(c->v_pool);
+    c->k_pool = c->v_pool = NULL;
+    memset(&c->kv, 0, sizeof c->kv);
+}
+
+static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error *err) {
+    cuda_backend *c = cb(b);
+    CUDA_TRY(cudaSetDevice(c->device), "cudaSetDevice");
+    if (shape->head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED, "cuda backend: head_dim %d is over the attention kernel's %d",
+                            shape->head_dim, NS_CUDA_ATTN_MAX_HEAD_DIM);
+    free_kv(c);
+    size_t per_layer = (size_t)shape->n_blocks * (size_t)shape->block_size * (size_t)shape->n_head_kv *
+                       (size_t)shape->head_dim * sizeof(float);
+    c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
+    c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
+    if (!c->k_pool || !c->v_pool) {
+        free_kv(c);
+        return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
+    }
+    c->kv = *shape;
+    char what[96];
+    snprintf(what, sizeof what, "the KV cache (%d layers x 2 x %zu bytes)", shape->n_layer, per_layer);
+    for (int i = 0; i < shape->n_layer; i++) {
+        ns_status st = dev_alloc(c, per_layer, what, (void **)&c->k_pool[i], err);
+        if (!st) st = dev_alloc(c, per_layer, what, (void **)&c->v_pool[i], err);
+        if (st) {
+            free_kv(c);
+            return st;
+        }
+    }
+    return NS_OK;
+}
+
+static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error *err) {
+    cuda_backend *c = cb(b);
+    ns_status st = sticky_status(c, err);
+    if (st) return st;
+    CUDA_TRY(cudaSetDevice(c->device), "cudaSetDevice");
+    int T = bt->n_tokens, S = bt->n_seqs, L = bt->n_logits, MB = bt->max_blocks_per_seq;
+    if (!c->k_pool) return ns_error_set(err, NS_ERR_INVALID, "cuda backend: batch_set before kv_alloc");
+    /* check everything a kernel will index with, so that no kernel reads out of bounds */
+    for (int s = 0; s < S; s++) {
+        int n_kv = bt->n_past[s] + bt->n_seq_tokens[s];
+        int n_blk = (n_kv + c->kv.block_size - 1) / c->kv.block_size;
+        if (bt->n_past[s] < 0 || bt->n_seq_tokens[s] < 1 || n_blk > MB || bt->tok_start[s] < 0 ||
+            bt->tok_start[s] + bt->n_seq_tokens[s] > T)
+            return ns_error_set(err, NS_ERR_INVALID,
+                                "cuda backend: batch sequence %d (start %d, %d tokens, %d past) does not fit the batch "
+                                "(%d tokens, %d blocks per sequence)",
+                                s, bt->tok_start[s], bt->n_seq_tokens[s], bt->n_past[s], T, MB);
+        for (int i = 0; i < n_blk; i++) {
+            int blk = bt->block_table[(size_t)s * MB + i];
+            if (blk < 0 || blk >= c->kv.n_blocks)
+                return ns_error_set(err, NS_ERR_INVALID, "cuda backend: sequence %d block %d is %d, not in [0, %d)", s,
+                                    i, blk, c->kv.n_blocks);
+        }
+        for (int i = 0; i < bt->n_seq_tokens[s]; i++) {
+            int p = bt->pos[bt->tok_start[s] + i];
+            if (p < 0 || p >= n_kv)
+                return ns_error_set(err, NS_ERR_INVALID, "cuda backend: token %d position %d is not in [0, %d)",
+                                    bt->tok_start[s] + i, p, n_kv);
+        }
+    }
+    for (int i = 0; i < L; i++)
+        if (bt->logit_rows[i] < 0 || bt->logit_rows[i] >= T)
+            return ns_error_set(err, NS_ERR_INVALID, "cuda backend: logit row %d is %d, not in [0, %d)", i,
+                                bt->logit_rows[i], T);
+    size_t need = 4 * (size_t)T + (size_t)L + (size_t)S * (size_t)MB;
+    /* the previous batch's copy must be done before its pinned buffer is rewritten */
+    CUDA_TRY(cudaEventSynchronize(c->batch_copied), "batch_set (cudaEventSynchronize)");
+    if (need > c->batch_cap) {
+        size_t cap = need * 2;
+        if (c->h_batch) cudaFreeHost(c->h_batch);
+        if (c->d_batch) cudaFree(c->d_batch);
+        c->h_batch = NULL;
+        c->d_batch = NULL;
+        c->batch_cap = 0;
+        CUDA_TRY(cudaMallocHost((void **)&c->h_batch, cap * sizeof(int32_t)), "batch_set (cudaMallocHost)");
+        if ((st = dev_alloc(c, cap * sizeof(int32_t), "the batch layout", (void **)&c->d_batch, err))) return st;
+        c->batch_cap = cap;
+    }
+    size_t x_need = (size_t)NS_MAX(T, L) * (size_t)c->max_k;
+    if (x_need > c->x_bf16_cap) {
+        if (c->x_bf16) cudaFree(c->x_bf16);
+        c->x_bf16 = NULL;
+        c->x_bf16_cap = 0;
+        if ((st = dev_alloc(c, x_need * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err)))
+            return st;
+        c->x_bf16_cap = x_need;
+    }
+    int32_t *h = c->h_batch;
+    int32_t *tokens = h, *pos = h + T, *tok_seq = h + 2 * (size_t)T, *slot = h + 3 * (size_t)T;
+    int32_t *logit_rows = h + 4 * (size_t)T, *table = logit_rows + L;
+    memcpy(tokens, bt->tokens, (size_t)T * sizeof(int32_t));
+    memcpy(pos, bt->pos, (size_t)T * sizeof(int32_t));
+    for (int s = 0; s < S; s++) {
+        const int32_t *tab = bt->block_table + (size_t)s * MB;
+        for (int i = 0; i < bt->n_seq_tokens[s]; i++) {
+            int tok = bt->tok_start[s] + i, p = bt->n_past[s] + i;
+            tok_seq[tok] = s;
+            slot[tok] = tab[p / c->kv.block_size] * c->kv.block_size + p % c->kv.block_size;
+        }
+    }
+    if (L) memcpy(logit_rows, bt->logit_rows, (size_t)L * sizeof(int32_t));
+    memcpy(table, bt->block_table, (size_t)S * MB * sizeof(int32_t));
+    CUDA_TRY(cudaMemcpyAsync(c->d_batch, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
+             "batch_set (cudaMemcpyAsync)");
+    CUDA_TRY(cudaEventRecord(c->batch_copied, c->stream), "batch_set (cudaEventRecord)");
+    const int32_t *d = c->d_batch;
+    c->d_tokens = d;
+    c->d_pos = d + T;
+    c->d_tok_seq = d + 2 * (size_t)T;
+    c->d_slot = d + 3 * (size_t)T;
+    c->d_logit_rows = d + 4 * (size_t)T;
+    c->d_block_table = c->d_logit_rows + L;
+    c->n_tokens = T;
+    c->n_seqs = S;
+    c->n_logits = L;
+    c->max_blocks_per_seq = MB;
+    return NS_OK;
+}
+
+/* ---- ops ---- */
+
+static void cuda_embed(ns_backend *b, float *out, const ns_bweight *table, int n_embd) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(table->ne0 == n_embd);
+    op_check(c,
+             ns_cuda_embed(out, table->data, table->is_bf16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, c->d_tokens,
+                           c->n_tokens, n_embd, c->stream),
+             "embed");
+}
+
+static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bweight *w, int n_rows, int n, float eps) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_rmsnorm(out, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
+}
+
+static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
+    NS_ASSERT((size_t)M * (size_t)K <= c->x_bf16_cap);
+    if (c->sticky || M == 0) return;
+    op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)M * K, c->stream), "matmul (f32 to bf16)");
+    /* Row-major y (M, N) is column-major y^T (N, M): y^T = W . x^T, with W row-major (N, K)
+     * read as column-major (K, N) transposed, and x row-major (M, K) as column-major (K, M). */
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K,
+                                    c->x_bf16, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS && !c->sticky) c->sticky = cublas_fail(&c->sticky_err, s, "matmul (cublasGemmEx)");
+}
+
+static void cuda_add_bias(ns_backend *b, float *y, const ns_bweight *bias, int M, int N) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_add_bias(y, cuda_weight_f32(bias), M, N, c->stream), "add_bias");
+}
+
+static void cuda_rope(ns_backend *b, float *x, int n_head, int head_dim, int n_rot, const float *inv_freq, int is_neox) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_rope(x, c->d_pos, c->n_tokens, n_head, head_dim, n_rot, inv_freq, is_neox, c->stream),
+             "rope");
+}
+
+static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float *v) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
+    op_check(c,
+             ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], k, v, c->d_slot, c->n_tokens,
+                              c->kv.n_head_kv * c->kv.head_dim, c->stream),
+             "kv_store");
+}
+
+static void cuda_attention(ns_backend *b, int layer, float *out, const float *q, int n_head, float scale) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
+    op_check(c,
+             ns_cuda_attention_paged(out, q, c->d_pos, c->d_tok_seq, c->d_block_table, c->max_blocks_per_seq,
+                                     c->k_pool[layer], c->v_pool[layer], c->n_tokens, c->kv.block_size, n_head,
+                                     c->kv.n_head_kv, c->kv.head_dim, scale, c->stream),
+             "attention");
+}
+
+static void cuda_swiglu(ns_backend *b, float *out, const float *gate, const float *up, int64_t n) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_swiglu(out, gate, up, n, c->stream), "swiglu");
+}
+
+static void cuda_add(ns_backend *b, float *y, const float *x, int64_t n) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_add(y, x, n, c->stream), "add");
+}
+
+static void cuda_gather_logit_rows(ns_backend *b, float *out, const float *x, int width) {
+    cuda_backend *c = cb(b);
+    op_check(c, ns_cuda_gather_rows(out, x, c->d_logit_rows, c->n_logits, width, c->stream), "gather_logit_rows");
+}
+
+/* ---- lifetime ---- */
+
+static void cuda_destroy(ns_backend *b) {
+    cuda_backend *c = cb(b);
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    free_kv(c);
+    if (c->h_batch) cudaFreeHost(c->h_batch);
+    if (c->d_batch) cudaFree(c->d_batch);
+    if (c->x_bf16) cudaFree(c->x_bf16);
+    if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+static const ns_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .buf_alloc = cuda_buf_alloc,
+    .buf_free = cuda_buf_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .weight_load = cuda_weight_load,
+    .weight_free = cuda_weight_free,
+    .weight_f32 = cuda_weight_f32,
+    .kv_alloc = cuda_kv_alloc,
+    .batch_set = cuda_batch_set,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .matmul = cuda_matmul,
+    .add_bias = cuda_add_bias,
+    .rope = cuda_rope,
+    .kv_store = cuda_kv_store,
+    .attention = cuda_attention,
+    .swiglu = cuda_swiglu,
+    .add = cuda_add,
+    .gather_logit_rows = cuda_gather_logit_rows,
+};
+
+ns_status ns_backend_cuda_device_count(int *n_devices, ns_error *err) {
+    int n = 0;
+    *n_devices = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return ns_error_set(err, NS_ERR_BACKEND, "no CUDA device: %s", cudaGetErrorString(e));
+    }
+    if (n <= 0) return ns_error_set(err, NS_ERR_BACKEND, "no CUDA device: the CUDA runtime reports 0 devices");
+    *n_devices = n;
+    return NS_OK;
+}
+
+ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
+    *out = NULL;
+    int n = 0;
+    ns_status st = ns_backend_cuda_device_count(&n, err);
+    if (st) return st;
+    if (device < 0 || device >= n)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: device %d is not in [0, %d)", device, n);
+    cuda_backend *c = calloc(1, sizeof *c);
+    if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
+    c->base.ops = &cuda_ops;
+    c->device = device;
+    cudaError_t e;
+    cublasStatus_t s;
+    if ((e = cudaSetDevice(device)) != cudaSuccess) {
+        st = cuda_fail(err, e, "cudaSetDevice");
+        goto fail;
+    }
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        st = cuda_fail(err, e, "cudaStreamCreateWithFlags");
+        goto fail;
+    }
+    if ((e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming)) != cudaSuccess) {
+        st = cuda_fail(err, e, "cudaEventCreateWithFlags");
+        goto fail;
+    }
+    if ((s = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS) {
+        c->cublas = NULL;
+        st = cublas_fail(err, s, "cublasCreate");
+        goto fail;
+    }
+    if ((s = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {
+        st = cublas_fail(err, s, "cublasSetStream");
+        goto fail;
+    }
+    *out = &c->base;
+    return NS_OK;
+fail:
+    cuda_destroy(&c->base);
+    return st;
+}
+
+#endif /* NS_HAVE_CUDA */

@@ -1,0 +1,98 @@
+/* common.cuh: device helpers shared by the kernels in kernels/cuda: fp16/bf16 loads from
+ * unaligned bytes, the dequantization of one element of a ggml row, warp reductions. */
+#ifndef NS_CUDA_COMMON_CUH
+#define NS_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "ops_cuda.h"
+
+/* GGUF block fields are only 2-byte aligned: read them byte by byte (little endian). */
+static __device__ __forceinline__ uint16_t ns_load_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+static __device__ __forceinline__ float ns_load_fp16(const uint8_t *p) {
+    return __half2float(__ushort_as_half(ns_load_u16(p)));
+}
+static __device__ __forceinline__ float ns_load_bf16(const uint8_t *p) {
+    return __uint_as_float((uint32_t)ns_load_u16(p) << 16);
+}
+
+/* Element i of a row in `type` (layouts in kernels/cpu/ops.h). */
+static __device__ __forceinline__ float ns_dequant_elem(int type, const uint8_t *row, int64_t i) {
+    int64_t b = i / 32;
+    int j = (int)(i % 32);
+    switch (type) {
+    case NS_CUDA_TYPE_F32: {
+        uint32_t u = (uint32_t)row[4 * i] | ((uint32_t)row[4 * i + 1] << 8) |
+                     ((uint32_t)row[4 * i + 2] << 16) | ((uint32_t)row[4 * i + 3] << 24);
+        return __uint_as_float(u);
+    }
+    case NS_CUDA_TYPE_F16: return ns_load_fp16(row + 2 * i);
+    case NS_CUDA_TYPE_BF16: return ns_load_bf16(row + 2 * i);
+    case NS_CUDA_TYPE_Q8_0: {
+        const uint8_t *p = row + b * 34;
+        return ns_load_fp16(p) * (float)(int8_t)p[2 + j];
+    }
+    case NS_CUDA_TYPE_Q4_0: {
+        const uint8_t *p = row + b * 18;
+        uint8_t byte = p[2 + (j & 15)];
+        int q = j < 16 ? (byte & 15) : (byte >> 4);
+        return ns_load_fp16(p) * (float)(q - 8);
+    }
+    case NS_CUDA_TYPE_Q4_1: {
+        const uint8_t *p = row + b * 20;
+        uint8_t byte = p[4 + (j & 15)];
+        int q = j < 16 ? (byte & 15) : (byte >> 4);
+        return fmaf(ns_load_fp16(p), (float)q, ns_load_fp16(p + 2));
+    }
+    default: return __int_as_float(0x7fc00000); /* unreachable: the launchers check type */
+    }
+}
+
+static __host__ __device__ inline bool ns_cuda_type_known(int type) {
+    return type == NS_CUDA_TYPE_F32 || type == NS_CUDA_TYPE_F16 || type == NS_CUDA_TYPE_BF16 ||
+           type == NS_CUDA_TYPE_Q8_0 || type == NS_CUDA_TYPE_Q4_0 || type == NS_CUDA_TYPE_Q4_1;
+}
+
+/* Bytes of one row of n elements in type (0 if unknown or n not a block multiple). */
+static inline size_t ns_cuda_row_bytes(int type, int64_t n) {
+    switch (type) {
+    case NS_CUDA_TYPE_F32: return (size_t)n * 4;
+    case NS_CUDA_TYPE_F16:
+    case NS_CUDA_TYPE_BF16: return (size_t)n * 2;
+    case NS_CUDA_TYPE_Q8_0: return n % 32 ? 0 : (size_t)(n / 32) * 34;
+    case NS_CUDA_TYPE_Q4_0: return n % 32 ? 0 : (size_t)(n / 32) * 18;
+    case NS_CUDA_TYPE_Q4_1: return n % 32 ? 0 : (size_t)(n / 32) * 20;
+    default: return 0;
+    }
+}
+
+static __device__ __forceinline__ float ns_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over a block of up to 1024 threads; every thread gets the total. shared: 32 floats. */
+static __device__ __forceinline__ float ns_block_sum(float v, float *shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = ns_warp_sum(v);
+    __syncthreads(); /* shared may still be read from a previous call */
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int n_warps = (blockDim.x + 31) >> 5;
+    v = lane < n_warps ? shared[lane] : 0.0f;
+    return ns_warp_sum(v);
+}
+
+/* Grid size for n elements at `threads` per block, capped for grid-stride loops. */
+static inline unsigned ns_grid_for(int64_t n, int threads) {
+    int64_t g = (n + threads - 1) / threads;
+    if (g < 1) g = 1;
+    if (g > 65535 * 16) g = 65535 * 16;
+    return (unsigned)g;
+}
+
+#endif

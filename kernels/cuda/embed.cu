@@ -1,0 +1,40 @@
+/* embed.cu: the token embedding gather (rows of a table in any storage type, to fp32) and
+ * the gather of batch rows for the output head. One thread per output element. */
+#include "common.cuh"
+
+static __global__ void embed_kernel(float *out, const uint8_t *table, size_t row_bytes, int type,
+                                    const int32_t *ids, int n_tokens, int n_embd) {
+    int64_t total = (int64_t)n_tokens * n_embd;
+    for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        int t = (int)(idx / n_embd), i = (int)(idx % n_embd);
+        out[idx] = ns_dequant_elem(type, table + (size_t)ids[t] * row_bytes, i);
+    }
+}
+
+static __global__ void gather_rows_kernel(float *out, const float *x, const int32_t *rows, int n_rows, int width) {
+    int64_t total = (int64_t)n_rows * width;
+    for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        int r = (int)(idx / width), i = (int)(idx % width);
+        out[idx] = x[(size_t)rows[r] * width + i];
+    }
+}
+
+extern "C" cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t *ids, int n_tokens,
+                                     int n_embd, cudaStream_t stream) {
+    size_t row_bytes = ns_cuda_row_bytes(type, n_embd);
+    if (row_bytes == 0 || n_tokens < 0) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    embed_kernel<<<ns_grid_for((int64_t)n_tokens * n_embd, 256), 256, 0, stream>>>(
+        out, (const uint8_t *)table, row_bytes, type, ids, n_tokens, n_embd);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int32_t *rows, int n_rows, int width,
+                                           cudaStream_t stream) {
+    if (n_rows < 0 || width < 1) return cudaErrorInvalidValue;
+    if (n_rows == 0) return cudaSuccess;
+    gather_rows_kernel<<<ns_grid_for((int64_t)n_rows * width, 256), 256, 0, stream>>>(out, x, rows, n_rows, width);
+    return cudaGetLastError();
+}

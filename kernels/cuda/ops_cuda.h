@@ -1,0 +1,97 @@
+/* ops_cuda.h: the CUDA kernels, a C API (includable from C and CUDA). The op names and
+ * semantics are those of kernels/cpu/ops.h (ns_cpu_rmsnorm <-> ns_cuda_rmsnorm, ...);
+ * differences are stated at each op. Every pointer is device memory unless it says host.
+ * Each launcher enqueues on `stream`, never synchronizes and never allocates, and returns
+ * the launch status (cudaGetLastError after the launch; cudaErrorInvalidValue for a
+ * shape it does not support). Errors that happen while the kernel runs show later, at
+ * the next synchronizing call: the backend (engine/backend_cuda.c) checks both.
+ * bf16 buffers are uint16_t (the bits of __nv_bfloat16) so that C code can hold them.
+ */
+#ifndef NS_CUDA_OPS_H
+#define NS_CUDA_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Storage types: the values of ns_ggml_type (engine/gguf.h); the backend checks that they
+ * agree at compile time (the kernels do not include the engine's C11 headers). */
+enum {
+    NS_CUDA_TYPE_F32 = 0,
+    NS_CUDA_TYPE_F16 = 1,
+    NS_CUDA_TYPE_Q4_0 = 2,
+    NS_CUDA_TYPE_Q4_1 = 3,
+    NS_CUDA_TYPE_Q8_0 = 8,
+    NS_CUDA_TYPE_BF16 = 30,
+};
+
+/* Largest head_dim ns_cuda_attention_paged supports (8 dims per lane of one warp). */
+#define NS_CUDA_ATTN_MAX_HEAD_DIM 256
+
+/* ---- conversions, dequantization ----
+ * n_rows rows of n elements in `type` (block layouts as in ops.h; src rows src_row_bytes
+ * apart, n a multiple of 32 for the block types) into dst (n_rows, n) of dst_type
+ * NS_CUDA_TYPE_F32 or NS_CUDA_TYPE_BF16 (round to nearest even). Same products as the
+ * CPU dequantiser (d*q one fp32 multiply; Q4_1 d*q + m one fma). */
+cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes, void *dst,
+                                int dst_type, int64_t n_rows, int64_t n, cudaStream_t stream);
+/* dst (n) bf16 = src (n) f32, round to nearest even. */
+cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, cudaStream_t stream);
+
+/* ---- row and elementwise ops (ops.h) ---- */
+/* out (n_rows, n) = x / sqrt(mean(x^2) + eps) * w (n); out may alias x. One block per row. */
+cudaError_t ns_cuda_rmsnorm(float *out, const float *x, const float *w, int n_rows, int n, float eps,
+                            cudaStream_t stream);
+/* In place on x (n_tokens, n_head, head_dim) at positions pos (n_tokens); inv_freq (n_rot/2).
+ * theta and its cos/sin in double, the rotation in fp32, as ns_cpu_rope. */
+cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim,
+                         int n_rot, const float *inv_freq, int is_neox, cudaStream_t stream);
+/* out (n) = silu(gate) * up; out may alias gate or up. */
+cudaError_t ns_cuda_swiglu(float *out, const float *gate, const float *up, int64_t n,
+                           cudaStream_t stream);
+/* y (n) += x (n). */
+cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
+/* y (M, N) += bias (N) on every row. */
+cudaError_t ns_cuda_add_bias(float *y, const float *bias, int M, int N, cudaStream_t stream);
+/* out (n_tokens, n_embd) = rows ids (n_tokens) of table (n_vocab, n_embd) in `type` (any type
+ * above), as fp32. ids are checked < n_vocab by the caller. */
+cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t *ids, int n_tokens,
+                          int n_embd, cudaStream_t stream);
+/* out (n_rows, width) = rows `rows` (n_rows) of x. */
+cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int32_t *rows, int n_rows, int width,
+                                cudaStream_t stream);
+
+/* ---- paged KV cache and attention ----
+ * Pools: (n_blocks_total, block_size, n_head_kv, head_dim) fp32, as in ops.h.
+ * kv_store: row t of k, v (n_tokens, row = n_head_kv * head_dim) goes to pool row slot[t]
+ * (= block * block_size + position % block_size, computed and checked by the host). */
+cudaError_t ns_cuda_kv_store(float *k_pool, float *v_pool, const float *k, const float *v,
+                             const int32_t *slot, int n_tokens, int row, cudaStream_t stream);
+/* Causal grouped-query attention of a whole batch over its sequences' blocks: token t
+ * belongs to sequence tok_seq[t], whose block table is row tok_seq[t] of block_table
+ * (n_seqs, max_blocks_per_seq), and sees keys 0..q_pos[t] (the host checked every table
+ * entry it can reach). One warp per (token, head), online softmax in fp32 over the keys
+ * in order: the score matrix is never formed and nothing is written but out.
+ * out, q (n_tokens, n_head, head_dim); head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM. */
+cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q_pos,
+                                    const int32_t *tok_seq, const int32_t *block_table,
+                                    int max_blocks_per_seq, const float *k_pool,
+                                    const float *v_pool, int n_tokens, int block_size, int n_head,
+                                    int n_head_kv, int head_dim, float scale, cudaStream_t stream);
+
+/* ---- sampling ----
+ * out_ids (n_rows) = argmax of each row of logits (n_rows, n_vocab), lowest id on ties
+ * (the CPU sampler's greedy rule); NaN never wins; a row of NaN only gives id 0. */
+cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
+                                  cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,17 @@
+/* swiglu.cu: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)), elementwise (out may
+ * alias gate or up). expf, not __expf: within a few ulp of ns_cpu_swiglu_ref. */
+#include "common.cuh"
+
+static __global__ void swiglu_f32_kernel(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" cudaError_t ns_cuda_swiglu(float *out, const float *gate, const float *up, int64_t n,
+                                      cudaStream_t stream) {
+    if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    swiglu_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(out, gate, up, n);
+    return cudaGetLastError();
+}

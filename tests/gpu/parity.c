@@ -1,0 +1,491 @@
+/* parity.c: the CUDA kernels and backend against the CPU references, on a GPU. Built and
+ * run by tests/gpu/run.sh (it compiles anywhere nvcc exists, but only runs where a CUDA
+ * device is present; it has never been run on the machine this was written on).
+ *
+ * usage: gpu-parity kernels | greedy | throughput
+ *   kernels     every ns_cuda_* op against its ns_cpu_*_ref on odd shapes (1, odd sizes,
+ *               non-multiples of the block size, GQA groups, head_dim 40/80/256), each
+ *               output checked in this order: every element finite, NMSE, per element
+ *               !(err <= atol + rtol |ref|) so that NaN fails; 64 canary floats either side
+ *               of every device output must come back untouched.
+ *   greedy      tiny random models (Q8_0, Q4_1): 6 requests of greedy decoding, 48 tokens
+ *               each, on the CPU and on CUDA; tokens compared. bf16 GEMM inputs can flip a
+ *               near-tie late in a sequence, so the check is: no sequence diverges in its
+ *               first 16 tokens, and at least 4 of 6 agree on all 48 (printed either way).
+ *   throughput  a random 8-layer model (n_embd 512, Q8_0) on CUDA: 256 requests, 64 prompt
+ *               + 64 generated tokens, max_seqs 128; prints tokens/s. No pass bound yet.
+ * Ends with "N passed, N failed, N skipped"; exit 1 on any failure.
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../test.h"
+#include "../unit/tiny_model.h"
+#include "backend_cuda.h"
+#include "engine.h"
+#include "gguf.h"
+#include "ops.h"
+#include "ops_cuda.h"
+
+static int g_pass, g_fail, g_skip;
+
+#define CANARY 64
+#define CU(call)                                                                            \
+    do {                                                                                    \
+        cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(2);                                                                        \
+        }                                                                                   \
+    } while (0)
+
+/* A fresh temporary directory for the models this run writes (left for inspection). */
+static const char *tmpdir(void) {
+    static char dir[256];
+    if (!dir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/nsgpu.XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(dir)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+    }
+    return dir;
+}
+
+/* test.h's check order: every element finite, NMSE, then per element with NaN failing. */
+static int allclose(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol,
+                    double max_nmse) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            printf("FAIL %s: element %zu not finite (%g)\n", what, i, (double)got[i]);
+            return 0;
+        }
+        double d = (double)got[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    double nmse = den > 0 ? num / den : num;
+    if (!(nmse <= max_nmse)) {
+        printf("FAIL %s: NMSE %.3g > %.3g over %zu elements\n", what, nmse, max_nmse, n);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - ref[i]);
+        if (!(err <= atol + rtol * fabs((double)ref[i]))) {
+            printf("FAIL %s: element %zu: %.9g vs ref %.9g\n", what, i, (double)got[i], (double)ref[i]);
+            return 0;
+        }
+    }
+    printf("ok   %s (n %zu, NMSE %.3g)\n", what, n, nmse);
+    return 1;
+}
+
+static void result(int ok) { ok ? g_pass++ : g_fail++; }
+
+/* Device buffer of n floats between two canary zones of 0xff bytes. */
+static float *dev_canary(size_t n) {
+    float *p;
+    CU(cudaMalloc((void **)&p, (n + 2 * CANARY) * sizeof(float)));
+    CU(cudaMemset(p, 0xff, (n + 2 * CANARY) * sizeof(float)));
+    return p + CANARY;
+}
+static void *dev_copy(const void *src, size_t nbytes) {
+    void *p;
+    CU(cudaMalloc(&p, nbytes ? nbytes : 16));
+    if (nbytes) CU(cudaMemcpy(p, src, nbytes, cudaMemcpyHostToDevice));
+    return p;
+}
+/* Downloads n floats of d into host, checks both canaries; frees d. Returns 0 on a hit. */
+static int fetch(const char *what, float *host, float *d, size_t n) {
+    unsigned char *all = malloc((n + 2 * CANARY) * sizeof(float));
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(all, d - CANARY, (n + 2 * CANARY) * sizeof(float), cudaMemcpyDeviceToHost));
+    memcpy(host, all + CANARY * sizeof(float), n * sizeof(float));
+    int ok = 1;
+    for (size_t i = 0; i < CANARY * sizeof(float); i++)
+        if (all[i] != 0xff || all[(n + CANARY) * sizeof(float) + i] != 0xff) ok = 0;
+    if (!ok) printf("FAIL %s: canary overwritten (out-of-bounds write)\n", what);
+    free(all);
+    CU(cudaFree(d - CANARY));
+    return ok;
+}
+
+static void fill(ns_test_rng *r, float *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * ns_test_rng_f32(r);
+}
+
+/* ---- kernels ---- */
+
+static void check_dequant(ns_test_rng *r) {
+    const int types[] = {NS_GGML_F32, NS_GGML_F16, NS_GGML_BF16, NS_GGML_Q8_0, NS_GGML_Q4_0, NS_GGML_Q4_1};
+    const char *names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"};
+    int n_rows = 7, n = 32 * 5;
+    for (int ti = 0; ti < 6; ti++) {
+        size_t rb = ns_ggml_row_bytes(types[ti], n);
+        float *src = malloc(sizeof(float) * n_rows * n), *ref = malloc(sizeof(float) * n_rows * n);
+        float *got = malloc(sizeof(float) * n_rows * n);
+        char *q = malloc(rb * n_rows);
+        fill(r, src, (size_t)n_rows * n, 2.0f);
+        for (int i = 0; i < n_rows; i++) {
+            ns_cpu_quantize_row(types[ti], src + (size_t)i * n, q + rb * i, n);
+            ns_cpu_dequant_row_ref(types[ti], q + rb * i, ref + (size_t)i * n, n);
+        }
+        void *dq = dev_copy(q, rb * n_rows);
+        /* to f32: the same products as the CPU, so bit-equal */
+        float *d = dev_canary((size_t)n_rows * n);
+        CU(ns_cuda_dequant_row(types[ti], dq, rb, d, NS_CUDA_TYPE_F32, n_rows, n, 0));
+        char what[64];
+        snprintf(what, sizeof what, "dequant_row %s -> f32", names[ti]);
+        int ok = fetch(what, got, d, (size_t)n_rows * n);
+        result(ok && allclose(what, got, ref, (size_t)n_rows * n, 0, 0, 0));
+        /* to bf16: ref rounded the CPU's way */
+        uint16_t *hb = malloc(2 * (size_t)n_rows * n);
+        float *db = dev_canary((size_t)n_rows * n); /* bf16 data in the first half */
+        CU(ns_cuda_dequant_row(types[ti], dq, rb, db, NS_CUDA_TYPE_BF16, n_rows, n, 0));
+        ok = fetch("dequant bf16", got, db, (size_t)n_rows * n);
+        memcpy(hb, got, 2 * (size_t)n_rows * n);
+        for (int i = 0; i < n_rows * n; i++) got[i] = ns_bf16_to_fp32(hb[i]);
+        for (int i = 0; i < n_rows * n; i++) ref[i] = ns_bf16_to_fp32(ns_fp32_to_bf16(ref[i]));
+        snprintf(what, sizeof what, "dequant_row %s -> bf16", names[ti]);
+        result(ok && allclose(what, got, ref, (size_t)n_rows * n, 0, 0, 0));
+        /* embed from the same table: rows in a shuffled order, with repeats */
+        int32_t ids[5] = {6, 0, 3, 3, 1};
+        float *de = dev_canary(5 * (size_t)n), *eref = malloc(sizeof(float) * 5 * n);
+        int32_t *dids = dev_copy(ids, sizeof ids);
+        CU(ns_cuda_embed(de, dq, types[ti], dids, 5, n, 0));
+        ns_cpu_embed(eref, q, types[ti], ids, 5, n);
+        snprintf(what, sizeof what, "embed %s", names[ti]);
+        ok = fetch(what, got, de, 5 * (size_t)n);
+        result(ok && allclose(what, got, eref, 5 * (size_t)n, 0, 0, 0));
+        CU(cudaFree(dids));
+        CU(cudaFree(dq));
+        free(src), free(ref), free(got), free(q), free(hb), free(eref);
+    }
+}
+
+static void check_rows(ns_test_rng *r) {
+    const int shapes[][2] = {{1, 1}, {3, 77}, {17, 576}, {2, 4097}};
+    for (int si = 0; si < 4; si++) {
+        int rows = shapes[si][0], n = shapes[si][1];
+        size_t N = (size_t)rows * n;
+        float *x = malloc(N * 4), *w = malloc(n * 4), *up = malloc(N * 4), *ref = malloc(N * 4), *got = malloc(N * 4);
+        fill(r, x, N, 4.0f), fill(r, w, n, 1.0f), fill(r, up, N, 1.0f);
+        float *dx = dev_copy(x, N * 4), *dw = dev_copy(w, n * 4), *dup = dev_copy(up, N * 4);
+        char what[64];
+        /* rmsnorm */
+        float *d = dev_canary(N);
+        CU(ns_cuda_rmsnorm(d, dx, dw, rows, n, 1e-5f, 0));
+        ns_cpu_rmsnorm_ref(ref, x, w, rows, n, 1e-5f);
+        snprintf(what, sizeof what, "rmsnorm %dx%d", rows, n);
+        int ok = fetch(what, got, d, N);
+        result(ok && allclose(what, got, ref, N, 1e-5, 1e-5, 1e-10));
+        /* swiglu */
+        d = dev_canary(N);
+        CU(ns_cuda_swiglu(d, dx, dup, (int64_t)N, 0));
+        ns_cpu_swiglu_ref(ref, x, up, (int64_t)N);
+        snprintf(what, sizeof what, "swiglu %zu", N);
+        ok = fetch(what, got, d, N);
+        result(ok && allclose(what, got, ref, N, 1e-6, 1e-5, 1e-10));
+        /* add, add_bias (in place on a copy of up) */
+        d = dev_canary(N);
+        CU(cudaMemcpy(d, up, N * 4, cudaMemcpyHostToDevice));
+        CU(ns_cuda_add(d, dx, (int64_t)N, 0));
+        CU(ns_cuda_add_bias(d, dw, rows, n, 0));
+        memcpy(ref, up, N * 4);
+        ns_cpu_add_ref(ref, x, (int64_t)N);
+        for (int i = 0; i < rows; i++) ns_cpu_add_ref(ref + (size_t)i * n, w, n);
+        snprintf(what, sizeof what, "add + add_bias %dx%d", rows, n);
+        ok = fetch(what, got, d, N);
+        result(ok && allclose(what, got, ref, N, 0, 0, 0));
+        /* gather_rows: last row, first row */
+        int32_t rws[2] = {rows - 1, 0};
+        int32_t *drws = dev_copy(rws, sizeof rws);
+        d = dev_canary(2 * (size_t)n);
+        CU(ns_cuda_gather_rows(d, dx, drws, 2, n, 0));
+        memcpy(ref, x + (size_t)(rows - 1) * n, n * 4);
+        memcpy(ref + n, x, n * 4);
+        snprintf(what, sizeof what, "gather_rows %d", n);
+        ok = fetch(what, got, d, 2 * (size_t)n);
+        result(ok && allclose(what, got, ref, 2 * (size_t)n, 0, 0, 0));
+        /* greedy argmax per row, with a tie (lowest id wins) and a NaN */
+        if (n > 4) {
+            x[n - 1] = 100.0f, x[3] = 100.0f, x[1] = NAN; /* row 0: ids 3 and n-1 tie; NaN never wins */
+            CU(cudaMemcpy(dx, x, N * 4, cudaMemcpyHostToDevice));
+        }
+        int32_t *dids, *ids = malloc(rows * 4);
+        CU(cudaMalloc((void **)&dids, rows * 4));
+        CU(ns_cuda_sample_greedy(dids, dx, rows, n, 0));
+        CU(cudaMemcpy(ids, dids, rows * 4, cudaMemcpyDeviceToHost));
+        ok = 1;
+        for (int i = 0; i < rows; i++) {
+            int best = -1;
+            for (int j = 0; j < n; j++)
+                if (!isnan(x[(size_t)i * n + j]) && (best < 0 || x[(size_t)i * n + j] > x[(size_t)i * n + best])) best = j;
+            if (ids[i] != best) ok = 0, printf("FAIL sample_greedy row %d: %d vs %d\n", i, ids[i], best);
+        }
+        if (ok) printf("ok   sample_greedy %dx%d\n", rows, n);
+        result(ok);
+        CU(cudaFree(dids)); CU(cudaFree(drws)); CU(cudaFree(dx)); CU(cudaFree(dw)); CU(cudaFree(dup));
+        free(x), free(w), free(up), free(ref), free(got), free(ids);
+    }
+}
+
+static void check_rope(ns_test_rng *r) {
+    const int cfg[][4] = {{1, 1, 2, 2}, {5, 3, 64, 64}, {7, 9, 80, 32}, {3, 2, 128, 128}}; /* tokens heads hd n_rot */
+    for (int ci = 0; ci < 4; ci++)
+        for (int neox = 0; neox < 2; neox++) {
+            int T = cfg[ci][0], H = cfg[ci][1], hd = cfg[ci][2], nr = cfg[ci][3];
+            size_t N = (size_t)T * H * hd;
+            float *x = malloc(N * 4), *ref = malloc(N * 4), *got = malloc(N * 4), inv[64];
+            int32_t pos[8];
+            for (int t = 0; t < T; t++) pos[t] = t * 4099 + 3; /* large positions: theta in double */
+            ns_rope_inv_freq(inv, nr, 10000.0f, 1.0f, 1.0f, 4.0f, 8192, NULL);
+            fill(r, x, N, 1.0f);
+            memcpy(ref, x, N * 4);
+            ns_cpu_rope_ref(ref, pos, T, H, hd, nr, inv, neox);
+            float *d = dev_canary(N);
+            CU(cudaMemcpy(d, x, N * 4, cudaMemcpyHostToDevice));
+            int32_t *dpos = dev_copy(pos, T * 4);
+            float *dinv = dev_copy(inv, nr / 2 * 4);
+            CU(ns_cuda_rope(d, dpos, T, H, hd, nr, dinv, neox, 0));
+            char what[64];
+            snprintf(what, sizeof what, "rope %s T%d H%d hd%d rot%d", neox ? "neox" : "interleaved", T, H, hd, nr);
+            int ok = fetch(what, got, d, N);
+            result(ok && allclose(what, got, ref, N, 1e-5, 1e-5, 1e-10));
+            CU(cudaFree(dpos)); CU(cudaFree(dinv));
+            free(x), free(ref), free(got);
+        }
+}
+
+/* A mixed batch: sequence 0 a prompt chunk over cached blocks, 1 a decode step, 2 a fresh
+ * prompt; blocks shuffled in a pool with spares, block size not a power of two. */
+static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs) {
+    const int S = 3, n_past[3] = {37, 100, 0}, n_new[3] = {9, 1, 23}, MB = 128;
+    int n_blocks = 3 * 128, T = 0, tok_start[3];
+    for (int s = 0; s < S; s++) tok_start[s] = T, T += n_new[s];
+    size_t row = (size_t)n_head_kv * hd, pool_n = (size_t)n_blocks * bs * row;
+    float *kp = malloc(pool_n * 4), *vp = malloc(pool_n * 4);
+    fill(r, kp, pool_n, 1.0f), fill(r, vp, pool_n, 1.0f);
+    int32_t table[3 * 128], pos[64], tok_seq[64], slot[64];
+    int perm[3 * 128]; /* every table entry a distinct block */
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(ns_test_rng_u64(r) % (unsigned)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int i = 0; i < S * MB; i++) table[i] = perm[i % n_blocks];
+    size_t qn = (size_t)T * n_head * hd;
+    float *q = malloc(qn * 4), *k = malloc((size_t)T * row * 4), *v = malloc((size_t)T * row * 4);
+    float *ref = malloc(qn * 4), *got = malloc(qn * 4), *scratch = malloc(4096 * 4);
+    fill(r, q, qn, 1.0f), fill(r, k, (size_t)T * row, 1.0f), fill(r, v, (size_t)T * row, 1.0f);
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < n_new[s]; i++) {
+            int t = tok_start[s] + i, p = n_past[s] + i;
+            pos[t] = p, tok_seq[t] = s;
+            slot[t] = table[s * MB + p / bs] * bs + p % bs;
+        }
+    float *dk = dev_canary(pool_n), *dv = dev_canary(pool_n);
+    CU(cudaMemcpy(dk, kp, pool_n * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dv, vp, pool_n * 4, cudaMemcpyHostToDevice));
+    /* the CPU side: the same stores */
+    for (int t = 0; t < T; t++) {
+        memcpy(kp + (size_t)slot[t] * row, k + (size_t)t * row, row * 4);
+        memcpy(vp + (size_t)slot[t] * row, v + (size_t)t * row, row * 4);
+    }
+    for (int s = 0; s < S; s++) {
+        int t0 = tok_start[s];
+        ns_cpu_attention_paged_ref(ref + (size_t)t0 * n_head * hd, q + (size_t)t0 * n_head * hd, pos + t0, n_new[s], kp,
+                                   vp, table + s * MB, n_past[s] + n_new[s], bs, n_head, n_head_kv, hd,
+                                   1.0f / sqrtf((float)hd), 0, n_head, scratch);
+    }
+    float *dq = dev_copy(q, qn * 4), *dkk = dev_copy(k, (size_t)T * row * 4), *dvv = dev_copy(v, (size_t)T * row * 4);
+    int32_t *dpos = dev_copy(pos, T * 4), *dseq = dev_copy(tok_seq, T * 4), *dslot = dev_copy(slot, T * 4);
+    int32_t *dtab = dev_copy(table, sizeof table);
+    float *dout = dev_canary(qn);
+    CU(ns_cuda_kv_store(dk, dv, dkk, dvv, dslot, T, (int)row, 0));
+    CU(ns_cuda_attention_paged(dout, dq, dpos, dseq, dtab, MB, dk, dv, T, bs, n_head, n_head_kv, hd,
+                               1.0f / sqrtf((float)hd), 0));
+    char what[96];
+    snprintf(what, sizeof what, "attention_paged H%d/%d hd%d bs%d T%d", n_head, n_head_kv, hd, bs, T);
+    int ok = fetch(what, got, dout, qn);
+    result(ok && allclose(what, got, ref, qn, 1e-4, 1e-3, 1e-8));
+    /* the pools after kv_store: equal to the CPU's stores, canaries intact */
+    float *pool_got = malloc(pool_n * 4);
+    ok = fetch("kv_store k", pool_got, dk, pool_n);
+    result(ok && allclose("kv_store k pool", pool_got, kp, pool_n, 0, 0, 0));
+    ok = fetch("kv_store v", pool_got, dv, pool_n);
+    result(ok && allclose("kv_store v pool", pool_got, vp, pool_n, 0, 0, 0));
+    CU(cudaFree(dq)); CU(cudaFree(dkk)); CU(cudaFree(dvv)); CU(cudaFree(dpos)); CU(cudaFree(dseq));
+    CU(cudaFree(dslot)); CU(cudaFree(dtab));
+    free(kp), free(vp), free(q), free(k), free(v), free(ref), free(got), free(scratch), free(pool_got);
+}
+
+static void run_kernels(void) {
+    ns_test_rng r = {12345};
+    check_dequant(&r);
+    check_rows(&r);
+    check_rope(&r);
+    check_attention(&r, 6, 2, 80, 7);
+    check_attention(&r, 4, 4, 40, 16);
+    check_attention(&r, 9, 3, 256, 5);
+    check_attention(&r, 1, 1, 1, 1);
+}
+
+/* ---- engine: greedy tokens, throughput ---- */
+
+static ns_engine *open_engine(const char *path, const char *backend, int max_seqs) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = path;
+    cfg.backend = backend;
+    cfg.max_seqs = max_seqs;
+    cfg.max_batch_tokens = max_seqs * 8 > 512 ? max_seqs * 8 : 512;
+    ns_engine *e = NULL;
+    ns_error err;
+    if (ns_engine_open(&cfg, &e, NULL, &err)) {
+        printf("FAIL engine open %s on %s: %s\n", path, backend, err.msg);
+        return NULL;
+    }
+    return e;
+}
+
+/* Runs n requests of prompt length n_prompt, max_tokens each; tokens into out (n, max_tokens). */
+static double generate(ns_engine *e, int n, int n_prompt, int max_tokens, int32_t *out) {
+    ns_error err;
+    int32_t *prompt = malloc(sizeof(int32_t) * n_prompt);
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < n_prompt; j++) prompt[j] = (int32_t)((i * 131 + j * 17 + 5) % NS_TINY_N_VOCAB);
+        ns_request req = {0};
+        req.id = (uint64_t)i;
+        req.prompt = prompt;
+        req.n_prompt = n_prompt;
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = max_tokens;
+        req.sampling.ignore_eos = true;
+        if (ns_engine_submit(e, &req, &err)) {
+            printf("FAIL submit: %s\n", err.msg);
+            free(prompt);
+            return -1;
+        }
+    }
+    free(prompt);
+    double t0 = ns_time_now();
+    while (!ns_engine_idle(e))
+        if (ns_engine_step(e, NULL, &err)) {
+            printf("FAIL step: %s\n", err.msg);
+            return -1;
+        }
+    double dt = ns_time_now() - t0;
+    ns_completion *c[64];
+    int got;
+    while ((got = ns_engine_collect(e, c, 64)) > 0)
+        for (int i = 0; i < got; i++) {
+            if (out && c[i]->id < (uint64_t)n)
+                for (int j = 0; j < max_tokens; j++) out[c[i]->id * max_tokens + j] = j < c[i]->n_tokens ? c[i]->tokens[j] : -1;
+            ns_completion_free(c[i]);
+        }
+    return dt;
+}
+
+static void run_greedy(void) {
+    const int types[] = {NS_GGML_Q8_0, NS_GGML_Q4_1};
+    const int n_req = 6, n_tok = 48;
+    for (int ti = 0; ti < 2; ti++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/gpu_tiny_%d.gguf", tmpdir(), types[ti]);
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.wtype = types[ti];
+        c.n_ctx = 256;
+        ns_error err;
+        if (ns_tiny_model_write(path, &c, &err)) {
+            printf("FAIL tiny model: %s\n", err.msg);
+            result(0);
+            continue;
+        }
+        int32_t *tok[2] = {malloc(sizeof(int32_t) * n_req * n_tok), malloc(sizeof(int32_t) * n_req * n_tok)};
+        const char *names[2] = {"cpu", "cuda"};
+        int ok = 1;
+        for (int k = 0; k < 2; k++) {
+            ns_engine *e = open_engine(path, names[k], 4);
+            if (!e || generate(e, n_req, 13, n_tok, tok[k]) < 0) ok = 0;
+            ns_engine_close(e);
+        }
+        int n_full = 0, first_div_min = n_tok;
+        for (int i = 0; ok && i < n_req; i++) {
+            int j = 0;
+            while (j < n_tok && tok[0][i * n_tok + j] == tok[1][i * n_tok + j]) j++;
+            if (j == n_tok) n_full++;
+            if (j < first_div_min) first_div_min = j;
+            printf("     greedy type %d request %d: %s (first difference at token %d)\n", types[ti], i,
+                   j == n_tok ? "same" : "differs", j);
+        }
+        ok = ok && first_div_min >= 16 && n_full >= 4;
+        printf("%s greedy cpu vs cuda, type %d: %d of %d requests identical over %d tokens\n", ok ? "ok  " : "FAIL",
+               types[ti], n_full, n_req, n_tok);
+        result(ok);
+        free(tok[0]), free(tok[1]);
+    }
+}
+
+static void run_throughput(void) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/gpu_bench.gguf", tmpdir());
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    c.wtype = NS_GGML_Q8_0;
+    c.n_layer = 8, c.n_embd = 512, c.n_ff = 1536, c.n_head = 8, c.n_head_kv = 4, c.n_ctx = 512;
+    ns_error err;
+    if (ns_tiny_model_write(path, &c, &err)) {
+        printf("FAIL bench model: %s\n", err.msg);
+        result(0);
+        return;
+    }
+    ns_engine *e = open_engine(path, "cuda", 128);
+    if (!e) {
+        result(0);
+        return;
+    }
+    const int n = 256, pp = 64, tg = 64;
+    double dt = generate(e, n, pp, tg, NULL);
+    ns_engine_close(e);
+    if (dt < 0) {
+        result(0);
+        return;
+    }
+    printf("ok   throughput cuda: %d requests x (%d prompt + %d generated) in %.2f s: %.0f tok/s total, %.0f generated "
+           "tok/s\n",
+           n, pp, tg, dt, n * (pp + tg) / dt, n * tg / dt);
+    result(1);
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "kernels";
+    int n_dev = 0;
+    ns_error err;
+    if (ns_backend_cuda_device_count(&n_dev, &err) != NS_OK) {
+        printf("SKIP gpu-parity %s: %s\n", mode, err.msg);
+        printf("0 passed, 0 failed, 1 skipped\n");
+        return 0;
+    }
+    struct cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, 0));
+    printf("gpu-parity %s on %s (sm_%d%d)\n", mode, prop.name, prop.major, prop.minor);
+    if (!strcmp(mode, "kernels"))
+        run_kernels();
+    else if (!strcmp(mode, "greedy"))
+        run_greedy();
+    else if (!strcmp(mode, "throughput"))
+        run_throughput();
+    else {
+        fprintf(stderr, "usage: gpu-parity kernels|greedy|throughput\n");
+        return 2;
+    }
+    printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
+    return g_fail ? 1 : 0;
+}
