@@ -188,6 +188,16 @@ static void pending_clear(pending_results *p) {
     p->n = 0;
 }
 
+/* Commits the pending results in one transaction (timed as bookkeeping) and clears them. */
+static ns_status commit_pending(ns_store *store, const char *owner, pending_results *pend, double *t_book,
+                                ns_error *err) {
+    double tb = ns_time_now();
+    ns_status st = ns_store_results_commit(store, owner, pend->r, pend->n, NULL, err);
+    *t_book += ns_time_now() - tb;
+    if (st == NS_OK) pending_clear(pend);
+    return st;
+}
+
 typedef struct progress {
     bool tty;
     double t_start, t_last;
@@ -439,14 +449,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         /* 4. commit a group */
         now = ns_time_now();
         if (pend.n >= flt->commit_items || (pend.n > 0 && now - t_commit >= COMMIT_EVERY_SECONDS)) {
-            double tb = ns_time_now();
-            ns_status cst = ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err);
-            t_book += ns_time_now() - tb;
-            if (cst) {
+            if (commit_pending(store, owner, &pend, &t_book, &err)) {
                 fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
                 goto done;
             }
-            pending_clear(&pend);
             t_commit = now;
             n_commits++;
             if (flt->after_commits && n_commits >= flt->after_commits) raise(SIGKILL);
@@ -465,15 +471,9 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         if (!claiming && n_used == 0) break;
     }
     /* finish: commit what is done, give the rest back */
-    if (pend.n > 0) {
-        double tb = ns_time_now();
-        ns_status cst = ns_store_results_commit(store, owner, pend.r, pend.n, NULL, &err);
-        t_book += ns_time_now() - tb;
-        if (cst) {
-            fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
-            goto done;
-        }
-        pending_clear(&pend);
+    if (pend.n > 0 && commit_pending(store, owner, &pend, &t_book, &err)) {
+        fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
+        goto done;
     }
     int64_t released = 0;
     if (ns_store_leases_release(store, owner, &released, &err)) {
