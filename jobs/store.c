@@ -190,7 +190,8 @@ static const char *const k_sql[ST_COUNT] = {
                    "zstd_level, created_at, spec_path FROM jobs WHERE id = ?1",
     [ST_JOB_COUNTS] = "SELECT status, count(*) FROM items WHERE job_id = ?1 GROUP BY status",
     [ST_JOB_TOTALS] = "SELECT coalesce(sum(r.prompt_tokens), 0), "
-                      "coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0) "
+                      "coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0), "
+                      "coalesce(min(r.created_at), 0), coalesce(max(r.created_at), 0) "
                       "FROM items i JOIN results r ON r.item_id = i.id "
                       "WHERE i.job_id = ?1 AND i.status = 'done'",
     [ST_ITEM_INSERT] = "INSERT INTO items (job_id, idx, custom_id, prompt_tokens, n_prompt, "
@@ -731,6 +732,8 @@ ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_e
     info->prompt_tokens = sqlite3_column_int64(q, 0);
     info->completion_tokens = sqlite3_column_int64(q, 1);
     info->run_seconds = sqlite3_column_double(q, 2);
+    info->first_result_at = sqlite3_column_double(q, 3);
+    info->last_result_at = sqlite3_column_double(q, 4);
     derive_status(info, is_cancelled);
 fail:
     (void)sqlite3_reset(q);

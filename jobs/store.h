@@ -57,6 +57,7 @@ typedef struct ns_job_info {
     int64_t n_total, n_pending, n_running, n_done, n_failed, n_cancelled;
     int64_t prompt_tokens, completion_tokens; /* over done items */
     double run_seconds;       /* sum of item wall time */
+    double first_result_at, last_result_at; /* unix seconds of the first and last commit, 0 = none */
 } ns_job_info;
 
 /* Fills info for job_id (0 = the most recent job). NS_ERR_NOT_FOUND if none. */

@@ -11,27 +11,30 @@
 
 static void print_job(const ns_job_info *j, bool json) {
     int64_t finished = j->n_done + j->n_failed;
-    double tok_s = j->run_seconds > 0 ? j->completion_tokens / j->run_seconds : 0;
-    /* ETA from the per-item time so far, assuming one runner; -1 when unknown */
-    double per_item = j->n_done > 0 ? j->run_seconds / (double)j->n_done : -1;
-    double eta = per_item >= 0 ? per_item * (double)(j->n_pending + j->n_running) : -1;
+    int64_t left = j->n_pending + j->n_running;
+    /* throughput over the span of committed results (all runners together); the ETA
+     * assumes the same rate for what is left. Unknown (-1) before two commits. */
+    double span = j->last_result_at - j->first_result_at;
+    double items_s = span > 0 && j->n_done > 1 ? (double)(j->n_done - 1) / span : -1;
+    double tok_s = span > 0 ? (double)j->completion_tokens / span : -1;
+    double eta = items_s > 0 ? (double)left / items_s : (left == 0 ? 0 : -1);
     if (json) {
         printf("{\"id\":%lld,\"object\":\"batch\",\"name\":\"%s\",\"status\":\"%s\",\"created_at\":%.0f,"
                "\"request_counts\":{\"total\":%lld,\"completed\":%lld,\"failed\":%lld},"
                "\"pending\":%lld,\"running\":%lld,\"cancelled\":%lld,"
                "\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld},"
-               "\"item_seconds\":%.3f,\"eta_seconds\":%.1f}\n",
+               "\"completion_tokens_per_s\":%.1f,\"items_per_s\":%.3f,\"eta_seconds\":%.0f}\n",
                (long long)j->id, j->name, j->status, j->created_at, (long long)j->n_total, (long long)j->n_done,
                (long long)j->n_failed, (long long)j->n_pending, (long long)j->n_running, (long long)j->n_cancelled,
-               (long long)j->prompt_tokens, (long long)j->completion_tokens, j->run_seconds, eta);
+               (long long)j->prompt_tokens, (long long)j->completion_tokens, tok_s, items_s, eta);
     } else {
         printf("job %lld '%s': %s; %lld/%lld finished (%lld done, %lld failed), %lld pending, %lld running, "
                "%lld cancelled; %lld prompt + %lld completion tokens",
                (long long)j->id, j->name, j->status, (long long)finished, (long long)j->n_total, (long long)j->n_done,
                (long long)j->n_failed, (long long)j->n_pending, (long long)j->n_running, (long long)j->n_cancelled,
                (long long)j->prompt_tokens, (long long)j->completion_tokens);
-        if (tok_s > 0) printf("; %.1f tok/s per sequence", tok_s);
-        if (eta >= 0 && j->n_pending + j->n_running > 0) printf("; ETA %.0f s", eta);
+        if (tok_s > 0) printf("; %.1f completion tok/s", tok_s);
+        if (eta > 0) printf("; ETA %.0f s", eta);
         printf("\n");
     }
 }

@@ -22,6 +22,8 @@
  *   static-sorted      NS_SCHED_STATIC, no prefix cache, sorted by prompt + output length
  *   continuous         NS_SCHED_CONTINUOUS, no prefix cache, sorted
  *   continuous+prefix  NS_SCHED_CONTINUOUS, prefix cache on, sorted
+ * and with --policies all also: the same with optimistic admission (preempt and recompute
+ * on KV pressure), and the same in batch-invariant (deterministic) mode.
  *
  * Per run: wall time from the first submit to the last completion collected (model load
  * excluded); requests/s, input (prompt) tok/s, output tok/s, total tok/s; mean batch size
@@ -68,14 +70,21 @@ typedef struct policy {
     int sched;
     bool prefix_cache;
     bool sorted;
+    bool optimistic;
+    bool deterministic;
 } policy;
 
 static const policy POLICIES[] = {
-    {"static-arrival", NS_SCHED_STATIC, false, false},
-    {"static-sorted", NS_SCHED_STATIC, false, true},
-    {"continuous", NS_SCHED_CONTINUOUS, false, true},
-    {"continuous+prefix", NS_SCHED_CONTINUOUS, true, true},
+    {"static-arrival", NS_SCHED_STATIC, false, false, false, false},
+    {"static-sorted", NS_SCHED_STATIC, false, true, false, false},
+    {"continuous", NS_SCHED_CONTINUOUS, false, true, false, false},
+    {"continuous+prefix", NS_SCHED_CONTINUOUS, true, true, false, false},
+    /* variants of the product's default (continuous+prefix), run with --policies all */
+    {"cont+prefix+optimistic", NS_SCHED_CONTINUOUS, true, true, true, false},
+    {"cont+prefix+determin.", NS_SCHED_CONTINUOUS, true, true, false, true},
 };
+#define N_BASE_POLICIES 4 /* the four of the issue; the variants only with --policies all */
+static bool g_all_policies;
 #define N_POLICIES ((int)(sizeof POLICIES / sizeof POLICIES[0]))
 
 typedef struct bench_opts {
@@ -216,6 +225,8 @@ static int run_once(const bench_opts *o, const workload *w, const policy *p, run
     cfg.kv_bytes = o->kv_bytes;
     cfg.policy = p->sched;
     cfg.no_prefix_cache = !p->prefix_cache;
+    cfg.optimistic = p->optimistic;
+    cfg.batch_invariant = p->deterministic;
 
     int rc = -1;
     ns_engine *e = NULL;
@@ -318,7 +329,7 @@ static int bench_workload(const bench_opts *o, const workload *w, int reps, FILE
     fflush(stdout);
     int n_bad = 0;
     double base_tps = 0;
-    for (int ip = 0; ip < N_POLICIES; ip++) {
+    for (int ip = 0; ip < (g_all_policies ? N_POLICIES : N_BASE_POLICIES); ip++) {
         const policy *p = &POLICIES[ip];
         run_result rs[MAX_REPS];
         for (int r = 0; r < reps; r++) {
@@ -359,7 +370,7 @@ static int bench_workload(const bench_opts *o, const workload *w, int reps, FILE
 
 static int usage(void) {
     fprintf(stderr, "usage: bench-sched MODEL.gguf [--workload fixed|mixed|prefix|all] [--n N] [--reps N] "
-                    "[--max-seqs N] [--max-batch-tokens N] [--n-ctx N] [--kv-bytes N] [--seed N] "
+                    "[--max-seqs N] [--max-batch-tokens N] [--n-ctx N] [--kv-bytes N] [--seed N] [--policies base|all] "
                     "[--threads N] [--jsonl FILE]\n");
     return 2;
 }
@@ -377,6 +388,7 @@ int main(int argc, char **argv) {
     for (int i = 2; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--workload")) { which = v; continue; }
+        if (!strcmp(k, "--policies")) { g_all_policies = !strcmp(v, "all"); continue; }
         if (!strcmp(k, "--jsonl")) { jsonl = v; continue; }
         char *end;
         long long x = strtoll(v, &end, 10);

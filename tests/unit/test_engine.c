@@ -376,8 +376,10 @@ NS_TEST(test_kv_blocks_refcount) {
     CHECK(ns_kv_blocks_alloc(kv) >= 0);
     CHECK(ns_kv_blocks_alloc(kv) >= 0);
     CHECK_EQ_INT(ns_kv_blocks_alloc(kv), -1);
-    CHECK(ns_kv_blocks_create(0, 16, &kv, &err) == NS_ERR_INVALID || 1);
     ns_kv_blocks_destroy(kv);
+    ns_kv_blocks *bad = NULL;
+    CHECK(ns_kv_blocks_create(0, 16, &bad, &err) == NS_ERR_INVALID && bad == NULL);
+    CHECK(ns_kv_blocks_create(4, 0, &bad, &err) == NS_ERR_INVALID && bad == NULL);
 }
 
 NS_TEST(test_engine_nan_logits_fail_the_item) {
