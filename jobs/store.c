@@ -42,7 +42,7 @@
 #include <zdict.h>
 #include <zstd.h>
 
-#define NS_STORE_SCHEMA_VERSION 2
+#define NS_STORE_SCHEMA_VERSION 3
 #define NS_STORE_MAX_BODY ((size_t)256 << 20) /* largest result body, bytes */
 #define NS_STORE_MAX_CUSTOM_ID 255
 #define NS_STORE_BUSY_MS 10000
@@ -115,6 +115,13 @@ static const char k_schema_002[] =
     "ALTER TABLE jobs ADD COLUMN zstd_dict BLOB;\n"
     "ALTER TABLE jobs ADD COLUMN zstd_dict_state INTEGER NOT NULL DEFAULT 0;\n";
 
+/* ---- the same text as schemas/003_run_stats.sql ---- */
+static const char k_schema_003[] =
+    "-- 003: the engine's latest per-step figures for a job, written by `nightshift run` at each\n"
+    "-- commit and shown by `nightshift status`: a JSON object (batch size, step tokens, KV\n"
+    "-- blocks used/cached/total, prefix-cache hits, preemptions, engine tokens/s, updated_at).\n"
+    "ALTER TABLE jobs ADD COLUMN run_stats TEXT;\n";
+
 /* Dictionary training: after DICT_TRAIN_N results of a job, train on the first
  * DICT_TRAIN_FIT and keep the dictionary if the other ones compress at most
  * DICT_KEEP_RATIO of their plain size with it. */
@@ -132,6 +139,7 @@ typedef struct migration {
 static const migration k_migrations[] = {
     {1, "001_init.sql", k_schema_001},
     {2, "002_zstd_dict.sql", k_schema_002},
+    {3, "003_run_stats.sql", k_schema_003},
 };
 #define N_MIGRATIONS ((int)(sizeof k_migrations / sizeof k_migrations[0]))
 
@@ -187,7 +195,7 @@ static const char *const k_sql[ST_COUNT] = {
     [ST_JOB_GET] = "SELECT status, max_retries FROM jobs WHERE id = ?1",
     [ST_JOB_LATEST] = "SELECT id FROM jobs ORDER BY id DESC LIMIT 1",
     [ST_JOB_ROW] = "SELECT id, name, status, model_path, fingerprint, priority, max_retries, "
-                   "zstd_level, created_at, spec_path FROM jobs WHERE id = ?1",
+                   "zstd_level, created_at, spec_path, run_stats FROM jobs WHERE id = ?1",
     [ST_JOB_COUNTS] = "SELECT status, count(*) FROM items WHERE job_id = ?1 GROUP BY status",
     [ST_JOB_TOTALS] = "SELECT coalesce(sum(r.prompt_tokens), 0), "
                       "coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0), "
@@ -700,6 +708,7 @@ ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_e
     info->zstd_level = sqlite3_column_int(q, 7);
     info->created_at = sqlite3_column_double(q, 8);
     copy_text(info->spec_path, sizeof info->spec_path, sqlite3_column_text(q, 9));
+    copy_text(info->run_stats, sizeof info->run_stats, sqlite3_column_text(q, 10));
     (void)sqlite3_reset(q);
 
     op = "count job items";
@@ -738,6 +747,19 @@ ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_e
 fail:
     (void)sqlite3_reset(q);
     return st;
+}
+
+ns_status ns_store_job_set_run_stats(ns_store *s, int64_t job_id, const char *json, ns_error *err) {
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "UPDATE jobs SET run_stats = ?2 WHERE id = ?1", -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, job_id);
+        sqlite3_bind_text(q, 2, json, -1, SQLITE_STATIC);
+        rc = sqlite3_step(q);
+    }
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE) return db_err(s, err, rc, "store run stats");
+    return NS_OK;
 }
 
 ns_status ns_store_job_spec_text(ns_store *s, int64_t job_id, char **text, ns_error *err) {

@@ -58,10 +58,13 @@ typedef struct ns_job_info {
     int64_t prompt_tokens, completion_tokens; /* over done items */
     double run_seconds;       /* sum of item wall time */
     double first_result_at, last_result_at; /* unix seconds of the first and last commit, 0 = none */
+    char run_stats[512];      /* the last run's engine figures (JSON object), "" if none */
 } ns_job_info;
 
 /* Fills info for job_id (0 = the most recent job). NS_ERR_NOT_FOUND if none. */
 ns_status ns_store_job_info(ns_store *s, int64_t job_id, ns_job_info *info, ns_error *err);
+/* Records the engine's latest figures for the job (a JSON object, written by run). */
+ns_status ns_store_job_set_run_stats(ns_store *s, int64_t job_id, const char *json, ns_error *err);
 /* The job's spec as submitted (YAML text), malloc'd, caller frees. NS_ERR_NOT_FOUND if
  * there is no such job. */
 ns_status ns_store_job_spec_text(ns_store *s, int64_t job_id, char **text, ns_error *err);

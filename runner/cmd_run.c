@@ -236,6 +236,24 @@ static void progress_show(progress *pg, int64_t job_id, const ns_step_stats *st,
     }
 }
 
+/* Records the engine's latest figures in the queue, for `nightshift status`. */
+static ns_status write_run_stats(ns_store *store, int64_t job_id, const ns_step_stats *st, const progress *pg,
+                                 double *t_book, ns_error *err) {
+    char json[400];
+    double el = ns_time_now() - pg->t_start;
+    snprintf(json, sizeof json,
+             "{\"batch\":%d,\"step_tokens\":%d,\"kv_blocks_used\":%d,\"kv_blocks_cached\":%d,"
+             "\"kv_blocks_total\":%d,\"prefix_hit_tokens\":%lld,\"prompt_tokens_admitted\":%lld,"
+             "\"preempted\":%lld,\"engine_tok_s\":%.1f}",
+             st->n_seqs, st->n_tokens, st->kv_blocks_used, st->kv_blocks_cached, st->kv_blocks_total,
+             (long long)st->prefix_hit_tokens, (long long)st->prompt_tokens_admitted, (long long)st->n_preempted,
+             el > 0 ? (double)pg->tokens / el : 0.0);
+    double tb = ns_time_now();
+    ns_status rc = ns_store_job_set_run_stats(store, job_id, json, err);
+    *t_book += ns_time_now() - tb;
+    return rc;
+}
+
 typedef struct run_opts {
     const char *db_path;
     int64_t job_id;
@@ -454,6 +472,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                 goto done;
             }
             t_commit = now;
+            if (write_run_stats(store, job_id, &st, &pg, &t_book, &err)) {
+                fprintf(stderr, "\nnightshift run: %s\n", err.msg);
+                goto done;
+            }
             n_commits++;
             if (flt->after_commits && n_commits >= flt->after_commits) raise(SIGKILL);
         }
@@ -473,6 +495,10 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     /* finish: commit what is done, give the rest back */
     if (pend.n > 0 && commit_pending(store, owner, &pend, &t_book, &err)) {
         fprintf(stderr, "\nnightshift run: commit: %s\n", err.msg);
+        goto done;
+    }
+    if (n_steps > 0 && write_run_stats(store, job_id, &st, &pg, &t_book, &err)) {
+        fprintf(stderr, "\nnightshift run: %s\n", err.msg);
         goto done;
     }
     int64_t released = 0;

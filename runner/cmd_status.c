@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "cli.h"
 #include "store.h"
 
@@ -19,14 +21,22 @@ static void print_job(const ns_job_info *j, bool json) {
     double tok_s = span > 0 ? (double)j->completion_tokens / span : -1;
     double eta = items_s > 0 ? (double)left / items_s : (left == 0 ? 0 : -1);
     if (json) {
-        printf("{\"id\":%lld,\"object\":\"batch\",\"name\":\"%s\",\"status\":\"%s\",\"created_at\":%.0f,"
-               "\"request_counts\":{\"total\":%lld,\"completed\":%lld,\"failed\":%lld},"
-               "\"pending\":%lld,\"running\":%lld,\"cancelled\":%lld,"
-               "\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld},"
-               "\"completion_tokens_per_s\":%.1f,\"items_per_s\":%.3f,\"eta_seconds\":%.0f}\n",
-               (long long)j->id, j->name, j->status, j->created_at, (long long)j->n_total, (long long)j->n_done,
-               (long long)j->n_failed, (long long)j->n_pending, (long long)j->n_running, (long long)j->n_cancelled,
-               (long long)j->prompt_tokens, (long long)j->completion_tokens, tok_s, items_s, eta);
+        /* built with jansson so that any job name is escaped properly */
+        json_error_t je;
+        json_t *engine = j->run_stats[0] ? json_loads(j->run_stats, 0, &je) : NULL;
+        json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:I, s:{s:I, s:I, s:I}, s:I, s:I, s:I, s:{s:I, s:I}, s:f, s:f, s:f, s:o}",
+                              "id", (json_int_t)j->id, "object", "batch", "name", j->name, "status", j->status,
+                              "created_at", (json_int_t)j->created_at, "request_counts", "total", (json_int_t)j->n_total,
+                              "completed", (json_int_t)j->n_done, "failed", (json_int_t)j->n_failed, "pending",
+                              (json_int_t)j->n_pending, "running", (json_int_t)j->n_running, "cancelled",
+                              (json_int_t)j->n_cancelled, "usage", "prompt_tokens", (json_int_t)j->prompt_tokens,
+                              "completion_tokens", (json_int_t)j->completion_tokens, "completion_tokens_per_s", tok_s,
+                              "items_per_s", items_s, "eta_seconds", eta, "engine", engine ? engine : json_null());
+        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) : NULL;
+        if (line) printf("%s\n", line);
+        else fprintf(stderr, "nightshift status: out of memory\n");
+        free(line);
+        json_decref(o);
     } else {
         printf("job %lld '%s': %s; %lld/%lld finished (%lld done, %lld failed), %lld pending, %lld running, "
                "%lld cancelled; %lld prompt + %lld completion tokens",
@@ -36,6 +46,7 @@ static void print_job(const ns_job_info *j, bool json) {
         if (tok_s > 0) printf("; %.1f completion tok/s", tok_s);
         if (eta > 0) printf("; ETA %.0f s", eta);
         printf("\n");
+        if (j->run_stats[0]) printf("  engine (last commit): %s\n", j->run_stats);
     }
 }
 

@@ -155,21 +155,25 @@ NS_TEST(test_store_schema_file_matches) {
 
     char *file_sql = read_file("schemas/001_init.sql");
     char *file_sql2 = read_file("schemas/002_zstd_dict.sql");
-    CHECK_MSG(file_sql != NULL && file_sql2 != NULL, "cannot read schemas/00N_*.sql (run from the repo root)");
-    if (!file_sql || !file_sql2) return;
+    char *file_sql3 = read_file("schemas/003_run_stats.sql");
+    CHECK_MSG(file_sql != NULL && file_sql2 != NULL && file_sql3 != NULL,
+              "cannot read schemas/00N_*.sql (run from the repo root)");
+    if (!file_sql || !file_sql2 || !file_sql3) return;
     sqlite3 *a = NULL, *b = NULL;
     CHECK(sqlite3_open(path, &a) == SQLITE_OK);
     CHECK(sqlite3_open(":memory:", &b) == SQLITE_OK);
     CHECK(sqlite3_exec(b, file_sql, NULL, NULL, NULL) == SQLITE_OK);
     CHECK(sqlite3_exec(b, file_sql2, NULL, NULL, NULL) == SQLITE_OK); /* migrations in order */
+    CHECK(sqlite3_exec(b, file_sql3, NULL, NULL, NULL) == SQLITE_OK);
     free(file_sql2);
+    free(file_sql3);
     char *da = dump_schema(a), *dbs = dump_schema(b);
     CHECK(strlen(da) > 100);
     CHECK_MSG(strcmp(da, dbs) == 0, "schema differs:\nstore.c:  %s\nfile:     %s", da, dbs);
     sqlite3_stmt *q = NULL;
     CHECK(sqlite3_prepare_v2(a, "PRAGMA user_version", -1, &q, NULL) == SQLITE_OK);
     CHECK(sqlite3_step(q) == SQLITE_ROW);
-    CHECK_EQ_INT(sqlite3_column_int(q, 0), 2);
+    CHECK_EQ_INT(sqlite3_column_int(q, 0), 3);
     sqlite3_finalize(q);
     free(da);
     free(dbs);
@@ -643,7 +647,7 @@ NS_TEST(test_store_version_too_new) {
     s = NULL;
     CHECK_EQ_INT(ns_store_open(path, &s, err), NS_ERR_FORMAT);
     CHECK(s == NULL);
-    CHECK_MSG(strstr(e.msg, "version 99 is newer") && strstr(e.msg, "knows up to 2"), "msg: %s",
+    CHECK_MSG(strstr(e.msg, "version 99 is newer") && strstr(e.msg, "knows up to 3"), "msg: %s",
               e.msg);
 }
 
@@ -1044,4 +1048,21 @@ NS_TEST(test_store_zstd_dictionary) {
         for (int i = 0; i < N; i++) free(bodies[i]);
         free(bodies);
     }
+}
+
+NS_TEST(test_store_run_stats_round_trip) {
+    ns_error e, *err = &e;
+    char path[512];
+    db_path(path, sizeof path, "stats.db");
+    ns_store *s = NULL;
+    CHECK_STATUS_OK(ns_store_open(path, &s, err), err);
+    if (!s) return;
+    int64_t job = make_job(s, "stats", 0, 2, err);
+    ns_job_info info;
+    CHECK_STATUS_OK(ns_store_job_info(s, job, &info, err), err);
+    CHECK(info.run_stats[0] == 0);
+    CHECK_STATUS_OK(ns_store_job_set_run_stats(s, job, "{\"batch\":7}", err), err);
+    CHECK_STATUS_OK(ns_store_job_info(s, job, &info, err), err);
+    CHECK(strcmp(info.run_stats, "{\"batch\":7}") == 0);
+    ns_store_close(s);
 }
