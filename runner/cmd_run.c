@@ -38,6 +38,7 @@ typedef struct slot {
     bool used;
     ns_claimed_item item;
     int n_want, n_got;
+    int n_submitted;  /* engine requests made for it (fewer than n_want after a failure) */
     ns_completion *done[NS_MAX_N];
     bool failed;
     char error[1024];
@@ -389,6 +390,8 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                     if (ns_engine_submit(e, &req, &ierr)) {
                         sl->failed = true;
                         snprintf(sl->error, sizeof sl->error, "custom_id '%s': %s", sl->item.custom_id, ierr.msg);
+                    } else {
+                        sl->n_submitted++;
                     }
                 }
             }
@@ -424,16 +427,8 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
         for (int si = 0; si < n_slots; si++) {
             slot *sl = &slots[si];
             if (!sl->used) continue;
-            bool complete = sl->n_got == sl->n_want || (sl->failed && sl->n_got == 0 && ns_engine_idle(e)) ||
-                            (sl->failed && sl->n_got > 0 && sl->n_got == sl->n_want);
-            if (sl->failed && sl->n_got < sl->n_want) {
-                /* wait for the sub-requests already in the engine; none were submitted
-                 * after the failure, so count what can still come */
-                bool any_in_engine = false;
-                for (int k = 0; k < sl->n_want; k++)
-                    if (!sl->done[k]) any_in_engine = !ns_engine_idle(e);
-                complete = !any_in_engine;
-            }
+            /* done when every request made for it came back (a failed item stops making them) */
+            bool complete = sl->n_got == (sl->failed ? sl->n_submitted : sl->n_want);
             if (!complete) continue;
             ns_result r;
             memset(&r, 0, sizeof r);
