@@ -45,6 +45,11 @@ void ns_fwd_scratch_free(const ns_model *m, ns_fwd_scratch *s) {
 
 ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
                      ns_error *err) {
+    return ns_forward_tp(m, s, batch, logits_host, NULL, err);
+}
+
+ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
+                        ns_tp *tp, ns_error *err) {
     const ns_hparams *hp = &m->hp;
     ns_backend *b = m->backend;
     const ns_backend_ops *op = b->ops;
@@ -79,6 +84,7 @@ ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *b
         op->kv_store(b, il, s->k, s->v);
         op->attention(b, il, s->att, s->q, hp->n_head, scale);
         op->matmul(b, s->xb, s->att, L->wo, T, n_embd, q_dim);
+        if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd); /* row-parallel: sum the partials */
         op->add(b, s->x, s->xb, (int64_t)T * n_embd);
         /* feed-forward block */
         op->rmsnorm(b, s->xb, s->x, L->ffn_norm, T, n_embd, hp->norm_eps);
@@ -86,6 +92,7 @@ ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *b
         op->matmul(b, s->hb2, s->xb, L->w_up, T, hp->n_ff, n_embd);
         op->swiglu(b, s->hb, s->hb, s->hb2, (int64_t)T * hp->n_ff);
         op->matmul(b, s->xb, s->hb, L->w_down, T, n_embd, hp->n_ff);
+        if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd);
         op->add(b, s->x, s->xb, (int64_t)T * n_embd);
     }
     if (batch->n_logits == 0) return NS_OK;

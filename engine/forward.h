@@ -30,10 +30,20 @@ ns_status ns_fwd_scratch_alloc(const ns_model *m, int max_tokens, int max_logits
                                ns_error *err);
 void ns_fwd_scratch_free(const ns_model *m, ns_fwd_scratch *s);
 
+/* Tensor-parallel communication: all_reduce sums buf (n floats, backend memory) over all
+ * ranks in place, like ncclAllReduce(sum); every rank calls it at the same points. */
+typedef struct ns_tp {
+    int rank, n_ranks;
+    void (*all_reduce)(struct ns_tp *tp, float *buf, size_t n);
+} ns_tp;
+
 /* Runs batch through the model. The KV blocks for positions up to n_past + n_seq_tokens
  * must already be in each sequence's block table. On return logits_host
  * (batch->n_logits, n_vocab) holds the logits of batch->logit_rows. */
 ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
                      ns_error *err);
+/* The same for one rank of a tensor-parallel model (tp NULL: not sharded). */
+ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
+                        ns_tp *tp, ns_error *err);
 
 #endif

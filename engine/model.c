@@ -151,8 +151,13 @@ static ns_status find_checked(const ns_gguf *g, const char *name, int64_t ne0, i
     return NS_OK;
 }
 
+/* How a tensor is split across tensor-parallel ranks (Megatron-style): by output rows
+ * (column-parallel: wq, wk, wv, their biases, w_gate, w_up) or by input columns
+ * (row-parallel: wo, w_down, whose partial outputs are summed by an all-reduce). */
+typedef enum { SHARD_NONE, SHARD_ROWS, SHARD_COLS } shard_kind;
+
 static ns_status load_one(ns_model *m, const ns_gguf *g, const char *name, int64_t ne0, int64_t ne1,
-                          bool optional, ns_bweight **out, ns_error *err) {
+                          bool optional, shard_kind shard, ns_bweight **out, ns_error *err) {
     const ns_gguf_tensor *t;
     ns_status st = find_checked(g, name, ne0, ne1, optional, &t, err);
     if (st || !t) return st;
@@ -160,21 +165,64 @@ static ns_status load_one(ns_model *m, const ns_gguf *g, const char *name, int64
     if (is_vector && t->type != NS_GGML_F32 && t->type != NS_GGML_F16 && t->type != NS_GGML_BF16)
         return ns_error_set(err, NS_ERR_UNSUPPORTED, "model: vector tensor '%s' has type %s (expected f32, f16 or bf16)",
                             name, ns_ggml_type_name(t->type));
-    if ((st = m->backend->ops->weight_load(m->backend, t, out, err))) return st;
+    ns_gguf_tensor part = *t;
+    void *tmp = NULL;
+    int R = m->n_ranks, r = m->rank;
+    if (R > 1 && shard == SHARD_ROWS && is_vector) { /* a bias: a slice of its elements */
+        part.ne[0] = ne0 / R;
+        part.nbytes = ns_ggml_row_bytes(t->type, part.ne[0]);
+        part.data = (const char *)t->data + (size_t)r * part.nbytes;
+    } else if (R > 1 && shard == SHARD_ROWS) {
+        size_t rb = ns_ggml_row_bytes(t->type, ne0);
+        part.ne[1] = ne1 / R;
+        part.nbytes = rb * (size_t)part.ne[1];
+        part.data = (const char *)t->data + (size_t)r * part.nbytes;
+    } else if (R > 1 && shard == SHARD_COLS) {
+        int64_t ne0_l = ne0 / R;
+        size_t rb = ns_ggml_row_bytes(t->type, ne0), rb_l = ns_ggml_row_bytes(t->type, ne0_l);
+        if (rb_l == 0 || rb_l * (size_t)R != rb)
+            return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                                "model: tensor '%s' (%s, %lld columns) cannot be split in %d column blocks", name,
+                                ns_ggml_type_name(t->type), (long long)ne0, R);
+        tmp = ns_malloc_array((size_t)ne1, rb_l);
+        if (!tmp) return ns_error_set(err, NS_ERR_NOMEM, "model: out of memory slicing '%s'", name);
+        for (int64_t i = 0; i < ne1; i++)
+            memcpy((char *)tmp + (size_t)i * rb_l, (const char *)t->data + (size_t)i * rb + (size_t)r * rb_l, rb_l);
+        part.ne[0] = ne0_l;
+        part.nbytes = rb_l * (size_t)ne1;
+        part.data = tmp;
+    }
+    st = m->backend->ops->weight_load(m->backend, &part, out, err);
+    free(tmp);
+    if (st) return st;
     if (t->type >= 0 && t->type < 32) m->n_tensors_by_type[t->type]++;
-    m->n_params += (uint64_t)ne0 * (uint64_t)ne1;
+    m->n_params += (uint64_t)part.ne[0] * (uint64_t)part.ne[1];
     return NS_OK;
 }
 
 ns_status ns_model_load(const ns_gguf *g, ns_backend *b, ns_model **out, ns_error *err) {
+    return ns_model_load_shard(g, b, 0, 1, out, err);
+}
+
+ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_ranks, ns_model **out,
+                              ns_error *err) {
     *out = NULL;
     ns_status st;
     float *inv_freq_host = NULL;
     ns_model *m = calloc(1, sizeof *m);
     if (!m) return ns_error_set(err, NS_ERR_NOMEM, "model: out of memory");
     m->backend = b;
+    m->rank = rank;
+    m->n_ranks = n_ranks;
     if ((st = ns_hparams_read(g, &m->hp, err))) goto fail;
-    const ns_hparams *hp = &m->hp;
+    ns_hparams *hp = &m->hp;
+    if (n_ranks < 1 || rank < 0 || rank >= n_ranks || hp->n_head % n_ranks || hp->n_head_kv % n_ranks ||
+        hp->n_ff % n_ranks) {
+        st = ns_error_set(err, NS_ERR_UNSUPPORTED,
+                          "model: cannot split %d heads, %d kv heads and %d feed-forward rows over %d ranks (rank %d)",
+                          hp->n_head, hp->n_head_kv, hp->n_ff, n_ranks, rank);
+        goto fail;
+    }
     if (hp->n_vocab == 0) {
         st = ns_error_set(err, NS_ERR_NOT_FOUND, "model: tensor 'token_embd.weight' is missing (vocab-only file?)");
         goto fail;
@@ -207,34 +255,42 @@ ns_status ns_model_load(const ns_gguf *g, ns_backend *b, ns_model **out, ns_erro
         }
     }
 
-    if ((st = load_one(m, g, "token_embd.weight", hp->n_embd, hp->n_vocab, false, &m->tok_embd, err))) goto fail;
-    if ((st = load_one(m, g, "output_norm.weight", hp->n_embd, 1, false, &m->output_norm, err))) goto fail;
+    if ((st = load_one(m, g, "token_embd.weight", hp->n_embd, hp->n_vocab, false, SHARD_NONE, &m->tok_embd, err)))
+        goto fail;
+    if ((st = load_one(m, g, "output_norm.weight", hp->n_embd, 1, false, SHARD_NONE, &m->output_norm, err)))
+        goto fail;
     if (hp->tied_output) {
         m->output = m->tok_embd;
-    } else if ((st = load_one(m, g, "output.weight", hp->n_embd, hp->n_vocab, false, &m->output, err))) {
+    } else if ((st = load_one(m, g, "output.weight", hp->n_embd, hp->n_vocab, false, SHARD_NONE, &m->output, err))) {
         goto fail;
     }
     for (int il = 0; il < hp->n_layer; il++) {
         ns_layer_weights *L = &m->layers[il];
-        struct { const char *n; int64_t ne0, ne1; bool opt; ns_bweight **dst; } spec[] = {
-            {"attn_norm.weight", hp->n_embd, 1, false, &L->attn_norm},
-            {"attn_q.weight", hp->n_embd, q_dim, false, &L->wq},
-            {"attn_k.weight", hp->n_embd, kv_dim, false, &L->wk},
-            {"attn_v.weight", hp->n_embd, kv_dim, false, &L->wv},
-            {"attn_output.weight", q_dim, hp->n_embd, false, &L->wo},
-            {"ffn_norm.weight", hp->n_embd, 1, false, &L->ffn_norm},
-            {"ffn_gate.weight", hp->n_embd, hp->n_ff, false, &L->w_gate},
-            {"ffn_up.weight", hp->n_embd, hp->n_ff, false, &L->w_up},
-            {"ffn_down.weight", hp->n_ff, hp->n_embd, false, &L->w_down},
-            {"attn_q.bias", q_dim, 1, true, &L->bq},
-            {"attn_k.bias", kv_dim, 1, true, &L->bk},
-            {"attn_v.bias", kv_dim, 1, true, &L->bv},
+        struct { const char *n; int64_t ne0, ne1; bool opt; shard_kind sh; ns_bweight **dst; } spec[] = {
+            {"attn_norm.weight", hp->n_embd, 1, false, SHARD_NONE, &L->attn_norm},
+            {"attn_q.weight", hp->n_embd, q_dim, false, SHARD_ROWS, &L->wq},
+            {"attn_k.weight", hp->n_embd, kv_dim, false, SHARD_ROWS, &L->wk},
+            {"attn_v.weight", hp->n_embd, kv_dim, false, SHARD_ROWS, &L->wv},
+            {"attn_output.weight", q_dim, hp->n_embd, false, SHARD_COLS, &L->wo},
+            {"ffn_norm.weight", hp->n_embd, 1, false, SHARD_NONE, &L->ffn_norm},
+            {"ffn_gate.weight", hp->n_embd, hp->n_ff, false, SHARD_ROWS, &L->w_gate},
+            {"ffn_up.weight", hp->n_embd, hp->n_ff, false, SHARD_ROWS, &L->w_up},
+            {"ffn_down.weight", hp->n_ff, hp->n_embd, false, SHARD_COLS, &L->w_down},
+            {"attn_q.bias", q_dim, 1, true, SHARD_ROWS, &L->bq},
+            {"attn_k.bias", kv_dim, 1, true, SHARD_ROWS, &L->bk},
+            {"attn_v.bias", kv_dim, 1, true, SHARD_ROWS, &L->bv},
         };
         for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
             snprintf(name, sizeof name, "blk.%d.%s", il, spec[i].n);
-            if ((st = load_one(m, g, name, spec[i].ne0, spec[i].ne1, spec[i].opt, spec[i].dst, err))) goto fail;
+            if ((st = load_one(m, g, name, spec[i].ne0, spec[i].ne1, spec[i].opt, spec[i].sh, spec[i].dst, err)))
+                goto fail;
         }
     }
+
+    /* this rank's share of the heads and the feed-forward rows */
+    hp->n_head /= n_ranks;
+    hp->n_head_kv /= n_ranks;
+    hp->n_ff /= n_ranks;
 
     /* RoPE inverse frequencies, with Llama 3 scaling from metadata or a rope_freqs tensor. */
     int n_pairs = hp->n_rot / 2;

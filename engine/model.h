@@ -56,6 +56,7 @@ typedef struct ns_model {
     /* Weight types seen, for model-info: count of tensors per ns_ggml_type (index < 32). */
     int n_tensors_by_type[32];
     uint64_t n_params;
+    int rank, n_ranks;        /* tensor parallelism: this model holds shard rank of n_ranks */
 } ns_model;
 
 /* Reads and checks the hyperparameters. Errors name the key and the value. */
@@ -66,5 +67,13 @@ ns_status ns_hparams_read(const ns_gguf *g, ns_hparams *hp, ns_error *err);
  * its expected and actual shape. *out is freed with ns_model_free. */
 ns_status ns_model_load(const ns_gguf *g, ns_backend *b, ns_model **out, ns_error *err);
 void ns_model_free(ns_model *m); /* NULL-tolerant; frees the weights in the backend */
+
+/* Tensor parallelism (Megatron-style): loads rank's shard of n_ranks. wq/wk/wv (and
+ * biases), w_gate and w_up are split by output rows, wo and w_down by input columns; the
+ * rest is replicated. hp then holds this rank's n_head, n_head_kv and n_ff. The forward
+ * pass must all-reduce the outputs of wo and w_down (ns_forward_tp). Errors: heads or
+ * rows not divisible by n_ranks, or column splits that cut a quantization block. */
+ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_ranks, ns_model **out,
+                              ns_error *err);
 
 #endif
