@@ -209,16 +209,8 @@ NS_TEST(test_matmul_quant_invariant_rows) {
     for (int i = 0; i < N * K; i++) wf[i] = ns_test_rng_f32(&rng);
     for (int i = 0; i < MMAX * K; i++) x[i] = ns_test_rng_f32(&rng);
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
-        size_t rb = (size_t)K * 4 + 64;
-        unsigned char *w = malloc(rb * N);
-        size_t row = 0;
-        switch (types[t]) {
-        case NS_GGML_F32: row = (size_t)K * 4; break;
-        case NS_GGML_F16: case NS_GGML_BF16: row = (size_t)K * 2; break;
-        case NS_GGML_Q8_0: row = (size_t)K / 32 * 34; break;
-        case NS_GGML_Q4_0: row = (size_t)K / 32 * 18; break;
-        default: row = (size_t)K / 32 * 20; break;
-        }
+        size_t row = ns_ggml_row_bytes(types[t], K);
+        unsigned char *w = malloc(row * N);
         for (int n = 0; n < N; n++) ns_cpu_quantize_row(types[t], wf + n * K, w + (size_t)n * row, K);
         for (int M = 1; M <= MMAX; M += 4) {
             ns_cpu_matmul_quant_invariant(yM, N, x, w, types[t], M, N, K);
