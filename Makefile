@@ -78,7 +78,7 @@ $(BUILD)/libnightshift_cuda.a: $(CUDA_OBJS)
 
 -include $(CUDA_OBJS:.o=.d)
 
-.PHONY: all help deps model test test-cuda bench bench-engine bench-sched bench-pipeline asan fuzz demo install clean features
+.PHONY: all help deps model test test-cuda gpu-tools bench bench-engine bench-sched bench-pipeline asan fuzz demo install clean features
 
 ## all: the nightshift binary and the unit-test runner (about 1 minute)
 all: features $(BUILD)/nightshift $(BUILD)/unit
@@ -149,6 +149,15 @@ test: all model $(BUILD)/unit-asan-parsers
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
 test-cuda: all
 	@bash tests/run.sh $(BUILD) cuda
+
+## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
+gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench
+
+$(BUILD)/gpu-parity: tests/gpu/parity.c tests/unit/tiny_model.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a
+	$(CC) $(CFLAGS) -Itests/unit tests/gpu/parity.c tests/unit/tiny_model.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS)
+
+$(BUILD)/gpu-bench: tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a
+	$(CC) $(CFLAGS) tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS) -lcublas -lcudart
 
 ## bench-engine: engine throughput on the demo model, llama.cpp batched-bench layout (about 5 minutes)
 bench-engine: $(BUILD)/bench-engine model

@@ -96,6 +96,14 @@ typedef struct ns_backend_ops {
     void (*add)(ns_backend *b, float *y, const float *x, int64_t n);
     /* out (n_logits, width) = rows logit_rows of x (n_tokens, width). */
     void (*gather_logit_rows)(ns_backend *b, float *out, const float *x, int width);
+
+    /* Optional (NULL: the engine downloads the logits and samples on the host). Greedy
+     * sampling where the logits are: ids_host (n_rows) = argmax of each row of logits
+     * (n_rows, n_vocab, backend memory), lowest id on ties, NaN never chosen, -1 for a row
+     * whose best value is not finite (the host sampler's rule). Synchronizes like download,
+     * so only n_rows ints cross to the host. */
+    ns_status (*argmax_rows)(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                             ns_error *err);
 } ns_backend_ops;
 
 struct ns_backend {

@@ -15,8 +15,13 @@
  * download returns it as NS_ERR_BACKEND naming the op; an out-of-memory at allocation
  * says how much was needed and how much was free (cudaMemGetInfo).
  * Device state (stream, cuBLAS handle, event, buffers) lives in the context, no globals.
+ * Greedy sampling runs on the device (argmax_rows): a greedy step returns one int per
+ * sequence instead of a row of logits.
+ * NS_CUDA_PRECISE=1 (tests): each matmul input is split into bf16 hi + lo parts and
+ * multiplied twice, so products match the CPU's fp32 ones to ~1e-5 and greedy tokens can
+ * be compared exactly; twice the GEMM work.
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), CUDA graphs, the
- * quantized-weight GEMV for small batches, device-side sampling in the engine.
+ * quantized-weight GEMV for small batches, device-side top-k/top-p sampling.
  */
 #ifdef NS_HAVE_CUDA
 
@@ -56,9 +61,13 @@ typedef struct cuda_backend {
     size_t batch_cap; /* int32 elements */
     int n_tokens, n_seqs, n_logits, max_blocks_per_seq;
     const int32_t *d_tokens, *d_pos, *d_tok_seq, *d_slot, *d_logit_rows, *d_block_table;
-    /* bf16 copy of a matmul input: (max rows, max_k) */
-    uint16_t *x_bf16;
+    /* bf16 copy of a matmul input: (max rows, max_k); precise mode: its remainder too */
+    uint16_t *x_bf16, *x_lo;
     size_t x_bf16_cap; /* elements */
+    bool precise;      /* NS_CUDA_PRECISE=1: each matmul as W.hi + W.lo (tests against the CPU) */
+    /* greedy ids: device (cap) and pinned host copies */
+    int32_t *d_ids, *h_ids;
+    int ids_cap;
     int64_t max_k;     /* widest weight row seen at load */
     /* first error of an op, returned by the next batch_set / download */
     ns_status sticky;
@@ -305,11 +314,24 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     size_t x_need = (size_t)NS_MAX(T, L) * (size_t)c->max_k;
     if (x_need > c->x_bf16_cap) {
         if (c->x_bf16) cudaFree(c->x_bf16);
-        c->x_bf16 = NULL;
+        if (c->x_lo) cudaFree(c->x_lo);
+        c->x_bf16 = c->x_lo = NULL;
         c->x_bf16_cap = 0;
         if ((st = dev_alloc(c, x_need * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err)))
             return st;
+        if (c->precise &&
+            (st = dev_alloc(c, x_need * sizeof(uint16_t), "the bf16 matmul input remainder", (void **)&c->x_lo, err)))
+            return st;
         c->x_bf16_cap = x_need;
+    }
+    if (L > c->ids_cap) {
+        if (c->d_ids) cudaFree(c->d_ids);
+        if (c->h_ids) cudaFreeHost(c->h_ids);
+        c->d_ids = c->h_ids = NULL;
+        c->ids_cap = 0;
+        CUDA_TRY(cudaMallocHost((void **)&c->h_ids, (size_t)L * sizeof(int32_t)), "batch_set (cudaMallocHost ids)");
+        if ((st = dev_alloc(c, (size_t)L * sizeof(int32_t), "the sampled ids", (void **)&c->d_ids, err))) return st;
+        c->ids_cap = L;
     }
     int32_t *h = c->h_batch;
     int32_t *tokens = h, *pos = h + T, *tok_seq = h + 2 * (size_t)T, *slot = h + 3 * (size_t)T;
@@ -364,13 +386,20 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
     NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
     NS_ASSERT((size_t)M * (size_t)K <= c->x_bf16_cap);
     if (c->sticky || M == 0) return;
-    op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)M * K, c->stream), "matmul (f32 to bf16)");
+    if (c->precise)
+        op_check(c, ns_cuda_f32_to_bf16_split(c->x_bf16, c->x_lo, x, (int64_t)M * K, c->stream),
+                 "matmul (f32 to bf16 hi/lo)");
+    else
+        op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)M * K, c->stream), "matmul (f32 to bf16)");
     /* Row-major y (M, N) is column-major y^T (N, M): y^T = W . x^T, with W row-major (N, K)
      * read as column-major (K, N) transposed, and x row-major (M, K) as column-major (K, M). */
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = 0.0f, one = 1.0f;
     cublasStatus_t s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K,
                                     c->x_bf16, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
+    if (s == CUBLAS_STATUS_SUCCESS && c->precise)
+        s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K, c->x_lo,
+                         CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS && !c->sticky) c->sticky = cublas_fail(&c->sticky_err, s, "matmul (cublasGemmEx)");
 }
 
@@ -419,6 +448,23 @@ static void cuda_gather_logit_rows(ns_backend *b, float *out, const float *x, in
     op_check(c, ns_cuda_gather_rows(out, x, c->d_logit_rows, c->n_logits, width, c->stream), "gather_logit_rows");
 }
 
+static ns_status cuda_argmax_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                                  ns_error *err) {
+    cuda_backend *c = cb(b);
+    ns_status st = sticky_status(c, err);
+    if (st) return st;
+    if (n_rows > c->ids_cap)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: argmax of %d rows, batch_set allowed %d", n_rows,
+                            c->ids_cap);
+    if (n_rows == 0) return NS_OK;
+    CUDA_TRY(ns_cuda_sample_greedy(c->d_ids, logits, n_rows, n_vocab, c->stream), "argmax_rows (sample_greedy)");
+    CUDA_TRY(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
+             "argmax_rows (cudaMemcpyAsync)");
+    CUDA_TRY(cudaStreamSynchronize(c->stream), "argmax_rows (cudaStreamSynchronize)");
+    memcpy(ids_host, c->h_ids, (size_t)n_rows * sizeof(int32_t));
+    return sticky_status(c, err);
+}
+
 /* ---- lifetime ---- */
 
 static void cuda_destroy(ns_backend *b) {
@@ -430,6 +476,9 @@ static void cuda_destroy(ns_backend *b) {
     if (c->h_batch) cudaFreeHost(c->h_batch);
     if (c->d_batch) cudaFree(c->d_batch);
     if (c->x_bf16) cudaFree(c->x_bf16);
+    if (c->x_lo) cudaFree(c->x_lo);
+    if (c->d_ids) cudaFree(c->d_ids);
+    if (c->h_ids) cudaFreeHost(c->h_ids);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -458,6 +507,7 @@ static const ns_backend_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .gather_logit_rows = cuda_gather_logit_rows,
+    .argmax_rows = cuda_argmax_rows,
 };
 
 ns_status ns_backend_cuda_device_count(int *n_devices, ns_error *err) {
@@ -484,6 +534,8 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
     c->base.ops = &cuda_ops;
     c->device = device;
+    const char *precise = getenv("NS_CUDA_PRECISE");
+    c->precise = precise && !strcmp(precise, "1");
     cudaError_t e;
     cublasStatus_t s;
     if ((e = cudaSetDevice(device)) != cudaSuccess) {

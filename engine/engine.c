@@ -72,6 +72,7 @@ struct ns_engine {
     int32_t *b_block_table;           /* (max_seqs, max_blocks_per_seq) */
     int *b_seq_of;                    /* (max_seqs) slot index of each batch sequence */
     float *logits;                    /* (max_seqs, n_vocab) host */
+    int32_t *b_ids;                   /* (max_seqs) tokens chosen on the device */
     uint64_t *hash_scratch;           /* (max_blocks_per_seq) prefix chain hashes */
     uint64_t n_admitted;
     int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted;
@@ -120,7 +121,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if (!e) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
     e->cfg = *cfg_in;
     ns_engine_config *cfg = &e->cfg;
-    if (!cfg->model_path) {
+    if (!cfg->model_path && !cfg->synthetic) {
         st = ns_error_set(err, NS_ERR_INVALID, "engine: no model path given");
         goto fail;
     }
@@ -137,6 +138,13 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
         goto fail;
     }
 
+    if (cfg->synthetic) {
+        if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
+            goto fail;
+        e->backend->batch_invariant = cfg->batch_invariant;
+        if ((st = ns_model_random(cfg->synthetic, cfg->synthetic_seed, e->backend, &e->model, err))) goto fail;
+        goto model_ready;
+    }
     if ((st = ns_gguf_open(cfg->model_path, &g, err))) goto fail;
     if ((st = ns_tokenizer_load(g, &e->tok, err))) goto fail;
     if (ns_gguf_find_key(g, "tokenizer.chat_template") >= 0) {
@@ -157,8 +165,9 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     ns_gguf_close(g); /* weights now live in the backend; the tokenizer copied its vocab */
     g = NULL;
 
+model_ready:;
     const ns_hparams *hp = &e->model->hp;
-    if (ns_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
+    if (e->tok && ns_tokenizer_n_vocab(e->tok) > hp->n_vocab) {
         st = ns_error_set(err, NS_ERR_FORMAT, "engine: tokenizer has %d tokens but token_embd.weight only %d rows",
                           ns_tokenizer_n_vocab(e->tok), hp->n_vocab);
         goto fail;
@@ -198,11 +207,13 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     e->b_seq_of = ns_malloc_array(S, sizeof(int));
     e->b_block_table = ns_malloc_array(S * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
     e->logits = ns_malloc_array(S * (size_t)hp->n_vocab, sizeof(float));
+    e->b_ids = ns_malloc_array(S, sizeof(int32_t));
     e->hash_scratch = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(uint64_t));
     e->done_cap = (int)S * 2;
     e->done = ns_calloc_array((size_t)e->done_cap, sizeof(ns_completion *));
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_tok_start || !e->b_n_tok || !e->b_n_past ||
-        !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->done || !e->hash_scratch) {
+        !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->b_ids || !e->done ||
+        !e->hash_scratch) {
         st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for batch arrays");
         goto fail;
     }
@@ -238,6 +249,7 @@ void ns_engine_close(ns_engine *e) {
     free(e->b_seq_of);
     free(e->b_block_table);
     free(e->logits);
+    free(e->b_ids);
     free(e->hash_scratch);
     if (e->model) ns_fwd_scratch_free(e->model, &e->scratch);
     ns_kv_blocks_destroy(e->kv);
@@ -253,7 +265,7 @@ const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e) { return e->tok; }
 const char *ns_engine_backend_name(const ns_engine *e) { return e->backend->ops->name; }
 const char *ns_engine_chat_template(const ns_engine *e) { return e->chat_template; }
 int ns_engine_n_ctx(const ns_engine *e) { return e->n_ctx; }
-bool ns_engine_add_bos(const ns_engine *e) { return ns_tokenizer_add_bos(e->tok); }
+bool ns_engine_add_bos(const ns_engine *e) { return e->tok && ns_tokenizer_add_bos(e->tok); }
 
 bool ns_engine_idle(const ns_engine *e) { return e->n_waiting == 0 && e->n_running == 0; }
 
@@ -496,6 +508,14 @@ static ns_status text_append(seq *s, const char *p, size_t n, ns_error *err) {
     return NS_OK;
 }
 
+/* Greedy with nothing that needs the logits on the host: the backend's argmax gives the
+ * same token as the host sampler. */
+static bool plain_greedy(const seq *s) {
+    const ns_sampling *p = &s->params;
+    return p->temperature == 0.0f && p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f &&
+           p->frequency_penalty == 0.0f && !s->lps;
+}
+
 /* Handles the token just sampled for sequence s; may finish it. */
 static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) {
     ns_status st;
@@ -513,11 +533,13 @@ static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) 
     s->tokens[s->n_prompt + s->n_gen] = tok;
     s->n_gen++;
     ns_sampler_accept(s->sampler, tok);
-    bool eog = !s->params.ignore_eos && ns_tokenizer_is_eog(e->tok, tok);
+    bool eog = !s->params.ignore_eos && e->tok && ns_tokenizer_is_eog(e->tok, tok);
     for (int i = 0; i < s->params.n_stop_tokens; i++)
         if (s->params.stop_tokens[i] == tok) eog = true;
     if (eog) return finish(e, s, NS_FINISH_STOP, err);
 
+    if (!e->tok) /* a synthetic model: tokens only */
+        return s->n_gen >= s->max_gen ? finish(e, s, NS_FINISH_LENGTH, err) : NS_OK;
     char buf[256];
     int n = ns_detok_push(e->tok, &s->detok, tok, buf, sizeof buf);
     if (n > 0 && (st = text_append(s, buf, (size_t)n, err))) return st;
@@ -630,7 +652,16 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         .block_table = e->b_block_table, .max_blocks_per_seq = e->max_blocks_per_seq,
         .logit_rows = e->b_logit_rows, .n_logits = n_logits,
     };
-    if ((st = ns_forward(e->model, &e->scratch, &batch, e->logits, err))) return st;
+    /* greedy requests without penalties or logprobs take their token from the device */
+    bool device_greedy = n_logits > 0 && e->backend->ops->argmax_rows && !e->cfg.no_device_sampling;
+    for (int k = 0; k < n_seq && device_greedy; k++) {
+        const seq *s = &e->seqs[e->b_seq_of[k]];
+        if (s->logit_row >= 0 && !plain_greedy(s)) device_greedy = false;
+    }
+    if ((st = ns_forward(e->model, &e->scratch, &batch, device_greedy ? NULL : e->logits, err))) return st;
+    if (device_greedy &&
+        (st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err)))
+        return st;
 
     /* 3. sampling, in batch order (each request has its own random stream) */
     const int n_vocab = e->model->hp.n_vocab;
@@ -642,9 +673,14 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
             ns_kv_blocks_set_ready(e->kv, s->blocks[b]); /* full now: sharers may read it */
         s->n_cached += e->b_n_tok[k];
         if (s->logit_row < 0) continue;
-        float *row = e->logits + (size_t)i_logit++ * n_vocab;
-        ns_logprob *lp = s->lps ? s->lps + (size_t)s->n_gen * (size_t)(1 + s->n_top) : NULL;
-        int32_t tok = ns_sampler_sample(s->sampler, row, lp, lp && s->n_top > 0 ? lp + 1 : NULL);
+        int32_t tok;
+        if (device_greedy) {
+            tok = e->b_ids[i_logit++];
+        } else {
+            float *row = e->logits + (size_t)i_logit++ * n_vocab;
+            ns_logprob *lp = s->lps ? s->lps + (size_t)s->n_gen * (size_t)(1 + s->n_top) : NULL;
+            tok = ns_sampler_sample(s->sampler, row, lp, lp && s->n_top > 0 ? lp + 1 : NULL);
+        }
         if ((st = accept_token(e, s, tok, err))) return st;
     }
     return NS_OK;

@@ -32,6 +32,12 @@ typedef struct ns_engine_config {
     bool no_prefix_cache;  /* turn off sharing of KV blocks between prompts with a common prefix */
     bool optimistic;       /* admit on prompt blocks only; preempt (and later recompute) on KV pressure */
     bool batch_invariant;  /* bit-identical outputs whatever the batch composition (slower) */
+    /* Benchmarks and backend comparisons: with synthetic set (and model_path NULL) the
+     * engine runs ns_model_random(synthetic, synthetic_seed) and has no tokenizer, so
+     * completions carry tokens and no text, and only stop_tokens and max_tokens end them. */
+    const ns_hparams *synthetic;
+    uint64_t synthetic_seed;
+    bool no_device_sampling; /* sample on the host even where the backend could argmax */
 } ns_engine_config;
 
 /* Scheduling policies (for benchmarks; continuous is the product's). */
@@ -103,7 +109,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg, ns_engine **out, const cha
 void ns_engine_close(ns_engine *e); /* NULL-tolerant; drops unfinished requests */
 
 const ns_hparams *ns_engine_hparams(const ns_engine *e);
-const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e);
+const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e); /* NULL for a synthetic model */
 const char *ns_engine_backend_name(const ns_engine *e);
 /* The model's chat template text (borrowed, NUL-terminated) or NULL. */
 const char *ns_engine_chat_template(const ns_engine *e);

@@ -100,5 +100,6 @@ ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch
     op->gather_logit_rows(b, s->xl, s->x, n_embd);
     op->rmsnorm(b, s->xl, s->xl, m->output_norm, batch->n_logits, n_embd, hp->norm_eps);
     op->matmul(b, s->logits, s->xl, m->output, batch->n_logits, hp->n_vocab, n_embd);
+    if (!logits_host) return NS_OK;
     return op->download(b, logits_host, s->logits, (size_t)batch->n_logits * hp->n_vocab * sizeof(float), err);
 }

@@ -39,7 +39,9 @@ typedef struct ns_tp {
 
 /* Runs batch through the model. The KV blocks for positions up to n_past + n_seq_tokens
  * must already be in each sequence's block table. On return logits_host
- * (batch->n_logits, n_vocab) holds the logits of batch->logit_rows. */
+ * (batch->n_logits, n_vocab) holds the logits of batch->logit_rows. With logits_host NULL
+ * the logits stay in s->logits (backend memory) and nothing synchronizes: the caller
+ * reads them with a backend op (argmax_rows). */
 ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
                      ns_error *err);
 /* The same for one rank of a tensor-parallel model (tp NULL: not sharded). */

@@ -2,6 +2,7 @@
  * with every tensor's presence, type and shape checked before any is loaded. */
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +201,21 @@ static ns_status load_one(ns_model *m, const ns_gguf *g, const char *name, int64
     return NS_OK;
 }
 
+/* The RoPE inverse frequencies (Llama 3 scaling from hp, or per-pair factors) on the device. */
+static ns_status set_rope(ns_model *m, const float *factors, ns_error *err) {
+    const ns_hparams *hp = &m->hp;
+    ns_backend *b = m->backend;
+    int n_pairs = hp->n_rot / 2;
+    float *inv = ns_malloc_array((size_t)n_pairs, sizeof(float));
+    if (!inv) return ns_error_set(err, NS_ERR_NOMEM, "model: out of memory");
+    ns_rope_inv_freq(inv, hp->n_rot, hp->rope_base, hp->rope_scale_factor, hp->rope_low_freq_factor,
+                     hp->rope_high_freq_factor, hp->rope_orig_ctx, factors);
+    ns_status st = b->ops->buf_alloc(b, (size_t)n_pairs * sizeof(float), (void **)&m->rope_inv_freq, err);
+    if (!st) st = b->ops->upload(b, m->rope_inv_freq, inv, (size_t)n_pairs * sizeof(float), err);
+    free(inv);
+    return st;
+}
+
 ns_status ns_model_load(const ns_gguf *g, ns_backend *b, ns_model **out, ns_error *err) {
     return ns_model_load_shard(g, b, 0, 1, out, err);
 }
@@ -208,7 +224,6 @@ ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_r
                               ns_error *err) {
     *out = NULL;
     ns_status st;
-    float *inv_freq_host = NULL;
     ns_model *m = calloc(1, sizeof *m);
     if (!m) return ns_error_set(err, NS_ERR_NOMEM, "model: out of memory");
     m->backend = b;
@@ -294,7 +309,6 @@ ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_r
 
     /* RoPE inverse frequencies, with Llama 3 scaling from metadata or a rope_freqs tensor. */
     int n_pairs = hp->n_rot / 2;
-    inv_freq_host = ns_malloc_array((size_t)n_pairs, sizeof(float));
     float *factors = NULL;
     const ns_gguf_tensor *rf;
     if ((st = find_checked(g, "rope_freqs.weight", n_pairs, 1, true, &rf, err))) goto fail;
@@ -311,21 +325,144 @@ ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_r
         }
         memcpy(factors, rf->data, (size_t)n_pairs * sizeof(float));
     }
-    if (!inv_freq_host) {
-        free(factors);
-        st = ns_error_set(err, NS_ERR_NOMEM, "model: out of memory");
-        goto fail;
-    }
-    ns_rope_inv_freq(inv_freq_host, hp->n_rot, hp->rope_base, hp->rope_scale_factor, hp->rope_low_freq_factor,
-                     hp->rope_high_freq_factor, hp->rope_orig_ctx, factors);
+    st = set_rope(m, factors, err);
     free(factors);
-    if ((st = b->ops->buf_alloc(b, (size_t)n_pairs * sizeof(float), (void **)&m->rope_inv_freq, err))) goto fail;
-    if ((st = b->ops->upload(b, m->rope_inv_freq, inv_freq_host, (size_t)n_pairs * sizeof(float), err))) goto fail;
-    free(inv_freq_host);
+    if (st) goto fail;
     *out = m;
     return NS_OK;
 fail:
-    free(inv_freq_host);
+    ns_model_free(m);
+    return st;
+}
+
+/* ---- random weights at a real shape ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Loads a (ne1, ne0) bf16 matrix (ne1 == 1: an f32 vector near 1) from a window of pool. */
+static ns_status load_random(ns_model *m, const char *name, int64_t ne0, int64_t ne1, const uint16_t *pool,
+                             size_t pool_n, uint64_t *rng, float *vec, ns_bweight **out, ns_error *err) {
+    ns_gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name.ptr = name;
+    t.name.len = strlen(name);
+    t.n_dims = 2;
+    t.ne[0] = ne0, t.ne[1] = ne1, t.ne[2] = 1, t.ne[3] = 1;
+    if (ne1 == 1) {
+        for (int64_t i = 0; i < ne0; i++) vec[i] = 1.0f + 0.0625f * ((float)(splitmix64(rng) >> 40) / 16777216.0f - 0.5f);
+        t.type = NS_GGML_F32;
+        t.nbytes = (uint64_t)ne0 * sizeof(float);
+        t.data = vec;
+    } else {
+        size_t n = (size_t)ne0 * (size_t)ne1;
+        NS_ASSERT(n <= pool_n);
+        size_t slack = pool_n - n;
+        t.type = NS_GGML_BF16;
+        t.nbytes = n * sizeof(uint16_t);
+        t.data = pool + (slack ? splitmix64(rng) % (slack + 1) : 0);
+    }
+    ns_status st = m->backend->ops->weight_load(m->backend, &t, out, err);
+    if (st) return st;
+    m->n_tensors_by_type[t.type]++;
+    m->n_params += (uint64_t)ne0 * (uint64_t)ne1;
+    return NS_OK;
+}
+
+ns_status ns_model_random(const ns_hparams *hp_in, uint64_t seed, ns_backend *b, ns_model **out, ns_error *err) {
+    *out = NULL;
+    ns_hparams hp = *hp_in;
+    bool qwen = strcmp(hp.arch, "qwen2") == 0;
+    if ((!qwen && strcmp(hp.arch, "llama") != 0) || hp.n_layer < 1 || hp.n_embd < 2 || hp.n_ff < 1 ||
+        hp.n_head < 1 || hp.n_head_kv < 1 || hp.n_head % hp.n_head_kv || hp.head_dim < 2 || hp.head_dim % 2 ||
+        hp.n_vocab < 2 || hp.n_ctx_train < 1 || !(hp.rope_base > 1.0f) || !(hp.norm_eps > 0.0f))
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "model: random model shape is not valid (arch '%s', %d layers, n_embd %d, n_ff %d, "
+                            "heads %d/%d, head_dim %d, vocab %d)",
+                            hp.arch, hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_vocab);
+    hp.is_neox = qwen;
+    hp.has_qkv_bias = qwen;
+    if (hp.n_rot == 0) hp.n_rot = hp.head_dim;
+    if (hp.rope_scale_factor == 0.0f) {
+        hp.rope_scale_factor = 1.0f;
+        hp.rope_low_freq_factor = 1.0f;
+        hp.rope_high_freq_factor = 4.0f;
+        hp.rope_orig_ctx = 8192;
+    }
+    int64_t q_dim = (int64_t)hp.n_head * hp.head_dim, kv_dim = (int64_t)hp.n_head_kv * hp.head_dim;
+    size_t biggest = (size_t)hp.n_vocab * (size_t)hp.n_embd;
+    biggest = NS_MAX(biggest, (size_t)hp.n_ff * (size_t)hp.n_embd);
+    biggest = NS_MAX(biggest, (size_t)q_dim * (size_t)hp.n_embd);
+    size_t pool_n = biggest + ((size_t)1 << 20);
+    int64_t widest = NS_MAX(NS_MAX((int64_t)hp.n_embd, hp.n_ff), q_dim);
+    uint16_t *pool = ns_malloc_array(pool_n, sizeof(uint16_t));
+    float *vec = ns_malloc_array((size_t)widest, sizeof(float));
+    ns_model *m = calloc(1, sizeof *m);
+    ns_status st;
+    if (!pool || !vec || !m) {
+        st = ns_error_set(err, NS_ERR_NOMEM, "model: out of memory for a random model (%zu MiB)",
+                          pool_n * sizeof(uint16_t) >> 20);
+        goto fail;
+    }
+    m->hp = hp;
+    m->backend = b;
+    m->n_ranks = 1;
+    m->layers = ns_calloc_array((size_t)hp.n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        st = ns_error_set(err, NS_ERR_NOMEM, "model: out of memory");
+        goto fail;
+    }
+    /* uniform in [-a, a] with std 1/sqrt(n_embd): a = sqrt(3 / n_embd) */
+    uint64_t rng = seed;
+    float a = sqrtf(3.0f / (float)hp.n_embd);
+    for (size_t i = 0; i < pool_n; i++) {
+        uint64_t r = splitmix64(&rng);
+        float u1 = (float)(r >> 40) / 16777216.0f, u2 = (float)((r >> 8) & 0xffffff) / 16777216.0f;
+        pool[i] = ns_fp32_to_bf16(a * (2.0f * u1 - 1.0f));
+        if (++i < pool_n) pool[i] = ns_fp32_to_bf16(a * (2.0f * u2 - 1.0f));
+    }
+    if ((st = load_random(m, "token_embd.weight", hp.n_embd, hp.n_vocab, pool, pool_n, &rng, vec, &m->tok_embd, err)))
+        goto fail;
+    if ((st = load_random(m, "output_norm.weight", hp.n_embd, 1, pool, pool_n, &rng, vec, &m->output_norm, err)))
+        goto fail;
+    if ((st = load_random(m, "output.weight", hp.n_embd, hp.n_vocab, pool, pool_n, &rng, vec, &m->output, err)))
+        goto fail;
+    for (int il = 0; il < hp.n_layer; il++) {
+        ns_layer_weights *L = &m->layers[il];
+        struct { const char *n; int64_t ne0, ne1; bool want; ns_bweight **dst; } spec[] = {
+            {"attn_norm.weight", hp.n_embd, 1, true, &L->attn_norm},
+            {"attn_q.weight", hp.n_embd, q_dim, true, &L->wq},
+            {"attn_k.weight", hp.n_embd, kv_dim, true, &L->wk},
+            {"attn_v.weight", hp.n_embd, kv_dim, true, &L->wv},
+            {"attn_output.weight", q_dim, hp.n_embd, true, &L->wo},
+            {"ffn_norm.weight", hp.n_embd, 1, true, &L->ffn_norm},
+            {"ffn_gate.weight", hp.n_embd, hp.n_ff, true, &L->w_gate},
+            {"ffn_up.weight", hp.n_embd, hp.n_ff, true, &L->w_up},
+            {"ffn_down.weight", hp.n_ff, hp.n_embd, true, &L->w_down},
+            {"attn_q.bias", q_dim, 1, qwen, &L->bq},
+            {"attn_k.bias", kv_dim, 1, qwen, &L->bk},
+            {"attn_v.bias", kv_dim, 1, qwen, &L->bv},
+        };
+        char name[96];
+        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+            if (!spec[i].want) continue;
+            snprintf(name, sizeof name, "blk.%d.%s", il, spec[i].n);
+            if ((st = load_random(m, name, spec[i].ne0, spec[i].ne1, pool, pool_n, &rng, vec, spec[i].dst, err)))
+                goto fail;
+        }
+    }
+    if ((st = set_rope(m, NULL, err))) goto fail;
+    free(pool);
+    free(vec);
+    *out = m;
+    return NS_OK;
+fail:
+    free(pool);
+    free(vec);
     ns_model_free(m);
     return st;
 }

@@ -76,4 +76,12 @@ void ns_model_free(ns_model *m); /* NULL-tolerant; frees the weights in the back
 ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_ranks, ns_model **out,
                               ns_error *err);
 
+/* A model of shape hp (arch "llama" or "qwen2"; n_layer, n_embd, n_ff, n_head, n_head_kv,
+ * head_dim, n_vocab, n_ctx_train, rope_base and norm_eps set; the rest is derived) with
+ * pseudo-random bf16 weights from seed, built without a file: benchmarks and backend
+ * comparisons at real model shapes. Every matrix is a different window of one random
+ * buffer (uniform, std 1/sqrt(n_embd)); norm weights are near 1. The same hp and seed
+ * give the same weights on every backend. */
+ns_status ns_model_random(const ns_hparams *hp, uint64_t seed, ns_backend *b, ns_model **out, ns_error *err);
+
 #endif

@@ -42,6 +42,10 @@ cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes,
                                 int dst_type, int64_t n_rows, int64_t n, cudaStream_t stream);
 /* dst (n) bf16 = src (n) f32, round to nearest even. */
 cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, cudaStream_t stream);
+/* hi (n) = bf16(src), lo (n) = bf16(src - hi): src = hi + lo to about 2^-16 relative, so
+ * two bf16 GEMMs (W.hi + W.lo) give an fp32-accurate product (the backend's precise mode). */
+cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n,
+                                      cudaStream_t stream);
 
 /* ---- row and elementwise ops (ops.h) ---- */
 /* out (n_rows, n) = x / sqrt(mean(x^2) + eps) * w (n); out may alias x. One block per row. */
@@ -86,7 +90,8 @@ cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q
 
 /* ---- sampling ----
  * out_ids (n_rows) = argmax of each row of logits (n_rows, n_vocab), lowest id on ties
- * (the CPU sampler's greedy rule); NaN never wins; a row of NaN only gives id 0. */
+ * (the CPU sampler's greedy rule); NaN never wins; a row whose best value is -inf or
+ * that holds only NaN gives -1. */
 cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
                                   cudaStream_t stream);
 

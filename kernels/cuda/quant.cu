@@ -38,3 +38,19 @@ extern "C" cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int6
     f32_to_bf16_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>((__nv_bfloat16 *)dst, src, n);
     return cudaGetLastError();
 }
+
+static __global__ void f32_to_bf16_split_kernel(__nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        __nv_bfloat16 h = __float2bfloat16_rn(src[i]);
+        hi[i] = h;
+        lo[i] = __float2bfloat16_rn(src[i] - __bfloat162float(h));
+    }
+}
+
+extern "C" cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n,
+                                                 cudaStream_t stream) {
+    if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    f32_to_bf16_split_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>((__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo, src,
+                                                                      n);
+    return cudaGetLastError();
+}

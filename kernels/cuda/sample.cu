@@ -1,7 +1,8 @@
 /* sample.cu: greedy sampling on the device: the argmax of each logit row, lowest id on
  * ties (the rule of the CPU sampler in engine/sampler.c), so that a greedy decode step
  * can return n_rows ints instead of n_rows * n_vocab floats. NaN never compares greater,
- * so it never wins; a row with no number at all gives id 0. One block per row. */
+ * so it never wins; a row whose best value is -inf (or NaN throughout) gives -1, as the
+ * host sampler does. One block per row. */
 #include "common.cuh"
 
 #define SAMPLE_THREADS 256
@@ -32,7 +33,7 @@ static __global__ void sample_greedy_kernel(int32_t *out_ids, const float *logit
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) out_ids[blockIdx.x] = s_idx[0] == 0x7fffffff ? 0 : s_idx[0];
+    if (threadIdx.x == 0) out_ids[blockIdx.x] = s_val[0] > -INFINITY ? s_idx[0] : -1;
 }
 
 extern "C" cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,

@@ -1,57 +1,89 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the prepared GPU check, for a machine with one NVIDIA GPU (sm_80 or
-# sm_90) and nvcc. Written where no GPU exists: it has been compiled there, never run.
-# Steps (each under its own timeout; the whole run is meant to take 2-3 minutes, 8 at most):
-#   1. build with USE_CUDA=yes (CUDA sources for sm_80/sm_90), then build/gpu-parity
-#   2. gpu-parity kernels:    every ns_cuda_* op against the CPU references, odd shapes,
+# sm_90). One call, meant to finish in about 5 minutes (8 at most: every step has its own
+# timeout). Steps:
+#   0. programs: the pack from tests/gpu/pack.sh (build/gpu-pack.tar.gz, built where no GPU
+#      is needed) when present, else a build here with USE_CUDA=yes
+#   1. gpu-parity kernels:    every ns_cuda_* op against the CPU references on odd shapes,
 #                             NMSE bounds, NaN failing, canaries around every output
-#   3. build/unit cuda:       the CUDA unit tests (backend ops and tiny-model logits vs CPU)
-#   4. gpu-parity greedy:     greedy tokens, CPU vs CUDA, on tiny random models
-#   5. gpu-parity throughput: tokens/s of the CUDA backend on a random 8-layer model
-# Prints each step's output and ends with "N passed, N failed, N skipped"; exit 1 on any
-# failure. usage: bash tests/gpu/run.sh [BUILD_DIR]
+#   2. unit cuda:             the CUDA unit tests (backend ops, tiny-model logits vs CPU)
+#   3. gpu-parity greedy:     greedy tokens, CPU vs CUDA, tiny Q8_0/Q4_1 model files
+#   4. gpu-parity synthetic:  16 prompts x 32 greedy tokens, CPU vs CUDA, on random-weight
+#                             models built in memory at real shapes (SmolLM2-135M's too)
+#   5. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator)
+#   6. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
+#                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
+#   7. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
+# Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table and
+# "N passed, N failed, N skipped"; exit 1 on any failure.
+# usage: bash tests/gpu/run.sh [quick]    (quick: 200 prompts in the benchmarks)
 set -u
 cd "$(dirname "$0")/../.."
-build=${1:-build}
-jobs=$(nproc 2>/dev/null || echo 4)
-nvcc_path=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-cuda_home=$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")
-export PATH="$cuda_home/bin:$PATH"
+logs=${OUT:-build/gpu-logs}
+mkdir -p "$logs"
+n_prompts=1000
+[ "${1:-}" = quick ] && n_prompts=200
 pass=0 fail=0 skip=0
 t_start=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
+table=()
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee "$logs/gpu.txt"
 
-mkdir -p "$build"
-echo "== 1. build (USE_CUDA=yes, $jobs jobs)"
-if ! timeout 300 make -j"$jobs" USE_CUDA=yes BUILD="$build" all >"$build/gpu-build.log" 2>&1; then
-  tail -n 40 "$build/gpu-build.log"; echo "0 passed, 1 failed, 0 skipped"; exit 1
-fi
-grep '^cuda:' "$build/gpu-build.log"
-if ! timeout 120 cc -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -O2 -g -pthread -DNS_HAVE_CUDA \
-    -Iengine -Ikernels/cpu -Ikernels/cuda -Itests/unit -I"$cuda_home/include" \
-    tests/gpu/parity.c tests/unit/tiny_model.c "$build/libnightshift.a" "$build/libnightshift_cuda.a" \
-    -o "$build/gpu-parity" -L"$cuda_home/lib64" -Wl,-rpath,"$cuda_home/lib64" \
-    -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -lcublas -lcudart -lstdc++; then
-  echo "0 passed, 1 failed, 0 skipped"; exit 1
+echo "== 0. programs"
+if [ -f build/gpu-pack.tar.gz ]; then
+  bin=/tmp/nsgpu/pack
+  rm -rf /tmp/nsgpu && mkdir -p /tmp/nsgpu && tar -C /tmp/nsgpu -xzf build/gpu-pack.tar.gz
+  export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "pack of $(head -n 1 $bin/commit 2>/dev/null)"
+  if ldd "$bin/gpu-bench" | grep -q 'not found'; then ldd "$bin/gpu-bench"; echo "0 passed, 1 failed, 0 skipped"; exit 1; fi
+else
+  bin=build
+  jobs=$(nproc 2>/dev/null || echo 4)
+  if ! timeout 400 make -j"$jobs" USE_CUDA=yes all gpu-tools >"$logs/build.log" 2>&1; then
+    tail -n 40 "$logs/build.log"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+  fi
 fi
 
 step() { # step NAME TIMEOUT CMD...: runs CMD, adds its summary line to the totals
-  local name=$1 limit=$2 out line; shift 2
+  local name=$1 limit=$2 out line t0=$(date +%s); shift 2
   echo "== $name"
-  out=$(timeout "$limit" "$@" 2>&1); local rc=$?
+  timeout "$limit" "$@" >"$logs/step.txt" 2>&1; local rc=$?
+  out=$(cat "$logs/step.txt"); cat "$logs/step.txt" >>"$logs/checks.txt"
   echo "$out"
   line=$(printf '%s\n' "$out" | tail -n 1)
   if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped$ ]]; then
     pass=$((pass + BASH_REMATCH[1])); fail=$((fail + BASH_REMATCH[2])); skip=$((skip + BASH_REMATCH[3]))
     [ $rc -ne 0 ] && [ "${BASH_REMATCH[2]}" = 0 ] && fail=$((fail + 1))
+    table+=("$(printf '%-32s %s (%d s)' "$name" "$line" $(( $(date +%s) - t0 )))")
   else
     echo "$name: no summary line (exit $rc$([ $rc -eq 124 ] && echo ', timed out'))"; fail=$((fail + 1))
+    table+=("$(printf '%-32s FAILED, exit %d (%d s)' "$name" $rc $(( $(date +%s) - t0 )))")
   fi
 }
-step "2. kernel parity" 120 "$build/gpu-parity" kernels
-step "3. CUDA unit tests" 120 "$build/unit" cuda
-step "4. greedy tokens, CPU vs CUDA" 120 "$build/gpu-parity" greedy
-step "5. throughput" 120 "$build/gpu-parity" throughput
-echo "gpu run: $(( $(date +%s) - t_start )) s"
+bench() { # bench NAME TIMEOUT CMD...: runs CMD, keeps its "result:" line for the table
+  local name=$1 limit=$2 t0=$(date +%s); shift 2
+  echo "== $name"
+  timeout "$limit" "$@" 2>&1 | tee "$logs/bench-$name.txt"; local rc=${PIPESTATUS[0]}
+  local res=$(grep '^result:' "$logs/bench-$name.txt" | tail -n 1 | sed 's/^result: //')
+  if [ $rc -eq 0 ] && [ -n "$res" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); res="FAILED, exit $rc $res"; fi
+  table+=("$(printf '%-32s %s (%d s)' "$name" "$res" $(( $(date +%s) - t0 )))")
+}
+
+step "1. kernel parity" 60 "$bin/gpu-parity" kernels
+step "2. CUDA unit tests" 60 "$bin/unit" cuda
+step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
+step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
+bench gemm 40 "$bin/gpu-bench" gemm
+peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
+bench gen-1b 90 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-8b 150 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+if python3 -c 'import torch, transformers' 2>/dev/null; then
+  bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
+else
+  echo "== hf-1b: SKIPPED (no torch/transformers here)"; skip=$((skip + 1))
+fi
+
+echo
+echo "== summary ($(head -n 1 "$logs/gpu.txt"); $(( $(date +%s) - t_start )) s)"
+for row in "${table[@]}"; do echo "$row"; done | tee "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

@@ -651,3 +651,103 @@ NS_TEST(test_kv_prefix_cache_refcounts_and_lru) {
     CHECK_EQ_INT(ns_kv_blocks_alloc(kv), -1);
     ns_kv_blocks_destroy(kv);
 }
+
+/* ---- synthetic models (ns_model_random): benchmarks and CPU/CUDA comparisons ---- */
+
+static void synth_hp(ns_hparams *hp, const char *arch) {
+    memset(hp, 0, sizeof *hp);
+    snprintf(hp->arch, sizeof hp->arch, "%s", arch);
+    hp->n_layer = 2, hp->n_embd = 64, hp->n_ff = 96, hp->n_head = 4, hp->n_head_kv = 2, hp->head_dim = 16;
+    hp->n_vocab = 300, hp->n_ctx_train = 256, hp->rope_base = 10000.0f, hp->norm_eps = 1e-5f;
+}
+
+/* Greedy tokens of 3 requests, 8 each, and the logits of one prompt. */
+static void synth_run(const ns_hparams *hp, uint64_t seed, int32_t toks[3][8], float *logits) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    cfg.synthetic = hp;
+    cfg.synthetic_seed = seed;
+    cfg.max_seqs = 4;
+    ns_engine *e = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_engine_open(&cfg, &e, NULL, &err), &err);
+    if (!e) return;
+    CHECK(ns_engine_tokenizer(e) == NULL);
+    CHECK(!ns_engine_add_bos(e));
+    int32_t prompt[20];
+    for (int i = 0; i < 20; i++) prompt[i] = (i * 37 + 1) % hp->n_vocab;
+    CHECK_STATUS_OK(ns_engine_prompt_logits(e, prompt, 20, logits, &err), &err);
+    for (int r = 0; r < 3; r++) {
+        ns_request req = {0};
+        req.id = (uint64_t)r;
+        req.prompt = prompt + r;
+        req.n_prompt = 5 + 5 * r;
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = 8;
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    while (!ns_engine_idle(e)) CHECK_STATUS_OK(ns_engine_step(e, NULL, &err), &err);
+    ns_completion *c[4];
+    int n = ns_engine_collect(e, c, 4);
+    CHECK_EQ_INT(n, 3);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ_INT(c[i]->n_tokens, 8);
+        CHECK_EQ_INT(c[i]->finish, NS_FINISH_LENGTH);
+        CHECK_EQ_INT((int)c[i]->text_len, 0);
+        for (int j = 0; j < c[i]->n_tokens && j < 8; j++) {
+            CHECK(c[i]->tokens[j] >= 0 && c[i]->tokens[j] < hp->n_vocab);
+            toks[c[i]->id][j] = c[i]->tokens[j];
+        }
+        ns_completion_free(c[i]);
+    }
+    ns_engine_close(e);
+}
+
+NS_TEST(test_engine_synthetic_model_deterministic) {
+    const char *archs[] = {"llama", "qwen2"};
+    for (int a = 0; a < 2; a++) {
+        ns_hparams hp;
+        synth_hp(&hp, archs[a]);
+        int32_t t1[3][8], t2[3][8], t3[3][8];
+        float l1[300], l2[300], l3[300];
+        synth_run(&hp, 5, t1, l1);
+        synth_run(&hp, 5, t2, l2);
+        synth_run(&hp, 6, t3, l3);
+        CHECK(memcmp(t1, t2, sizeof t1) == 0);      /* same seed: same tokens */
+        CHECK(memcmp(l1, l2, sizeof l1) == 0);      /* and the same logits, bit for bit */
+        CHECK(memcmp(l1, l3, sizeof l1) != 0);      /* another seed: other weights */
+        double var = 0;
+        for (int i = 0; i < 300; i++) {
+            CHECK(isfinite(l1[i]));
+            var += (double)l1[i] * l1[i];
+        }
+        CHECK(var / 300 > 1e-4); /* not all zero */
+    }
+}
+
+NS_TEST(test_engine_synthetic_model_params_and_errors) {
+    ns_hparams hp;
+    synth_hp(&hp, "qwen2");
+    ns_backend *b = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_backend_cpu_create(1, &b, &err), &err);
+    ns_model *m = NULL;
+    CHECK_STATUS_OK(ns_model_random(&hp, 1, b, &m, &err), &err);
+    if (m) {
+        uint64_t E = 64, Q = 64, KV = 32, F = 96, V = 300;
+        uint64_t per_layer = 2 * E + E * Q + 2 * E * KV + Q * E + 3 * E * F + Q + 2 * KV; /* norms, q/k/v/o, ffn, biases */
+        CHECK(m->n_params == 2 * V * E + E + 2 * per_layer);
+        CHECK(m->hp.is_neox == 1 && m->hp.has_qkv_bias == 1 && m->layers[1].bq != NULL);
+        ns_model_free(m);
+    }
+    ns_hparams bad = hp;
+    bad.n_head_kv = 3; /* 4 heads do not group into 3 */
+    CHECK(ns_model_random(&bad, 1, b, &m, &err) == NS_ERR_INVALID);
+    CHECK(strstr(err.msg, "heads 4/3") != NULL);
+    bad = hp;
+    snprintf(bad.arch, sizeof bad.arch, "gpt2");
+    CHECK(ns_model_random(&bad, 1, b, &m, &err) == NS_ERR_INVALID);
+    ns_backend_destroy(b);
+}

@@ -1,0 +1,219 @@
+/* bench_gpu.c: CUDA throughput at real model shapes, models built in memory with random
+ * bf16 weights (ns_model_random: no file), and the bf16 GEMM rate of the same card
+ * through cuBLAS for the MFU. Run by tests/gpu/run.sh on a GPU machine.
+ *
+ * usage: gpu-bench gemm
+ *          cuBLAS bf16 GEMM (fp32 accumulate), 8192^3, on random data: median TFLOP/s
+ *        gpu-bench gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS]
+ *          SHAPE: 1b (Llama-3.2-1B), 8b (Llama-3.1-8B), 135m (SmolLM2-135M)
+ *          N_PROMPTS requests of N_IN random prompt tokens, N_OUT generated each
+ *          (greedy, ignore_eos), at most MAX_SEQS in one batch. Prints output tok/s,
+ *          total tok/s, and the MFU against PEAK_TFLOPS when given.
+ * Lines starting "result:" are machine-readable (key=value).
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "model.h"
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define CU(call)                                                                                  \
+    do {                                                                                          \
+        cudaError_t e_ = (call);                                                                  \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+static void fill_bf16(uint16_t *h, size_t n, uint64_t seed) {
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        float f = (float)((seed >> 40) & 0xffff) / 65536.0f - 0.5f; /* uniform [-0.5, 0.5) */
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        h[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+}
+
+static int run_gemm(void) {
+    const int n = 8192, reps = 20;
+    size_t elems = (size_t)n * n;
+    uint16_t *h = malloc(elems * 2);
+    void *a, *b;
+    float *c;
+    fill_bf16(h, elems, 1);
+    CU(cudaMalloc(&a, elems * 2));
+    CU(cudaMalloc(&b, elems * 2));
+    CU(cudaMalloc((void **)&c, elems * 4));
+    CU(cudaMemcpy(a, h, elems * 2, cudaMemcpyHostToDevice));
+    fill_bf16(h, elems, 2);
+    CU(cudaMemcpy(b, h, elems * 2, cudaMemcpyHostToDevice));
+    free(h);
+    cublasHandle_t hd;
+    if (cublasCreate(&hd) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasCreate failed\n");
+        return 1;
+    }
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    const float alpha = 1.0f, beta = 0.0f;
+    double t[20];
+    /* the backend's GEMM: bf16 x bf16 -> fp32 out, fp32 accumulate; 3 warm-ups */
+    for (int i = -3; i < reps; i++) {
+        CU(cudaEventRecord(e0, 0));
+        cublasStatus_t s = cublasGemmEx(hd, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
+                                        CUDA_R_16BF, n, &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "cublasGemmEx: %s\n", cublasGetStatusString(s));
+            return 1;
+        }
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 0) t[i] = ms;
+    }
+    qsort(t, reps, sizeof t[0], cmp_double);
+    double med = t[reps / 2], tflops = 2.0 * n * n * (double)n / (med * 1e-3) / 1e12;
+    printf("gemm bf16 %dx%dx%d (fp32 out, fp32 accumulate): median %.3f ms over %d, %.0f TFLOP/s\n", n, n, n, med,
+           reps, tflops);
+    printf("result: gemm_tflops=%.1f\n", tflops);
+    cublasDestroy(hd);
+    return 0;
+}
+
+static void shape_of(const char *name, ns_hparams *hp) {
+    memset(hp, 0, sizeof *hp);
+    strcpy(hp->arch, "llama");
+    hp->norm_eps = 1e-5f;
+    hp->n_ctx_train = 8192;
+    hp->rope_base = 500000.0f;
+    hp->n_vocab = 128256;
+    hp->n_head = 32, hp->n_head_kv = 8;
+    if (!strcmp(name, "8b")) {
+        hp->n_layer = 32, hp->n_embd = 4096, hp->n_ff = 14336, hp->head_dim = 128;
+    } else if (!strcmp(name, "135m")) {
+        hp->n_layer = 30, hp->n_embd = 576, hp->n_ff = 1536, hp->n_head = 9, hp->n_head_kv = 3, hp->head_dim = 64;
+        hp->n_vocab = 49152, hp->rope_base = 100000.0f;
+    } else {
+        hp->n_layer = 16, hp->n_embd = 2048, hp->n_ff = 8192, hp->head_dim = 64;
+    }
+}
+
+static int run_gen(int argc, char **argv) {
+    if (argc < 7) {
+        fprintf(stderr, "usage: gpu-bench gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS]\n");
+        return 2;
+    }
+    ns_hparams hp;
+    shape_of(argv[2], &hp);
+    int n = atoi(argv[3]), n_in = atoi(argv[4]), n_out = atoi(argv[5]), max_seqs = atoi(argv[6]);
+    double peak = argc > 7 ? atof(argv[7]) : 0.0;
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.backend = "cuda";
+    cfg.synthetic = &hp;
+    cfg.synthetic_seed = 42;
+    cfg.max_seqs = max_seqs;
+    cfg.max_batch_tokens = NS_MAX(max_seqs, 8192);
+    cfg.n_ctx = n_in + n_out;
+    cfg.kv_bytes = 0;
+    ns_engine *e;
+    ns_error err;
+    double t_open = ns_time_now();
+    if (ns_engine_open(&cfg, &e, NULL, &err)) {
+        printf("FAIL open %s: %s\n", argv[2], err.msg);
+        return 1;
+    }
+    t_open = ns_time_now() - t_open;
+    int32_t *prompt = malloc(sizeof(int32_t) * n_in);
+    uint64_t r = 7;
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < n_in; j++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            prompt[j] = (int32_t)((r >> 33) % (uint64_t)hp.n_vocab);
+        }
+        ns_request req = {0};
+        req.id = (uint64_t)i;
+        req.prompt = prompt;
+        req.n_prompt = n_in;
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = n_out;
+        req.sampling.ignore_eos = true;
+        if (ns_engine_submit(e, &req, &err)) {
+            printf("FAIL submit: %s\n", err.msg);
+            return 1;
+        }
+    }
+    free(prompt);
+    double t0 = ns_time_now(), t_report = t0;
+    int64_t steps = 0, gen = 0, max_batch = 0, processed = 0, decoded = 0;
+    ns_step_stats st;
+    while (!ns_engine_idle(e)) {
+        if (ns_engine_step(e, &st, &err)) {
+            printf("FAIL step %lld: %s\n", (long long)steps, err.msg);
+            return 1;
+        }
+        steps++;
+        if (st.n_seqs > max_batch) max_batch = st.n_seqs;
+        processed += st.n_tokens;
+        decoded += st.n_decode;
+        double now = ns_time_now();
+        if (now - t_report >= 5.0) { /* progress, so that a run cut off by its timeout still says something */
+            t_report = now;
+            printf("  progress: %.0f s, %lld steps, %lld tokens through the model (%.0f tok/s), %lld decode tokens "
+                   "(%.0f tok/s), %d running, %d waiting\n",
+                   now - t0, (long long)steps, (long long)processed, processed / (now - t0), (long long)decoded,
+                   decoded / (now - t0), st.n_running, st.n_waiting);
+            fflush(stdout);
+        }
+        ns_completion *c[256];
+        int k;
+        while ((k = ns_engine_collect(e, c, 256)) > 0)
+            for (int i = 0; i < k; i++) {
+                gen += c[i]->n_tokens;
+                if (c[i]->finish == NS_FINISH_ERROR) printf("error: %s\n", c[i]->error);
+                ns_completion_free(c[i]);
+            }
+    }
+    double dt = ns_time_now() - t0;
+    const ns_hparams *h = ns_engine_hparams(e);
+    /* FLOPs: 2 per weight per token (all matrices incl. the output head, which runs on the
+     * last prompt token and every generated one), plus attention QK^T and PV: 4 * q_dim per
+     * cached key per layer, averaged over the positions. */
+    double w_layer = (double)h->n_embd * (h->n_head * h->head_dim) * 2 + (double)h->n_embd * (h->n_head_kv * h->head_dim) * 2 +
+                     3.0 * h->n_embd * h->n_ff;
+    double tok_total = (double)n * (n_in + n_out);
+    double flops = 2.0 * w_layer * h->n_layer * tok_total + 2.0 * h->n_embd * (double)h->n_vocab * n * n_out;
+    double avg_ctx = (n_in + n_out) / 2.0;
+    flops += 4.0 * h->n_layer * (double)(h->n_head * h->head_dim) * avg_ctx * tok_total;
+    double tflops = flops / dt / 1e12;
+    printf("gen %s: %d prompts x (%d in + %d out), max_seqs %d: %.2f s (load %.1f s), %lld steps, largest batch %lld "
+           "seqs\n",
+           argv[2], n, n_in, n_out, max_seqs, dt, t_open, (long long)steps, (long long)max_batch);
+    printf("  output %.0f tok/s, total %.0f tok/s, %.1f TFLOP/s", gen / dt, tok_total / dt, tflops);
+    if (peak > 0) printf(", MFU %.1f%% of %.0f", 100.0 * tflops / peak, peak);
+    printf("\n");
+    if (gen != (int64_t)n * n_out) printf("FAIL generated %lld tokens, expected %lld\n", (long long)gen, (long long)n * n_out);
+    printf("result: shape=%s out_tok_s=%.0f total_tok_s=%.0f tflops=%.1f mfu_pct=%.1f seconds=%.2f\n", argv[2],
+           gen / dt, tok_total / dt, tflops, peak > 0 ? 100.0 * tflops / peak : 0.0, dt);
+    ns_engine_close(e);
+    return gen == (int64_t)n * n_out ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "gemm")) return run_gemm();
+    if (argc >= 2 && !strcmp(argv[1], "gen")) return run_gen(argc, argv);
+    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS]\n");
+    return 2;
+}
