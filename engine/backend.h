@@ -20,7 +20,8 @@ typedef struct ns_backend ns_backend;
 /* A weight in the backend's compute form (CPU: float32; CUDA: bf16). Opaque. */
 typedef struct ns_bweight ns_bweight;
 
-/* The KV pool: for each layer, K and V of shape (n_blocks, block_size, n_head_kv, head_dim). */
+/* The KV pool: for each layer, K and V of shape (n_blocks, block_size, n_head_kv, head_dim),
+ * elements of kv_elem_bytes (ns_backend). */
 typedef struct ns_kv_shape {
     int n_layer;
     int n_blocks;
@@ -111,6 +112,9 @@ struct ns_backend {
     /* Set by the engine before loading: every op computes each row the same way whatever
      * the batch (CPU: the matmul kernel never switches with the number of rows). */
     bool batch_invariant;
+    /* Bytes of one element of the backend's KV pool (CPU: 4; CUDA: 2, bf16, or 4 in its
+     * precise mode): the engine sizes the pool from its byte budget with it. */
+    int kv_elem_bytes;
 };
 
 /* Creates the CPU backend with n_threads worker threads (0 = all cores). */

@@ -415,6 +415,7 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
     c->base.ops = &cpu_ops;
+    c->base.kv_elem_bytes = 4;
     c->n_threads = n_threads;
     ns_status st = ns_pool_create(n_threads, &c->pool, err);
     if (st) {

@@ -17,9 +17,10 @@
  * Device state (stream, cuBLAS handle, event, buffers) lives in the context, no globals.
  * Greedy sampling runs on the device (argmax_rows): a greedy step returns one int per
  * sequence instead of a row of logits.
+ * KV pool in bf16 (attention at decode is bound by reading it).
  * NS_CUDA_PRECISE=1 (tests): each matmul input is split into bf16 hi + lo parts and
- * multiplied twice, so products match the CPU's fp32 ones to ~1e-5 and greedy tokens can
- * be compared exactly; twice the GEMM work.
+ * multiplied twice, and the KV pool is fp32, so results match the CPU's fp32 ones to
+ * ~1e-5 and greedy tokens can be compared exactly; twice the GEMM work.
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), CUDA graphs, the
  * quantized-weight GEMV for small batches, device-side top-k/top-p sampling.
  */
@@ -52,10 +53,12 @@ typedef struct cuda_backend {
     cudaStream_t stream;
     cublasHandle_t cublas;
     cudaEvent_t batch_copied; /* the pinned batch buffer may be rewritten once this fired */
-    /* KV pool: (n_layer) device pointers, each (n_blocks, block_size, n_head_kv, head_dim) */
+    /* KV pool: (n_layer) device pointers, each (n_blocks, block_size, n_head_kv, head_dim)
+     * of kv_type (bf16; fp32 in precise mode) */
     ns_kv_shape kv;
-    float **k_pool;
-    float **v_pool;
+    int kv_type;
+    void **k_pool;
+    void **v_pool;
     /* the current batch: one pinned host buffer and its device copy, int32 each */
     int32_t *h_batch, *d_batch;
     size_t batch_cap; /* int32 elements */
@@ -242,9 +245,9 @@ static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error
                             shape->head_dim, NS_CUDA_ATTN_MAX_HEAD_DIM);
     free_kv(c);
     size_t per_layer = (size_t)shape->n_blocks * (size_t)shape->block_size * (size_t)shape->n_head_kv *
-                       (size_t)shape->head_dim * sizeof(float);
-    c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
-    c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
+                       (size_t)shape->head_dim * (size_t)c->base.kv_elem_bytes;
+    c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
+    c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
     if (!c->k_pool || !c->v_pool) {
         free_kv(c);
         return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
@@ -261,6 +264,21 @@ static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error
         }
     }
     return NS_OK;
+}
+
+/* The bf16 copy of a matmul input (and its remainder in precise mode): grown to n
+ * elements. batch_set sizes it for the batch, so the ops of a step do not allocate. */
+static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
+    if (n <= c->x_bf16_cap) return NS_OK;
+    if (c->x_bf16) cudaFree(c->x_bf16);
+    if (c->x_lo) cudaFree(c->x_lo);
+    c->x_bf16 = c->x_lo = NULL;
+    c->x_bf16_cap = 0;
+    ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err);
+    if (!st && c->precise)
+        st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input remainder", (void **)&c->x_lo, err);
+    if (!st) c->x_bf16_cap = n;
+    return st;
 }
 
 static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error *err) {
@@ -311,19 +329,7 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
         if ((st = dev_alloc(c, cap * sizeof(int32_t), "the batch layout", (void **)&c->d_batch, err))) return st;
         c->batch_cap = cap;
     }
-    size_t x_need = (size_t)NS_MAX(T, L) * (size_t)c->max_k;
-    if (x_need > c->x_bf16_cap) {
-        if (c->x_bf16) cudaFree(c->x_bf16);
-        if (c->x_lo) cudaFree(c->x_lo);
-        c->x_bf16 = c->x_lo = NULL;
-        c->x_bf16_cap = 0;
-        if ((st = dev_alloc(c, x_need * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err)))
-            return st;
-        if (c->precise &&
-            (st = dev_alloc(c, x_need * sizeof(uint16_t), "the bf16 matmul input remainder", (void **)&c->x_lo, err)))
-            return st;
-        c->x_bf16_cap = x_need;
-    }
+    if ((st = ensure_x_cap(c, (size_t)NS_MAX(T, L) * (size_t)c->max_k, err))) return st;
     if (L > c->ids_cap) {
         if (c->d_ids) cudaFree(c->d_ids);
         if (c->h_ids) cudaFreeHost(c->h_ids);
@@ -384,8 +390,16 @@ static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bwe
 static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
     cuda_backend *c = cb(b);
     NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
-    NS_ASSERT((size_t)M * (size_t)K <= c->x_bf16_cap);
     if (c->sticky || M == 0) return;
+    if ((size_t)M * (size_t)K > c->x_bf16_cap) {
+        /* an op called outside a batch_set that sized it (tests do): grow, synchronously */
+        ns_error e;
+        if (ensure_x_cap(c, (size_t)M * (size_t)K, &e)) {
+            c->sticky = e.code ? e.code : NS_ERR_BACKEND;
+            c->sticky_err = e;
+            return;
+        }
+    }
     if (c->precise)
         op_check(c, ns_cuda_f32_to_bf16_split(c->x_bf16, c->x_lo, x, (int64_t)M * K, c->stream),
                  "matmul (f32 to bf16 hi/lo)");
@@ -418,7 +432,7 @@ static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float 
     cuda_backend *c = cb(b);
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
     op_check(c,
-             ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], k, v, c->d_slot, c->n_tokens,
+             ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], c->kv_type, k, v, c->d_slot, c->n_tokens,
                               c->kv.n_head_kv * c->kv.head_dim, c->stream),
              "kv_store");
 }
@@ -428,7 +442,7 @@ static void cuda_attention(ns_backend *b, int layer, float *out, const float *q,
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
     op_check(c,
              ns_cuda_attention_paged(out, q, c->d_pos, c->d_tok_seq, c->d_block_table, c->max_blocks_per_seq,
-                                     c->k_pool[layer], c->v_pool[layer], c->n_tokens, c->kv.block_size, n_head,
+                                     c->k_pool[layer], c->v_pool[layer], c->kv_type, c->n_tokens, c->kv.block_size, n_head,
                                      c->kv.n_head_kv, c->kv.head_dim, scale, c->stream),
              "attention");
 }
@@ -536,6 +550,8 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     c->device = device;
     const char *precise = getenv("NS_CUDA_PRECISE");
     c->precise = precise && !strcmp(precise, "1");
+    c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
+    c->base.kv_elem_bytes = c->precise ? 4 : 2;
     cudaError_t e;
     cublasStatus_t s;
     if ((e = cudaSetDevice(device)) != cudaSuccess) {

@@ -179,7 +179,8 @@ model_ready:;
         goto fail;
     }
     e->max_blocks_per_seq = (e->n_ctx + cfg->block_size - 1) / cfg->block_size;
-    size_t kv_per_token = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv * hp->head_dim * sizeof(float);
+    size_t kv_per_token = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv * hp->head_dim *
+                          (size_t)(e->backend->kv_elem_bytes > 0 ? e->backend->kv_elem_bytes : 4);
     if (cfg->kv_bytes == 0) {
         /* room for max_seqs sequences of up to 1024 tokens, and at least one full context */
         size_t tokens = NS_MAX((size_t)cfg->max_seqs * (size_t)NS_MIN(e->n_ctx, 1024), (size_t)e->n_ctx);

@@ -2,110 +2,217 @@
  * slots, and causal grouped-query attention of a whole mixed batch (prompt chunks and
  * decode tokens of many sequences) over each sequence's blocks.
  *
- * The attention kernel is the simple correct one: one warp per (token, head); lane l
- * holds dims l, l+32, ... of q and of the output accumulator (head_dim <= 256: 8 per
- * lane). Keys are visited in order, one at a time: a warp-reduced dot product, then the
- * online softmax update (running max m, running sum l, accumulator rescaled by
- * exp(m_old - m_new)), all in fp32. The score matrix is never formed; only blocks
- * block_table[0 .. q_pos / block_size] of the token's own sequence are read, and of the
- * last one only slots up to q_pos. Faster versions (keys tiled in shared memory, the
- * query heads of a group sharing K/V loads, split-K for long decode) come later and are
- * checked against this one and ns_cpu_attention_paged_ref.
+ * The pools hold bf16 (the default: half the bytes of fp32, and attention at decode is
+ * bound by reading them) or fp32 (the backend's precise mode, for exact comparisons).
+ *
+ * Attention: one thread block per (query token, KV head); its G = n_head / n_head_kv
+ * warps are the query heads that share that KV head, so each K/V row is read from device
+ * memory once for the whole group. The keys the token may see (0 .. q_pos) are visited in
+ * tiles of 32: the block copies a tile of K and V rows (found through the block table)
+ * into shared memory; then each warp scores the tile with lane j taking key j (a full dot
+ * product against q, which sits in shared memory), updates its online softmax (running
+ * max m, sum l, accumulator rescaled by exp(m_old - m_new)) with one max and one sum
+ * over the warp, and accumulates p_j * V_j with lane l owning dims 2l, 2l+1, 2l+64, ...
+ * All arithmetic in fp32. The score matrix is never formed; nothing is written but out.
+ * K rows in shared memory are padded to an odd number of 4-byte words, so the 32 lanes
+ * reading 32 different rows at the same column hit 32 different banks.
+ * Not yet: tensor cores for long prompt chunks (each query token re-reads its sequence's
+ * K/V from L2), split-K over very long contexts.
  */
 #include "common.cuh"
 
-#define ATTN_WARPS 4
-#define ATTN_PER_LANE (NS_CUDA_ATTN_MAX_HEAD_DIM / 32)
+#define ATTN_TILE 32
+#define ATTN_MAX_GROUP 32
 
-static __global__ void kv_store_kernel(float *k_pool, float *v_pool, const float *k, const float *v,
-                                       const int32_t *slot, int n_tokens, int row) {
+template <typename T> static __device__ __forceinline__ T to_kv(float v);
+template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 to_kv<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+/* two consecutive elements as floats (p 4-byte aligned for bf16) */
+static __device__ __forceinline__ float2 ld2(const float *p) { return make_float2(p[0], p[1]); }
+static __device__ __forceinline__ float2 ld2(const __nv_bfloat16 *p) {
+    return __bfloat1622float2(*(const __nv_bfloat162 *)p);
+}
+
+template <typename T>
+static __global__ void kv_store_kernel(T *k_pool, T *v_pool, const float *k, const float *v, const int32_t *slot,
+                                       int n_tokens, int row) {
     int64_t total = (int64_t)n_tokens * row;
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
          idx += (int64_t)gridDim.x * blockDim.x) {
         int t = (int)(idx / row), e = (int)(idx % row);
         size_t dst = (size_t)slot[t] * row + e;
-        k_pool[dst] = k[idx];
-        v_pool[dst] = v[idx];
+        k_pool[dst] = to_kv<T>(k[idx]);
+        v_pool[dst] = to_kv<T>(v[idx]);
     }
 }
 
-static __global__ void attention_paged_f32_kernel(float *out, const float *q, const int32_t *q_pos,
-                                                  const int32_t *tok_seq, const int32_t *block_table,
-                                                  int max_blocks_per_seq, const float *k_pool,
-                                                  const float *v_pool, int block_size, int n_head,
-                                                  int n_head_kv, int head_dim, float scale) {
-    int lane = threadIdx.x & 31;
-    int t = blockIdx.x;
-    int h = blockIdx.y * ATTN_WARPS + (threadIdx.x >> 5);
-    if (h >= n_head) return; /* whole warp leaves together */
+/* Shared memory: K tile (ATTN_TILE rows of `ks` elements), V tile (ATTN_TILE x hd2),
+ * q (G x hd2 floats). hd2 = head_dim rounded up to even; padding elements are zero. */
+template <typename T>
+static __global__ void attention_gqa_kernel(float *out, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
+                                            const int32_t *block_table, int max_blocks_per_seq, const T *k_pool,
+                                            const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim,
+                                            float scale) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int G = n_head / n_head_kv;
+    const int hd2 = (head_dim + 1) & ~1;
+    /* K row stride in elements: an odd number of 4-byte words */
+    const int kwords = (hd2 * (int)sizeof(T) / 4) | 1;
+    const int ks = kwords * 4 / (int)sizeof(T);
+    T *sk = (T *)smem;
+    T *sv = sk + (size_t)ATTN_TILE * ks;
+    float *sq = (float *)(sv + (size_t)ATTN_TILE * hd2);
+
+    const int t = blockIdx.x, kvh = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nthr = blockDim.x;
+    const int h = kvh * G + warp; /* this warp's query head */
     const int32_t *table = block_table + (size_t)tok_seq[t] * max_blocks_per_seq;
-    int n_seen = q_pos[t] + 1;
-    int group = n_head / n_head_kv;
-    size_t row_stride = (size_t)n_head_kv * head_dim;
-    size_t kv_off = (size_t)(h / group) * head_dim;
-    const float *qh = q + ((size_t)t * n_head + h) * head_dim;
+    const int n_seen = q_pos[t] + 1;
+    const size_t row_stride = (size_t)n_head_kv * head_dim;
+    const size_t kv_off = (size_t)kvh * head_dim;
 
-    float qr[ATTN_PER_LANE], acc[ATTN_PER_LANE];
-#pragma unroll
-    for (int u = 0; u < ATTN_PER_LANE; u++) {
-        int d = lane + 32 * u;
-        qr[u] = d < head_dim ? qh[d] : 0.0f;
-        acc[u] = 0.0f;
+    /* q of the group's heads, scaled, zero-padded */
+    for (int i = threadIdx.x; i < G * hd2; i += nthr) {
+        int g = i / hd2, d = i % hd2;
+        sq[i] = d < head_dim ? q[((size_t)t * n_head + kvh * G + g) * head_dim + d] * scale : 0.0f;
     }
+    /* per lane: accumulator dims 2*lane + 64*u (+1), u < NU */
+    constexpr int NU = NS_CUDA_ATTN_MAX_HEAD_DIM / 64;
+    float acc[NU][2];
+#pragma unroll
+    for (int u = 0; u < NU; u++) acc[u][0] = acc[u][1] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (int j = 0; j < n_seen; j++) {
-        size_t r = (size_t)table[j / block_size] * block_size + (size_t)(j % block_size);
-        const float *kr = k_pool + r * row_stride + kv_off;
-        const float *vr = v_pool + r * row_stride + kv_off;
-        float part = 0.0f;
-#pragma unroll
-        for (int u = 0; u < ATTN_PER_LANE; u++) {
-            int d = lane + 32 * u;
-            if (d < head_dim) part += qr[u] * kr[d];
+
+    for (int k0 = 0; k0 < n_seen; k0 += ATTN_TILE) {
+        const int n_keys = min(ATTN_TILE, n_seen - k0);
+        __syncthreads(); /* the previous tile is no longer read (and sq is written) */
+        constexpr int VE = 16 / (int)sizeof(T); /* elements per 16-byte load */
+        if (head_dim % VE == 0 && row_stride % VE == 0) {
+            /* 16-byte loads; rows past n_keys are left as they are (their scores are masked) */
+            const int nv = head_dim / VE;
+            for (int i = threadIdx.x; i < n_keys * nv; i += nthr) {
+                int j = i / nv, c = i % nv, key = k0 + j;
+                size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
+                size_t src = r * row_stride + kv_off + (size_t)c * VE;
+                uint4 kq = *(const uint4 *)(k_pool + src), vq = *(const uint4 *)(v_pool + src);
+                uint32_t *kd = (uint32_t *)(sk + j * ks) + c * 4; /* K rows: 4-byte aligned only */
+                kd[0] = kq.x, kd[1] = kq.y, kd[2] = kq.z, kd[3] = kq.w;
+                *(uint4 *)(sv + j * hd2 + c * VE) = vq;
+            }
+        } else {
+            for (int i = threadIdx.x; i < ATTN_TILE * hd2; i += nthr) {
+                int j = i / hd2, d = i % hd2;
+                T kv_k = to_kv<T>(0.0f), kv_v = to_kv<T>(0.0f);
+                if (j < n_keys && d < head_dim) {
+                    int key = k0 + j;
+                    size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
+                    kv_k = k_pool[r * row_stride + kv_off + d];
+                    kv_v = v_pool[r * row_stride + kv_off + d];
+                }
+                sk[j * ks + d] = kv_k;
+                sv[j * hd2 + d] = kv_v;
+            }
         }
-        float sc = ns_warp_sum(part) * scale;
-        float m_new = fmaxf(m, sc);
-        float alpha = expf(m - m_new); /* 0 on the first key (m = -inf) */
-        float p = expf(sc - m_new);
-        l = l * alpha + p;
+        __syncthreads();
+        if (warp < G) {
+            /* lane j scores key k0 + j */
+            const float *qh = sq + warp * hd2;
+            const T *kr = sk + lane * ks;
+            float s = 0.0f;
+            for (int d = 0; d < hd2; d += 2) {
+                float2 kk = ld2(kr + d), qq = *(const float2 *)(qh + d);
+                s = fmaf(qq.x, kk.x, s);
+                s = fmaf(qq.y, kk.y, s);
+            }
+            if (lane >= n_keys) s = -INFINITY;
+            float m_tile = s;
+            for (int o = 16; o > 0; o >>= 1) m_tile = fmaxf(m_tile, __shfl_xor_sync(0xffffffffu, m_tile, o));
+            float m_new = fmaxf(m, m_tile);
+            float alpha = expf(m - m_new); /* 0 on the first tile (m = -inf) */
+            float p = lane < n_keys ? expf(s - m_new) : 0.0f;
+            l = l * alpha + ns_warp_sum(p);
 #pragma unroll
-        for (int u = 0; u < ATTN_PER_LANE; u++) {
-            int d = lane + 32 * u;
-            if (d < head_dim) acc[u] = acc[u] * alpha + p * vr[d];
+            for (int u = 0; u < NU; u++) acc[u][0] *= alpha, acc[u][1] *= alpha;
+            for (int j = 0; j < n_keys; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j);
+                const T *vr = sv + j * hd2;
+#pragma unroll
+                for (int u = 0; u < NU; u++) {
+                    int d = 2 * lane + 64 * u;
+                    if (d < hd2) {
+                        float2 vv = ld2(vr + d);
+                        acc[u][0] = fmaf(pj, vv.x, acc[u][0]);
+                        acc[u][1] = fmaf(pj, vv.y, acc[u][1]);
+                    }
+                }
+            }
+            m = m_new;
         }
-        m = m_new;
     }
-    float inv = 1.0f / l;
-    float *o = out + ((size_t)t * n_head + h) * head_dim;
+    if (warp < G) {
+        float inv = 1.0f / l;
+        float *o = out + ((size_t)t * n_head + h) * head_dim;
 #pragma unroll
-    for (int u = 0; u < ATTN_PER_LANE; u++) {
-        int d = lane + 32 * u;
-        if (d < head_dim) o[d] = acc[u] * inv;
+        for (int u = 0; u < NU; u++) {
+            int d = 2 * lane + 64 * u;
+            if (d < head_dim) o[d] = acc[u][0] * inv;
+            if (d + 1 < head_dim) o[d + 1] = acc[u][1] * inv;
+        }
     }
 }
 
-extern "C" cudaError_t ns_cuda_kv_store(float *k_pool, float *v_pool, const float *k, const float *v,
+static size_t attn_smem_bytes(int kv_type, int G, int head_dim) {
+    size_t el = kv_type == NS_CUDA_TYPE_BF16 ? 2 : 4;
+    size_t hd2 = (size_t)(head_dim + 1) & ~(size_t)1;
+    size_t kwords = (hd2 * el / 4) | 1;
+    return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el + (size_t)G * hd2 * 4;
+}
+
+extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
                                         const int32_t *slot, int n_tokens, int row, cudaStream_t stream) {
-    if (n_tokens < 0 || row < 1) return cudaErrorInvalidValue;
+    if (n_tokens < 0 || row < 1 || (kv_type != NS_CUDA_TYPE_F32 && kv_type != NS_CUDA_TYPE_BF16))
+        return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    kv_store_kernel<<<ns_grid_for((int64_t)n_tokens * row, 256), 256, 0, stream>>>(k_pool, v_pool, k, v, slot,
-                                                                                     n_tokens, row);
+    unsigned grid = ns_grid_for((int64_t)n_tokens * row, 256);
+    if (kv_type == NS_CUDA_TYPE_BF16)
+        kv_store_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>((__nv_bfloat16 *)k_pool, (__nv_bfloat16 *)v_pool, k, v,
+                                                                 slot, n_tokens, row);
+    else
+        kv_store_kernel<float><<<grid, 256, 0, stream>>>((float *)k_pool, (float *)v_pool, k, v, slot, n_tokens, row);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q_pos,
                                                const int32_t *tok_seq, const int32_t *block_table,
-                                               int max_blocks_per_seq, const float *k_pool, const float *v_pool,
-                                               int n_tokens, int block_size, int n_head, int n_head_kv,
+                                               int max_blocks_per_seq, const void *k_pool, const void *v_pool,
+                                               int kv_type, int n_tokens, int block_size, int n_head, int n_head_kv,
                                                int head_dim, float scale, cudaStream_t stream) {
     if (n_tokens < 0 || block_size < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || head_dim < 1 ||
-        head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM || max_blocks_per_seq < 1)
+        head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM || max_blocks_per_seq < 1 || n_head / n_head_kv > ATTN_MAX_GROUP ||
+        (kv_type != NS_CUDA_TYPE_F32 && kv_type != NS_CUDA_TYPE_BF16))
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    dim3 grid((unsigned)n_tokens, (unsigned)((n_head + ATTN_WARPS - 1) / ATTN_WARPS));
-    attention_paged_f32_kernel<<<grid, 32 * ATTN_WARPS, 0, stream>>>(out, q, q_pos, tok_seq, block_table,
-                                                                      max_blocks_per_seq, k_pool, v_pool,
-                                                                      block_size, n_head, n_head_kv, head_dim,
-                                                                      scale);
+    int G = n_head / n_head_kv;
+    size_t smem = attn_smem_bytes(kv_type, G, head_dim);
+    dim3 grid((unsigned)n_tokens, (unsigned)n_head_kv);
+    cudaError_t e;
+    if (kv_type == NS_CUDA_TYPE_BF16) {
+        if (smem > 48 * 1024 &&
+            (e = cudaFuncSetAttribute(attention_gqa_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem)) != cudaSuccess)
+            return e;
+        attention_gqa_kernel<__nv_bfloat16><<<grid, 32 * G, smem, stream>>>(
+            out, q, q_pos, tok_seq, block_table, max_blocks_per_seq, (const __nv_bfloat16 *)k_pool,
+            (const __nv_bfloat16 *)v_pool, block_size, n_head, n_head_kv, head_dim, scale);
+    } else {
+        if (smem > 48 * 1024 &&
+            (e = cudaFuncSetAttribute(attention_gqa_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem)) != cudaSuccess)
+            return e;
+        attention_gqa_kernel<float><<<grid, 32 * G, smem, stream>>>(out, q, q_pos, tok_seq, block_table,
+                                                                    max_blocks_per_seq, (const float *)k_pool,
+                                                                    (const float *)v_pool, block_size, n_head,
+                                                                    n_head_kv, head_dim, scale);
+    }
     return cudaGetLastError();
 }

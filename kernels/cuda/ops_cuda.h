@@ -71,22 +71,26 @@ cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int32_t *rows,
                                 cudaStream_t stream);
 
 /* ---- paged KV cache and attention ----
- * Pools: (n_blocks_total, block_size, n_head_kv, head_dim) fp32, as in ops.h.
- * kv_store: row t of k, v (n_tokens, row = n_head_kv * head_dim) goes to pool row slot[t]
- * (= block * block_size + position % block_size, computed and checked by the host). */
-cudaError_t ns_cuda_kv_store(float *k_pool, float *v_pool, const float *k, const float *v,
+ * Pools: (n_blocks_total, block_size, n_head_kv, head_dim) of kv_type, NS_CUDA_TYPE_BF16
+ * (the default) or NS_CUDA_TYPE_F32; the CPU's are fp32 (ops.h).
+ * kv_store: row t of k, v (n_tokens, row = n_head_kv * head_dim, fp32) goes to pool row
+ * slot[t] (= block * block_size + position % block_size, computed and checked by the
+ * host), rounded to nearest even for bf16. */
+cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
                              const int32_t *slot, int n_tokens, int row, cudaStream_t stream);
 /* Causal grouped-query attention of a whole batch over its sequences' blocks: token t
  * belongs to sequence tok_seq[t], whose block table is row tok_seq[t] of block_table
  * (n_seqs, max_blocks_per_seq), and sees keys 0..q_pos[t] (the host checked every table
- * entry it can reach). One warp per (token, head), online softmax in fp32 over the keys
- * in order: the score matrix is never formed and nothing is written but out.
- * out, q (n_tokens, n_head, head_dim); head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM. */
+ * entry it can reach). One block per (token, KV head), its warps the group's query heads,
+ * keys in tiles of 32 through shared memory, online softmax in fp32: the score matrix is
+ * never formed and nothing is written but out.
+ * out, q (n_tokens, n_head, head_dim) fp32; head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM;
+ * n_head / n_head_kv <= 32. */
 cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q_pos,
                                     const int32_t *tok_seq, const int32_t *block_table,
-                                    int max_blocks_per_seq, const float *k_pool,
-                                    const float *v_pool, int n_tokens, int block_size, int n_head,
-                                    int n_head_kv, int head_dim, float scale, cudaStream_t stream);
+                                    int max_blocks_per_seq, const void *k_pool, const void *v_pool,
+                                    int kv_type, int n_tokens, int block_size, int n_head, int n_head_kv,
+                                    int head_dim, float scale, cudaStream_t stream);
 
 /* ---- sampling ----
  * out_ids (n_rows) = argmax of each row of logits (n_rows, n_vocab), lowest id on ties

@@ -157,15 +157,19 @@ static int run_gen(int argc, char **argv) {
     }
     free(prompt);
     double t0 = ns_time_now(), t_report = t0;
-    int64_t steps = 0, gen = 0, max_batch = 0, processed = 0, decoded = 0;
+    int64_t steps = 0, gen = 0, max_batch = 0, processed = 0, decoded = 0, n_prefill = 0, n_decode_steps = 0;
+    double t_prefill = 0, t_decode = 0;
     ns_step_stats st;
     while (!ns_engine_idle(e)) {
+        double ts = ns_time_now();
         if (ns_engine_step(e, &st, &err)) {
             printf("FAIL step %lld: %s\n", (long long)steps, err.msg);
             return 1;
         }
         steps++;
         if (st.n_seqs > max_batch) max_batch = st.n_seqs;
+        if (st.n_prompt_tokens > 0) t_prefill += ns_time_now() - ts, n_prefill++;
+        else t_decode += ns_time_now() - ts, n_decode_steps++;
         processed += st.n_tokens;
         decoded += st.n_decode;
         double now = ns_time_now();
@@ -201,6 +205,9 @@ static int run_gen(int argc, char **argv) {
     printf("gen %s: %d prompts x (%d in + %d out), max_seqs %d: %.2f s (load %.1f s), %lld steps, largest batch %lld "
            "seqs\n",
            argv[2], n, n_in, n_out, max_seqs, dt, t_open, (long long)steps, (long long)max_batch);
+    printf("  steps with prompt tokens: %lld in %.2f s; decode-only steps: %lld in %.2f s (%.2f ms each)\n",
+           (long long)n_prefill, t_prefill, (long long)n_decode_steps, t_decode,
+           n_decode_steps ? 1e3 * t_decode / n_decode_steps : 0.0);
     printf("  output %.0f tok/s, total %.0f tok/s, %.1f TFLOP/s", gen / dt, tok_total / dt, tflops);
     if (peak > 0) printf(", MFU %.1f%% of %.0f", 100.0 * tflops / peak, peak);
     printf("\n");

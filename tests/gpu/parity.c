@@ -268,15 +268,51 @@ static void check_rope(ns_test_rng *r) {
         }
 }
 
+/* Rounds x (n) to the values a bf16 pool holds. */
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = ns_bf16_to_fp32(ns_fp32_to_bf16(x[i]));
+}
+
+/* A pool of n elements of kv_type in device memory between canaries, filled from x. */
+static float *pool_upload(const float *x, size_t n, int kv_type, size_t *n_floats) {
+    size_t bytes = n * (kv_type == NS_CUDA_TYPE_BF16 ? 2 : 4);
+    *n_floats = (bytes + 3) / 4;
+    float *d = dev_canary(*n_floats);
+    if (kv_type == NS_CUDA_TYPE_BF16) {
+        uint16_t *h = malloc(bytes);
+        for (size_t i = 0; i < n; i++) h[i] = ns_fp32_to_bf16(x[i]);
+        CU(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+        free(h);
+    } else {
+        CU(cudaMemcpy(d, x, bytes, cudaMemcpyHostToDevice));
+    }
+    return d;
+}
+
+/* Downloads a pool (canaries checked, freed) as floats into out (n). */
+static int pool_fetch(const char *what, float *out, float *d, size_t n, size_t n_floats, int kv_type) {
+    float *raw = malloc(n_floats * 4);
+    int ok = fetch(what, raw, d, n_floats);
+    if (kv_type == NS_CUDA_TYPE_BF16)
+        for (size_t i = 0; i < n; i++) out[i] = ns_bf16_to_fp32(((const uint16_t *)raw)[i]);
+    else
+        memcpy(out, raw, n * 4);
+    free(raw);
+    return ok;
+}
+
 /* A mixed batch: sequence 0 a prompt chunk over cached blocks, 1 a decode step, 2 a fresh
- * prompt; blocks shuffled in a pool with spares, block size not a power of two. */
-static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs) {
+ * prompt; blocks shuffled in a pool with spares, block size not a power of two. With a
+ * bf16 pool the reference attends over the same bf16-rounded keys and values. */
+static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs, int kv_type) {
     const int S = 3, n_past[3] = {37, 100, 0}, n_new[3] = {9, 1, 23}, MB = 128;
+    const bool bf16 = kv_type == NS_CUDA_TYPE_BF16;
     int n_blocks = 3 * 128, T = 0, tok_start[3];
     for (int s = 0; s < S; s++) tok_start[s] = T, T += n_new[s];
     size_t row = (size_t)n_head_kv * hd, pool_n = (size_t)n_blocks * bs * row;
     float *kp = malloc(pool_n * 4), *vp = malloc(pool_n * 4);
     fill(r, kp, pool_n, 1.0f), fill(r, vp, pool_n, 1.0f);
+    if (bf16) round_bf16(kp, pool_n), round_bf16(vp, pool_n);
     int32_t table[3 * 128], pos[64], tok_seq[64], slot[64];
     int perm[3 * 128]; /* every table entry a distinct block */
     for (int i = 0; i < n_blocks; i++) perm[i] = i;
@@ -295,13 +331,13 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
             pos[t] = p, tok_seq[t] = s;
             slot[t] = table[s * MB + p / bs] * bs + p % bs;
         }
-    float *dk = dev_canary(pool_n), *dv = dev_canary(pool_n);
-    CU(cudaMemcpy(dk, kp, pool_n * 4, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(dv, vp, pool_n * 4, cudaMemcpyHostToDevice));
-    /* the CPU side: the same stores */
+    size_t pool_f;
+    float *dk = pool_upload(kp, pool_n, kv_type, &pool_f), *dv = pool_upload(vp, pool_n, kv_type, &pool_f);
+    /* the CPU side: the same stores, rounded as the pool rounds them */
     for (int t = 0; t < T; t++) {
         memcpy(kp + (size_t)slot[t] * row, k + (size_t)t * row, row * 4);
         memcpy(vp + (size_t)slot[t] * row, v + (size_t)t * row, row * 4);
+        if (bf16) round_bf16(kp + (size_t)slot[t] * row, row), round_bf16(vp + (size_t)slot[t] * row, row);
     }
     for (int s = 0; s < S; s++) {
         int t0 = tok_start[s];
@@ -313,18 +349,19 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     int32_t *dpos = dev_copy(pos, T * 4), *dseq = dev_copy(tok_seq, T * 4), *dslot = dev_copy(slot, T * 4);
     int32_t *dtab = dev_copy(table, sizeof table);
     float *dout = dev_canary(qn);
-    CU(ns_cuda_kv_store(dk, dv, dkk, dvv, dslot, T, (int)row, 0));
-    CU(ns_cuda_attention_paged(dout, dq, dpos, dseq, dtab, MB, dk, dv, T, bs, n_head, n_head_kv, hd,
+    CU(ns_cuda_kv_store(dk, dv, kv_type, dkk, dvv, dslot, T, (int)row, 0));
+    CU(ns_cuda_attention_paged(dout, dq, dpos, dseq, dtab, MB, dk, dv, kv_type, T, bs, n_head, n_head_kv, hd,
                                1.0f / sqrtf((float)hd), 0));
     char what[96];
-    snprintf(what, sizeof what, "attention_paged H%d/%d hd%d bs%d T%d", n_head, n_head_kv, hd, bs, T);
+    snprintf(what, sizeof what, "attention_paged %s H%d/%d hd%d bs%d T%d", bf16 ? "bf16" : "f32", n_head, n_head_kv,
+             hd, bs, T);
     int ok = fetch(what, got, dout, qn);
     result(ok && allclose(what, got, ref, qn, 1e-4, 1e-3, 1e-8));
     /* the pools after kv_store: equal to the CPU's stores, canaries intact */
     float *pool_got = malloc(pool_n * 4);
-    ok = fetch("kv_store k", pool_got, dk, pool_n);
+    ok = pool_fetch("kv_store k", pool_got, dk, pool_n, pool_f, kv_type);
     result(ok && allclose("kv_store k pool", pool_got, kp, pool_n, 0, 0, 0));
-    ok = fetch("kv_store v", pool_got, dv, pool_n);
+    ok = pool_fetch("kv_store v", pool_got, dv, pool_n, pool_f, kv_type);
     result(ok && allclose("kv_store v pool", pool_got, vp, pool_n, 0, 0, 0));
     CU(cudaFree(dq)); CU(cudaFree(dkk)); CU(cudaFree(dvv)); CU(cudaFree(dpos)); CU(cudaFree(dseq));
     CU(cudaFree(dslot)); CU(cudaFree(dtab));
@@ -336,10 +373,11 @@ static void run_kernels(void) {
     check_dequant(&r);
     check_rows(&r);
     check_rope(&r);
-    check_attention(&r, 6, 2, 80, 7);
-    check_attention(&r, 4, 4, 40, 16);
-    check_attention(&r, 9, 3, 256, 5);
-    check_attention(&r, 1, 1, 1, 1);
+    const int cfg[][4] = {{6, 2, 80, 7}, {4, 4, 40, 16}, {9, 3, 256, 5}, {1, 1, 1, 1},
+                          {32, 8, 128, 16}, {14, 2, 64, 16}, {6, 3, 18, 3}, {32, 1, 64, 16}};
+    for (int i = 0; i < 8; i++)
+        for (int t = 0; t < 2; t++)
+            check_attention(&r, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3], t ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16);
 }
 
 /* ---- engine: greedy tokens, throughput ---- */
