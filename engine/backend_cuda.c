@@ -21,6 +21,7 @@
  * NS_CUDA_PRECISE=1 (tests): each matmul input is split into bf16 hi + lo parts and
  * multiplied twice, and the KV pool is fp32, so results match the CPU's fp32 ones to
  * ~1e-5 and greedy tokens can be compared exactly; twice the GEMM work.
+ * NS_CUDA_PROFILE=1: device time per op and host time, printed at destroy (see prof).
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), CUDA graphs, the
  * quantized-weight GEMV for small batches, device-side top-k/top-p sampling.
  */
@@ -47,6 +48,28 @@ struct ns_bweight {
     bool is_bf16;
 };
 
+/* ---- profile (NS_CUDA_PROFILE=1): device time per op, from events between ops ----
+ * Each op records an event before its launch; at the next synchronizing call the time
+ * from one event to the next is added to the op's total (so an op also owns any device
+ * idle time after it). Host time is split into waiting for the device and the rest.
+ * Printed to stderr when the backend is destroyed. */
+enum { P_BATCH, P_EMBED, P_RMSNORM, P_CONVERT, P_GEMM, P_BIAS, P_ROPE, P_KV_STORE, P_ATTENTION, P_SWIGLU, P_ADD,
+       P_GATHER, P_ARGMAX, P_DOWNLOAD, P_N };
+static const char *const prof_names[P_N] = {"batch upload", "embed", "rmsnorm", "f32->bf16", "gemm (cuBLAS)",
+                                            "add_bias", "rope", "kv_store", "attention", "swiglu", "add",
+                                            "gather rows", "argmax", "download"};
+#define PROF_MAX 4096
+typedef struct prof {
+    bool on;
+    int n;
+    cudaEvent_t ev[PROF_MAX + 1];
+    int op[PROF_MAX];
+    double ms[P_N];
+    long calls[P_N];
+    double host_wait_s, host_other_s, t_sync_end, t_created;
+    long n_syncs;
+} prof;
+
 typedef struct cuda_backend {
     ns_backend base;
     int device;
@@ -72,12 +95,63 @@ typedef struct cuda_backend {
     int32_t *d_ids, *h_ids;
     int ids_cap;
     int64_t max_k;     /* widest weight row seen at load */
+    /* the matmul input most recently converted to bf16 (reused by the next matmul of the same
+     * input, e.g. q/k/v or gate/up; any other op clears it, since it might write there) */
+    const float *x_bf16_src;
+    size_t x_bf16_n;
+    prof prof; /* NS_CUDA_PROFILE=1 */
     /* first error of an op, returned by the next batch_set / download */
     ns_status sticky;
     ns_error sticky_err;
 } cuda_backend;
 
 static cuda_backend *cb(ns_backend *b) { return (cuda_backend *)b; }
+
+static void prof_mark(cuda_backend *c, int op) {
+    prof *p = &c->prof;
+    if (!p->on || p->n >= PROF_MAX) return;
+    if (p->n == 0 && p->t_sync_end > 0) p->host_other_s += ns_time_now() - p->t_sync_end;
+    if (cudaEventRecord(p->ev[p->n], c->stream) != cudaSuccess) return;
+    p->op[p->n++] = op;
+}
+
+/* Synchronizes the stream (the caller's sync), attributing the marked intervals. */
+static cudaError_t prof_sync(cuda_backend *c) {
+    prof *p = &c->prof;
+    if (!p->on) return cudaStreamSynchronize(c->stream);
+    if (p->n > 0) cudaEventRecord(p->ev[p->n], c->stream);
+    double t0 = ns_time_now();
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    p->t_sync_end = ns_time_now();
+    p->host_wait_s += p->t_sync_end - t0;
+    p->n_syncs++;
+    for (int i = 0; e == cudaSuccess && i < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) == cudaSuccess) p->ms[p->op[i]] += ms, p->calls[p->op[i]]++;
+    }
+    p->n = 0;
+    return e;
+}
+
+static void prof_report(cuda_backend *c) {
+    prof *p = &c->prof;
+    if (!p->on) goto destroy;
+    double total = 0;
+    for (int i = 0; i < P_N; i++) total += p->ms[i];
+    fprintf(stderr, "cuda profile (device %d): %.1f ms of device time between ops over %ld syncs; host %.2f s waiting "
+                    "for the device, %.2f s between a sync and the next op\n",
+            c->device, total, p->n_syncs, p->host_wait_s, p->host_other_s);
+    for (int i = 0; i < P_N; i++)
+        if (p->calls[i])
+            fprintf(stderr, "  %-14s %8ld calls %10.1f ms %5.1f%%\n", prof_names[i], p->calls[i], p->ms[i],
+                    total > 0 ? 100.0 * p->ms[i] / total : 0.0);
+destroy:
+    for (int i = 0; i <= PROF_MAX; i++)
+        if (p->ev[i]) cudaEventDestroy(p->ev[i]);
+}
+
+/* Any op other than matmul may write the buffer whose bf16 copy is kept: forget it. */
+static void x_forget(cuda_backend *c) { c->x_bf16_src = NULL; }
 
 /* ---- errors ---- */
 
@@ -152,6 +226,7 @@ static void cuda_buf_free(ns_backend *b, void *p) {
 
 static ns_status cuda_upload(ns_backend *b, void *dst, const void *src, size_t n, ns_error *err) {
     cuda_backend *c = cb(b);
+    x_forget(c);
     /* from pageable memory this returns once src has been staged: the caller may reuse it */
     CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream), "upload (cudaMemcpyAsync)");
     return NS_OK;
@@ -161,8 +236,9 @@ static ns_status cuda_download(ns_backend *b, void *dst, const void *src, size_t
     cuda_backend *c = cb(b);
     ns_status st = sticky_status(c, err);
     if (st) return st;
+    prof_mark(c, P_DOWNLOAD);
     CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream), "download (cudaMemcpyAsync)");
-    CUDA_TRY(cudaStreamSynchronize(c->stream), "download (cudaStreamSynchronize)");
+    CUDA_TRY(prof_sync(c), "download (cudaStreamSynchronize)");
     return sticky_status(c, err);
 }
 
@@ -354,6 +430,8 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     }
     if (L) memcpy(logit_rows, bt->logit_rows, (size_t)L * sizeof(int32_t));
     memcpy(table, bt->block_table, (size_t)S * MB * sizeof(int32_t));
+    x_forget(c);
+    prof_mark(c, P_BATCH);
     CUDA_TRY(cudaMemcpyAsync(c->d_batch, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
              "batch_set (cudaMemcpyAsync)");
     CUDA_TRY(cudaEventRecord(c->batch_copied, c->stream), "batch_set (cudaEventRecord)");
@@ -376,6 +454,8 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
 static void cuda_embed(ns_backend *b, float *out, const ns_bweight *table, int n_embd) {
     cuda_backend *c = cb(b);
     NS_ASSERT(table->ne0 == n_embd);
+    x_forget(c);
+    prof_mark(c, P_EMBED);
     op_check(c,
              ns_cuda_embed(out, table->data, table->is_bf16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, c->d_tokens,
                            c->n_tokens, n_embd, c->stream),
@@ -384,6 +464,8 @@ static void cuda_embed(ns_backend *b, float *out, const ns_bweight *table, int n
 
 static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bweight *w, int n_rows, int n, float eps) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_RMSNORM);
     op_check(c, ns_cuda_rmsnorm(out, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
 }
 
@@ -400,11 +482,19 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
             return;
         }
     }
-    if (c->precise)
-        op_check(c, ns_cuda_f32_to_bf16_split(c->x_bf16, c->x_lo, x, (int64_t)M * K, c->stream),
-                 "matmul (f32 to bf16 hi/lo)");
-    else
-        op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)M * K, c->stream), "matmul (f32 to bf16)");
+    size_t n_x = (size_t)M * (size_t)K;
+    if (x != c->x_bf16_src || n_x != c->x_bf16_n) {
+        prof_mark(c, P_CONVERT);
+        if (c->precise)
+            op_check(c, ns_cuda_f32_to_bf16_split(c->x_bf16, c->x_lo, x, (int64_t)n_x, c->stream),
+                     "matmul (f32 to bf16 hi/lo)");
+        else
+            op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)n_x, c->stream), "matmul (f32 to bf16)");
+        c->x_bf16_src = x;
+        c->x_bf16_n = n_x;
+    }
+    if (y == x) x_forget(c);
+    prof_mark(c, P_GEMM);
     /* Row-major y (M, N) is column-major y^T (N, M): y^T = W . x^T, with W row-major (N, K)
      * read as column-major (K, N) transposed, and x row-major (M, K) as column-major (K, M). */
     const float alpha = 1.0f, beta = 0.0f, one = 1.0f;
@@ -419,11 +509,15 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
 
 static void cuda_add_bias(ns_backend *b, float *y, const ns_bweight *bias, int M, int N) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_BIAS);
     op_check(c, ns_cuda_add_bias(y, cuda_weight_f32(bias), M, N, c->stream), "add_bias");
 }
 
 static void cuda_rope(ns_backend *b, float *x, int n_head, int head_dim, int n_rot, const float *inv_freq, int is_neox) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_ROPE);
     op_check(c, ns_cuda_rope(x, c->d_pos, c->n_tokens, n_head, head_dim, n_rot, inv_freq, is_neox, c->stream),
              "rope");
 }
@@ -431,6 +525,8 @@ static void cuda_rope(ns_backend *b, float *x, int n_head, int head_dim, int n_r
 static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float *v) {
     cuda_backend *c = cb(b);
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
+    x_forget(c);
+    prof_mark(c, P_KV_STORE);
     op_check(c,
              ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], c->kv_type, k, v, c->d_slot, c->n_tokens,
                               c->kv.n_head_kv * c->kv.head_dim, c->stream),
@@ -440,6 +536,8 @@ static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float 
 static void cuda_attention(ns_backend *b, int layer, float *out, const float *q, int n_head, float scale) {
     cuda_backend *c = cb(b);
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
+    x_forget(c);
+    prof_mark(c, P_ATTENTION);
     op_check(c,
              ns_cuda_attention_paged(out, q, c->d_pos, c->d_tok_seq, c->d_block_table, c->max_blocks_per_seq,
                                      c->k_pool[layer], c->v_pool[layer], c->kv_type, c->n_tokens, c->kv.block_size, n_head,
@@ -449,16 +547,22 @@ static void cuda_attention(ns_backend *b, int layer, float *out, const float *q,
 
 static void cuda_swiglu(ns_backend *b, float *out, const float *gate, const float *up, int64_t n) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_SWIGLU);
     op_check(c, ns_cuda_swiglu(out, gate, up, n, c->stream), "swiglu");
 }
 
 static void cuda_add(ns_backend *b, float *y, const float *x, int64_t n) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_ADD);
     op_check(c, ns_cuda_add(y, x, n, c->stream), "add");
 }
 
 static void cuda_gather_logit_rows(ns_backend *b, float *out, const float *x, int width) {
     cuda_backend *c = cb(b);
+    x_forget(c);
+    prof_mark(c, P_GATHER);
     op_check(c, ns_cuda_gather_rows(out, x, c->d_logit_rows, c->n_logits, width, c->stream), "gather_logit_rows");
 }
 
@@ -471,10 +575,11 @@ static ns_status cuda_argmax_rows(ns_backend *b, int32_t *ids_host, const float 
         return ns_error_set(err, NS_ERR_INVALID, "cuda backend: argmax of %d rows, batch_set allowed %d", n_rows,
                             c->ids_cap);
     if (n_rows == 0) return NS_OK;
+    prof_mark(c, P_ARGMAX);
     CUDA_TRY(ns_cuda_sample_greedy(c->d_ids, logits, n_rows, n_vocab, c->stream), "argmax_rows (sample_greedy)");
     CUDA_TRY(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
              "argmax_rows (cudaMemcpyAsync)");
-    CUDA_TRY(cudaStreamSynchronize(c->stream), "argmax_rows (cudaStreamSynchronize)");
+    CUDA_TRY(prof_sync(c), "argmax_rows (cudaStreamSynchronize)");
     memcpy(ids_host, c->h_ids, (size_t)n_rows * sizeof(int32_t));
     return sticky_status(c, err);
 }
@@ -486,6 +591,7 @@ static void cuda_destroy(ns_backend *b) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    prof_report(c);
     free_kv(c);
     if (c->h_batch) cudaFreeHost(c->h_batch);
     if (c->d_batch) cudaFree(c->d_batch);
@@ -565,6 +671,15 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     if ((e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming)) != cudaSuccess) {
         st = cuda_fail(err, e, "cudaEventCreateWithFlags");
         goto fail;
+    }
+    const char *profile = getenv("NS_CUDA_PROFILE");
+    if (profile && !strcmp(profile, "1")) {
+        for (int i = 0; i <= PROF_MAX; i++)
+            if ((e = cudaEventCreate(&c->prof.ev[i])) != cudaSuccess) {
+                st = cuda_fail(err, e, "cudaEventCreate (profile)");
+                goto fail;
+            }
+        c->prof.on = true;
     }
     if ((s = cublasCreate(&c->cublas)) != CUBLAS_STATUS_SUCCESS) {
         c->cublas = NULL;

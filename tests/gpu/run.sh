@@ -16,13 +16,16 @@
 #   7. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
 # Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table and
 # "N passed, N failed, N skipped"; exit 1 on any failure.
-# usage: bash tests/gpu/run.sh [quick]    (quick: 200 prompts in the benchmarks)
+# usage: bash tests/gpu/run.sh [quick|profile]
+#   quick:   200 prompts in the benchmarks
+#   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
+#            (device time per op, host time); no HF run
 set -u
 cd "$(dirname "$0")/../.."
 logs=${OUT:-build/gpu-logs}
 mkdir -p "$logs"
-n_prompts=1000
-[ "${1:-}" = quick ] && n_prompts=200
+n_prompts=1000 mode=${1:-full}
+[ "$mode" = quick ] && n_prompts=200
 pass=0 fail=0 skip=0
 t_start=$(date +%s)
 table=()
@@ -69,14 +72,19 @@ bench() { # bench NAME TIMEOUT CMD...: runs CMD, keeps its "result:" line for th
 }
 
 step "1. kernel parity" 60 "$bin/gpu-parity" kernels
-step "2. CUDA unit tests" 60 "$bin/unit" cuda
-step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
+if [ "$mode" != profile ]; then
+  step "2. CUDA unit tests" 60 "$bin/unit" cuda
+  step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
+fi
 step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 bench gen-1b 90 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
 bench gen-8b 150 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-if python3 -c 'import torch, transformers' 2>/dev/null; then
+if [ "$mode" = profile ]; then
+  bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+elif python3 -c 'import torch, transformers' 2>/dev/null; then
   bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
 else
   echo "== hf-1b: SKIPPED (no torch/transformers here)"; skip=$((skip + 1))
