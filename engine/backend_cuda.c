@@ -64,8 +64,10 @@ typedef struct prof {
     int n;
     cudaEvent_t ev[PROF_MAX + 1];
     int op[PROF_MAX];
-    double ms[P_N];
-    long calls[P_N];
+    bool decode;      /* the current batch is decode tokens only */
+    double ms[2][P_N]; /* [0]: batches with prompt tokens, [1]: decode-only batches */
+    long calls[2][P_N];
+    long batches[2];
     double host_wait_s, host_other_s, t_sync_end, t_created;
     long n_syncs;
 } prof;
@@ -86,7 +88,8 @@ typedef struct cuda_backend {
     int32_t *h_batch, *d_batch;
     size_t batch_cap; /* int32 elements */
     int n_tokens, n_seqs, n_logits, max_blocks_per_seq;
-    const int32_t *d_tokens, *d_pos, *d_tok_seq, *d_slot, *d_logit_rows, *d_block_table;
+    const int32_t *d_tokens, *d_pos, *d_tok_seq, *d_slot, *d_logit_rows, *d_block_table, *d_groups;
+    int n_groups;
     /* bf16 copy of a matmul input: (max rows, max_k); precise mode: its remainder too */
     uint16_t *x_bf16, *x_lo;
     size_t x_bf16_cap; /* elements */
@@ -127,7 +130,8 @@ static cudaError_t prof_sync(cuda_backend *c) {
     p->n_syncs++;
     for (int i = 0; e == cudaSuccess && i < p->n; i++) {
         float ms = 0;
-        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) == cudaSuccess) p->ms[p->op[i]] += ms, p->calls[p->op[i]]++;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[i + 1]) == cudaSuccess)
+            p->ms[p->decode][p->op[i]] += ms, p->calls[p->decode][p->op[i]]++;
     }
     p->n = 0;
     return e;
@@ -136,15 +140,21 @@ static cudaError_t prof_sync(cuda_backend *c) {
 static void prof_report(cuda_backend *c) {
     prof *p = &c->prof;
     if (!p->on) goto destroy;
-    double total = 0;
-    for (int i = 0; i < P_N; i++) total += p->ms[i];
-    fprintf(stderr, "cuda profile (device %d): %.1f ms of device time between ops over %ld syncs; host %.2f s waiting "
-                    "for the device, %.2f s between a sync and the next op\n",
-            c->device, total, p->n_syncs, p->host_wait_s, p->host_other_s);
-    for (int i = 0; i < P_N; i++)
-        if (p->calls[i])
-            fprintf(stderr, "  %-14s %8ld calls %10.1f ms %5.1f%%\n", prof_names[i], p->calls[i], p->ms[i],
-                    total > 0 ? 100.0 * p->ms[i] / total : 0.0);
+    fprintf(stderr, "cuda profile (device %d): %ld syncs; host %.2f s waiting for the device, %.2f s between a sync "
+                    "and the next op\n",
+            c->device, p->n_syncs, p->host_wait_s, p->host_other_s);
+    for (int k = 0; k < 2; k++) {
+        double total = 0;
+        for (int i = 0; i < P_N; i++) total += p->ms[k][i];
+        fprintf(stderr, "  %s batches: %ld, %.1f ms of device time (%.2f ms per batch)\n",
+                k ? "decode-only" : "with prompt tokens", p->batches[k], total,
+                p->batches[k] ? total / p->batches[k] : 0.0);
+        for (int i = 0; i < P_N; i++)
+            if (p->calls[k][i])
+                fprintf(stderr, "    %-14s %8ld calls %10.1f ms %5.1f%% %8.3f ms per batch\n", prof_names[i],
+                        p->calls[k][i], p->ms[k][i], total > 0 ? 100.0 * p->ms[k][i] / total : 0.0,
+                        p->batches[k] ? p->ms[k][i] / p->batches[k] : 0.0);
+    }
 destroy:
     for (int i = 0; i <= PROF_MAX; i++)
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
@@ -152,6 +162,19 @@ destroy:
 
 /* Any op other than matmul may write the buffer whose bf16 copy is kept: forget it. */
 static void x_forget(cuda_backend *c) { c->x_bf16_src = NULL; }
+
+/* For an op whose output (n floats at out) usually feeds a matmul next: where the bf16
+ * copy of that output goes (the matmul input buffer), so the matmul skips converting it;
+ * NULL (and the copy forgotten) in precise mode or when it does not fit. */
+static uint16_t *x_shadow(cuda_backend *c, const float *out, size_t n) {
+    if (c->precise || n > c->x_bf16_cap) {
+        x_forget(c);
+        return NULL;
+    }
+    c->x_bf16_src = out;
+    c->x_bf16_n = n;
+    return c->x_bf16;
+}
 
 /* ---- errors ---- */
 
@@ -382,16 +405,21 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
         }
         for (int i = 0; i < bt->n_seq_tokens[s]; i++) {
             int p = bt->pos[bt->tok_start[s] + i];
-            if (p < 0 || p >= n_kv)
-                return ns_error_set(err, NS_ERR_INVALID, "cuda backend: token %d position %d is not in [0, %d)",
-                                    bt->tok_start[s] + i, p, n_kv);
+            if (p != bt->n_past[s] + i)
+                return ns_error_set(err, NS_ERR_INVALID,
+                                    "cuda backend: token %d of sequence %d has position %d, not %d (positions continue "
+                                    "from n_past in order)",
+                                    bt->tok_start[s] + i, s, p, bt->n_past[s] + i);
         }
     }
     for (int i = 0; i < L; i++)
         if (bt->logit_rows[i] < 0 || bt->logit_rows[i] >= T)
             return ns_error_set(err, NS_ERR_INVALID, "cuda backend: logit row %d is %d, not in [0, %d)", i,
                                 bt->logit_rows[i], T);
-    size_t need = 4 * (size_t)T + (size_t)L + (size_t)S * (size_t)MB;
+    /* attention groups: runs of up to NS_CUDA_ATTN_QT tokens of one sequence */
+    int G = 0;
+    for (int s = 0; s < S; s++) G += (bt->n_seq_tokens[s] + NS_CUDA_ATTN_QT - 1) / NS_CUDA_ATTN_QT;
+    size_t need = 4 * (size_t)T + (size_t)L + (size_t)S * (size_t)MB + 2 * (size_t)G;
     /* the previous batch's copy must be done before its pinned buffer is rewritten */
     CUDA_TRY(cudaEventSynchronize(c->batch_copied), "batch_set (cudaEventSynchronize)");
     if (need > c->batch_cap) {
@@ -430,7 +458,19 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     }
     if (L) memcpy(logit_rows, bt->logit_rows, (size_t)L * sizeof(int32_t));
     memcpy(table, bt->block_table, (size_t)S * MB * sizeof(int32_t));
+    int32_t *groups = table + (size_t)S * MB;
+    int g = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < bt->n_seq_tokens[s]; i += NS_CUDA_ATTN_QT, g++) {
+            groups[2 * g] = bt->tok_start[s] + i;
+            groups[2 * g + 1] = NS_MIN(NS_CUDA_ATTN_QT, bt->n_seq_tokens[s] - i);
+        }
     x_forget(c);
+    if (c->prof.on) {
+        /* the marks of the previous batch (if not synced yet) keep their kind */
+        c->prof.decode = T == S;
+        c->prof.batches[T == S]++;
+    }
     prof_mark(c, P_BATCH);
     CUDA_TRY(cudaMemcpyAsync(c->d_batch, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
              "batch_set (cudaMemcpyAsync)");
@@ -442,6 +482,8 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     c->d_slot = d + 3 * (size_t)T;
     c->d_logit_rows = d + 4 * (size_t)T;
     c->d_block_table = c->d_logit_rows + L;
+    c->d_groups = c->d_block_table + (size_t)S * MB;
+    c->n_groups = G;
     c->n_tokens = T;
     c->n_seqs = S;
     c->n_logits = L;
@@ -464,9 +506,9 @@ static void cuda_embed(ns_backend *b, float *out, const ns_bweight *table, int n
 
 static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bweight *w, int n_rows, int n, float eps) {
     cuda_backend *c = cb(b);
-    x_forget(c);
+    uint16_t *shadow = x_shadow(c, out, (size_t)n_rows * (size_t)n);
     prof_mark(c, P_RMSNORM);
-    op_check(c, ns_cuda_rmsnorm(out, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
+    op_check(c, ns_cuda_rmsnorm(out, shadow, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
 }
 
 static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
@@ -536,20 +578,21 @@ static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float 
 static void cuda_attention(ns_backend *b, int layer, float *out, const float *q, int n_head, float scale) {
     cuda_backend *c = cb(b);
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
-    x_forget(c);
+    uint16_t *shadow = x_shadow(c, out, (size_t)c->n_tokens * (size_t)n_head * (size_t)c->kv.head_dim);
     prof_mark(c, P_ATTENTION);
     op_check(c,
-             ns_cuda_attention_paged(out, q, c->d_pos, c->d_tok_seq, c->d_block_table, c->max_blocks_per_seq,
-                                     c->k_pool[layer], c->v_pool[layer], c->kv_type, c->n_tokens, c->kv.block_size, n_head,
+             ns_cuda_attention_paged(out, shadow, q, c->d_pos, c->d_tok_seq, c->d_groups, c->n_groups,
+                                     c->n_groups == c->n_tokens, c->d_block_table, c->max_blocks_per_seq,
+                                     c->k_pool[layer], c->v_pool[layer], c->kv_type, c->kv.block_size, n_head,
                                      c->kv.n_head_kv, c->kv.head_dim, scale, c->stream),
              "attention");
 }
 
 static void cuda_swiglu(ns_backend *b, float *out, const float *gate, const float *up, int64_t n) {
     cuda_backend *c = cb(b);
-    x_forget(c);
+    uint16_t *shadow = x_shadow(c, out, (size_t)n);
     prof_mark(c, P_SWIGLU);
-    op_check(c, ns_cuda_swiglu(out, gate, up, n, c->stream), "swiglu");
+    op_check(c, ns_cuda_swiglu(out, shadow, gate, up, n, c->stream), "swiglu");
 }
 
 static void cuda_add(ns_backend *b, float *y, const float *x, int64_t n) {

@@ -22,7 +22,9 @@
 #include "common.cuh"
 
 #define ATTN_TILE 32
-#define ATTN_MAX_GROUP 32
+#define ATTN_MAX_GROUP 16
+/* query tokens per block (ops_cuda.h: NS_CUDA_ATTN_QT) */
+#define ATTN_QT NS_CUDA_ATTN_QT
 
 template <typename T> static __device__ __forceinline__ T to_kv(float v);
 template <> __device__ __forceinline__ float to_kv<float>(float v) { return v; }
@@ -46,14 +48,21 @@ static __global__ void kv_store_kernel(T *k_pool, T *v_pool, const float *k, con
     }
 }
 
-/* Shared memory: K tile (ATTN_TILE rows of `ks` elements), V tile (ATTN_TILE x hd2),
- * q (G x hd2 floats). hd2 = head_dim rounded up to even; padding elements are zero. */
-template <typename T>
-static __global__ void attention_gqa_kernel(float *out, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
-                                            const int32_t *block_table, int max_blocks_per_seq, const T *k_pool,
-                                            const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim,
-                                            float scale) {
+/* Shared memory: K tile (ATTN_TILE rows of `ks` elements), V tile (ATTN_TILE x hd2), and the
+ * pool row of each key of the tile. hd2 = head_dim rounded up to even; K padding is zero.
+ * HD: head_dim at compile time (64, 128), or 0 for any head_dim (read at run time).
+ * A block serves up to QT consecutive query tokens of one sequence (a "group"), so a
+ * prompt chunk loads each K/V tile once per QT tokens instead of once per token; each
+ * warp keeps an online-softmax state per token of the group. QT = 1 for decode-only
+ * batches (fewer registers, more blocks resident), ATTN_QT otherwise. */
+template <typename T, int HD, int QT>
+static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
+    attention_gqa_kernel(float *out, __nv_bfloat16 *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
+                         const int32_t *groups, const int32_t *block_table, int max_blocks_per_seq, const T *k_pool,
+                         const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim_rt, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ size_t s_row[ATTN_TILE];
+    const int head_dim = HD ? HD : head_dim_rt;
     const int G = n_head / n_head_kv;
     const int hd2 = (head_dim + 1) & ~1;
     /* K row stride in elements: an odd number of 4-byte words */
@@ -61,39 +70,40 @@ static __global__ void attention_gqa_kernel(float *out, const float *q, const in
     const int ks = kwords * 4 / (int)sizeof(T);
     T *sk = (T *)smem;
     T *sv = sk + (size_t)ATTN_TILE * ks;
-    float *sq = (float *)(sv + (size_t)ATTN_TILE * hd2);
 
-    const int t = blockIdx.x, kvh = blockIdx.y;
+    const int t0 = groups[2 * blockIdx.x], nq = groups[2 * blockIdx.x + 1], kvh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nthr = blockDim.x;
     const int h = kvh * G + warp; /* this warp's query head */
-    const int32_t *table = block_table + (size_t)tok_seq[t] * max_blocks_per_seq;
-    const int n_seen = q_pos[t] + 1;
+    const int32_t *table = block_table + (size_t)tok_seq[t0] * max_blocks_per_seq;
+    const int n_seen_max = q_pos[t0 + nq - 1] + 1;
     const size_t row_stride = (size_t)n_head_kv * head_dim;
     const size_t kv_off = (size_t)kvh * head_dim;
 
-    /* q of the group's heads, scaled, zero-padded */
-    for (int i = threadIdx.x; i < G * hd2; i += nthr) {
-        int g = i / hd2, d = i % hd2;
-        sq[i] = d < head_dim ? q[((size_t)t * n_head + kvh * G + g) * head_dim + d] * scale : 0.0f;
-    }
-    /* per lane: accumulator dims 2*lane + 64*u (+1), u < NU */
-    constexpr int NU = NS_CUDA_ATTN_MAX_HEAD_DIM / 64;
-    float acc[NU][2];
+    /* per token of the group: running max, sum, and accumulator dims 2*lane + 64*u (+1) */
+    constexpr int NU = HD ? (HD + 63) / 64 : NS_CUDA_ATTN_MAX_HEAD_DIM / 64;
+    float m[QT], l[QT], acc[QT][NU][2];
 #pragma unroll
-    for (int u = 0; u < NU; u++) acc[u][0] = acc[u][1] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
+    for (int i = 0; i < QT; i++) {
+        m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < NU; u++) acc[i][u][0] = acc[i][u][1] = 0.0f;
+    }
 
-    for (int k0 = 0; k0 < n_seen; k0 += ATTN_TILE) {
-        const int n_keys = min(ATTN_TILE, n_seen - k0);
-        __syncthreads(); /* the previous tile is no longer read (and sq is written) */
+    for (int k0 = 0; k0 < n_seen_max; k0 += ATTN_TILE) {
+        const int n_keys = min(ATTN_TILE, n_seen_max - k0);
+        __syncthreads(); /* the previous tile is no longer read */
+        if (threadIdx.x < n_keys) {
+            int key = k0 + threadIdx.x;
+            s_row[threadIdx.x] = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
+        }
+        __syncthreads();
         constexpr int VE = 16 / (int)sizeof(T); /* elements per 16-byte load */
         if (head_dim % VE == 0 && row_stride % VE == 0) {
             /* 16-byte loads; rows past n_keys are left as they are (their scores are masked) */
             const int nv = head_dim / VE;
             for (int i = threadIdx.x; i < n_keys * nv; i += nthr) {
-                int j = i / nv, c = i % nv, key = k0 + j;
-                size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
-                size_t src = r * row_stride + kv_off + (size_t)c * VE;
+                int j = i / nv, c = i % nv;
+                size_t src = s_row[j] * row_stride + kv_off + (size_t)c * VE;
                 uint4 kq = *(const uint4 *)(k_pool + src), vq = *(const uint4 *)(v_pool + src);
                 uint32_t *kd = (uint32_t *)(sk + j * ks) + c * 4; /* K rows: 4-byte aligned only */
                 kd[0] = kq.x, kd[1] = kq.y, kd[2] = kq.z, kd[3] = kq.w;
@@ -104,36 +114,53 @@ static __global__ void attention_gqa_kernel(float *out, const float *q, const in
                 int j = i / hd2, d = i % hd2;
                 T kv_k = to_kv<T>(0.0f), kv_v = to_kv<T>(0.0f);
                 if (j < n_keys && d < head_dim) {
-                    int key = k0 + j;
-                    size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
-                    kv_k = k_pool[r * row_stride + kv_off + d];
-                    kv_v = v_pool[r * row_stride + kv_off + d];
+                    kv_k = k_pool[s_row[j] * row_stride + kv_off + d];
+                    kv_v = v_pool[s_row[j] * row_stride + kv_off + d];
                 }
                 sk[j * ks + d] = kv_k;
                 sv[j * hd2 + d] = kv_v;
             }
         }
         __syncthreads();
-        if (warp < G) {
-            /* lane j scores key k0 + j */
-            const float *qh = sq + warp * hd2;
-            const T *kr = sk + lane * ks;
-            float s = 0.0f;
-            for (int d = 0; d < hd2; d += 2) {
-                float2 kk = ld2(kr + d), qq = *(const float2 *)(qh + d);
-                s = fmaf(qq.x, kk.x, s);
-                s = fmaf(qq.y, kk.y, s);
-            }
-            if (lane >= n_keys) s = -INFINITY;
-            float m_tile = s;
-            for (int o = 16; o > 0; o >>= 1) m_tile = fmaxf(m_tile, __shfl_xor_sync(0xffffffffu, m_tile, o));
-            float m_new = fmaxf(m, m_tile);
-            float alpha = expf(m - m_new); /* 0 on the first tile (m = -inf) */
-            float p = lane < n_keys ? expf(s - m_new) : 0.0f;
-            l = l * alpha + ns_warp_sum(p);
+        if (warp >= G) continue;
+        const T *kr = sk + lane * ks;
 #pragma unroll
-            for (int u = 0; u < NU; u++) acc[u][0] *= alpha, acc[u][1] *= alpha;
-            for (int j = 0; j < n_keys; j++) {
+        for (int qi = 0; qi < QT; qi++) {
+            if (qi >= nq) break;
+            const int t = t0 + qi;
+            const int nk = min(n_keys, q_pos[t] + 1 - k0); /* keys this token sees in the tile */
+            if (nk <= 0) continue;
+            /* lane j scores key k0 + j */
+            const float *qh = q + ((size_t)t * n_head + h) * head_dim;
+            float s0 = 0.0f, s1 = 0.0f;
+            if (head_dim % 2 == 0) {
+#pragma unroll 8
+                for (int d = 0; d < hd2; d += 2) {
+                    float2 kk = ld2(kr + d), qq = __ldg((const float2 *)(qh + d));
+                    s0 = fmaf(qq.x, kk.x, s0);
+                    s1 = fmaf(qq.y, kk.y, s1);
+                }
+            } else {
+                for (int d = 0; d < hd2; d += 2) {
+                    float2 kk = ld2(kr + d);
+                    s0 = fmaf(__ldg(qh + d), kk.x, s0);
+                    if (d + 1 < head_dim) s1 = fmaf(__ldg(qh + d + 1), kk.y, s1);
+                }
+            }
+            float sc = lane < nk ? (s0 + s1) * scale : -INFINITY;
+            float m_tile = sc;
+            for (int o = 16; o > 0; o >>= 1) m_tile = fmaxf(m_tile, __shfl_xor_sync(0xffffffffu, m_tile, o));
+            float m_new = fmaxf(m[qi], m_tile);
+            float alpha = expf(m[qi] - m_new); /* 0 on the first tile (m = -inf) */
+            float p = lane < nk ? expf(sc - m_new) : 0.0f;
+            l[qi] = l[qi] * alpha + ns_warp_sum(p);
+            m[qi] = m_new;
+            float a[NU][2];
+#pragma unroll
+            for (int u = 0; u < NU; u++) a[u][0] = 0.0f, a[u][1] = 0.0f;
+#pragma unroll 8
+            for (int j = 0; j < ATTN_TILE; j++) {
+                if (j >= nk) break;
                 float pj = __shfl_sync(0xffffffffu, p, j);
                 const T *vr = sv + j * hd2;
 #pragma unroll
@@ -141,31 +168,74 @@ static __global__ void attention_gqa_kernel(float *out, const float *q, const in
                     int d = 2 * lane + 64 * u;
                     if (d < hd2) {
                         float2 vv = ld2(vr + d);
-                        acc[u][0] = fmaf(pj, vv.x, acc[u][0]);
-                        acc[u][1] = fmaf(pj, vv.y, acc[u][1]);
+                        a[u][0] = fmaf(pj, vv.x, a[u][0]);
+                        a[u][1] = fmaf(pj, vv.y, a[u][1]);
                     }
                 }
             }
-            m = m_new;
+#pragma unroll
+            for (int u = 0; u < NU; u++) {
+                acc[qi][u][0] = fmaf(acc[qi][u][0], alpha, a[u][0]);
+                acc[qi][u][1] = fmaf(acc[qi][u][1], alpha, a[u][1]);
+            }
         }
     }
-    if (warp < G) {
-        float inv = 1.0f / l;
-        float *o = out + ((size_t)t * n_head + h) * head_dim;
+    if (warp >= G) return;
+#pragma unroll
+    for (int qi = 0; qi < QT; qi++) {
+        if (qi >= nq) break;
+        float inv = 1.0f / l[qi];
+        size_t o_off = ((size_t)(t0 + qi) * n_head + h) * head_dim;
+        float *o = out + o_off;
 #pragma unroll
         for (int u = 0; u < NU; u++) {
             int d = 2 * lane + 64 * u;
-            if (d < head_dim) o[d] = acc[u][0] * inv;
-            if (d + 1 < head_dim) o[d + 1] = acc[u][1] * inv;
+            float v0 = acc[qi][u][0] * inv, v1 = acc[qi][u][1] * inv;
+            if (d < head_dim) o[d] = v0;
+            if (d + 1 < head_dim) o[d + 1] = v1;
+            if (out_bf16 && d < head_dim) out_bf16[o_off + d] = __float2bfloat16_rn(v0);
+            if (out_bf16 && d + 1 < head_dim) out_bf16[o_off + d + 1] = __float2bfloat16_rn(v1);
         }
     }
 }
 
-static size_t attn_smem_bytes(int kv_type, int G, int head_dim) {
+static size_t attn_smem_bytes(int kv_type, int head_dim) {
     size_t el = kv_type == NS_CUDA_TYPE_BF16 ? 2 : 4;
     size_t hd2 = (size_t)(head_dim + 1) & ~(size_t)1;
     size_t kwords = (hd2 * el / 4) | 1;
-    return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el + (size_t)G * hd2 * 4;
+    return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el;
+}
+
+template <typename T, int HD, int QT>
+static cudaError_t launch_attention(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
+                                    const int32_t *groups, int n_groups, const int32_t *block_table,
+                                    int max_blocks_per_seq, const void *k_pool, const void *v_pool, int block_size,
+                                    int n_head, int n_head_kv, int head_dim, float scale, size_t smem,
+                                    cudaStream_t stream) {
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(attention_gqa_kernel<T, HD, QT>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
+    attention_gqa_kernel<T, HD, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+        out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq, (const T *)k_pool,
+        (const T *)v_pool, block_size, n_head, n_head_kv, head_dim, scale);
+    return cudaGetLastError();
+}
+
+template <typename T, int HD>
+static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                       const int32_t *tok_seq, const int32_t *groups, int n_groups,
+                                       const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                       const void *v_pool, int block_size, int n_head, int n_head_kv, int head_dim,
+                                       float scale, size_t smem, cudaStream_t stream) {
+    return single ? launch_attention<T, HD, 1>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
+                                                max_blocks_per_seq, k_pool, v_pool, block_size, n_head, n_head_kv,
+                                                head_dim, scale, smem, stream)
+                  : launch_attention<T, HD, ATTN_QT>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
+                                                      max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
+                                                      n_head_kv, head_dim, scale, smem, stream);
 }
 
 extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
@@ -182,37 +252,26 @@ extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type,
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q_pos,
-                                               const int32_t *tok_seq, const int32_t *block_table,
-                                               int max_blocks_per_seq, const void *k_pool, const void *v_pool,
-                                               int kv_type, int n_tokens, int block_size, int n_head, int n_head_kv,
-                                               int head_dim, float scale, cudaStream_t stream) {
-    if (n_tokens < 0 || block_size < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || head_dim < 1 ||
+extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                               const int32_t *tok_seq, const int32_t *groups, int n_groups,
+                                               int single,
+                                               const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                               const void *v_pool, int kv_type, int block_size, int n_head,
+                                               int n_head_kv, int head_dim, float scale, cudaStream_t stream) {
+    if (n_groups < 0 || block_size < 1 || n_head < 1 || n_head_kv < 1 || n_head % n_head_kv || head_dim < 1 ||
         head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM || max_blocks_per_seq < 1 || n_head / n_head_kv > ATTN_MAX_GROUP ||
         (kv_type != NS_CUDA_TYPE_F32 && kv_type != NS_CUDA_TYPE_BF16))
         return cudaErrorInvalidValue;
-    if (n_tokens == 0) return cudaSuccess;
-    int G = n_head / n_head_kv;
-    size_t smem = attn_smem_bytes(kv_type, G, head_dim);
-    dim3 grid((unsigned)n_tokens, (unsigned)n_head_kv);
-    cudaError_t e;
+    if (n_groups == 0) return cudaSuccess;
+    size_t smem = attn_smem_bytes(kv_type, head_dim);
+#define NS_ATTN_ARGS                                                                                              \
+    single, out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, block_size, \
+        n_head, n_head_kv, head_dim, scale, smem, stream
     if (kv_type == NS_CUDA_TYPE_BF16) {
-        if (smem > 48 * 1024 &&
-            (e = cudaFuncSetAttribute(attention_gqa_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem)) != cudaSuccess)
-            return e;
-        attention_gqa_kernel<__nv_bfloat16><<<grid, 32 * G, smem, stream>>>(
-            out, q, q_pos, tok_seq, block_table, max_blocks_per_seq, (const __nv_bfloat16 *)k_pool,
-            (const __nv_bfloat16 *)v_pool, block_size, n_head, n_head_kv, head_dim, scale);
-    } else {
-        if (smem > 48 * 1024 &&
-            (e = cudaFuncSetAttribute(attention_gqa_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem)) != cudaSuccess)
-            return e;
-        attention_gqa_kernel<float><<<grid, 32 * G, smem, stream>>>(out, q, q_pos, tok_seq, block_table,
-                                                                    max_blocks_per_seq, (const float *)k_pool,
-                                                                    (const float *)v_pool, block_size, n_head,
-                                                                    n_head_kv, head_dim, scale);
+        if (head_dim == 64) return launch_attention_qt<__nv_bfloat16, 64>(NS_ATTN_ARGS);
+        if (head_dim == 128) return launch_attention_qt<__nv_bfloat16, 128>(NS_ATTN_ARGS);
+        return launch_attention_qt<__nv_bfloat16, 0>(NS_ATTN_ARGS);
     }
-    return cudaGetLastError();
+    return launch_attention_qt<float, 0>(NS_ATTN_ARGS);
+#undef NS_ATTN_ARGS
 }

@@ -48,15 +48,17 @@ cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *s
                                       cudaStream_t stream);
 
 /* ---- row and elementwise ops (ops.h) ---- */
+/* Ops whose output feeds a matmul (rmsnorm, swiglu, attention) also write it rounded to
+ * bf16 into out_bf16 when that is not NULL (the GEMM input, saving a conversion pass). */
 /* out (n_rows, n) = x / sqrt(mean(x^2) + eps) * w (n); out may alias x. One block per row. */
-cudaError_t ns_cuda_rmsnorm(float *out, const float *x, const float *w, int n_rows, int n, float eps,
-                            cudaStream_t stream);
+cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, const float *w, int n_rows, int n,
+                            float eps, cudaStream_t stream);
 /* In place on x (n_tokens, n_head, head_dim) at positions pos (n_tokens); inv_freq (n_rot/2).
  * theta and its cos/sin in double, the rotation in fp32, as ns_cpu_rope. */
 cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim,
                          int n_rot, const float *inv_freq, int is_neox, cudaStream_t stream);
 /* out (n) = silu(gate) * up; out may alias gate or up. */
-cudaError_t ns_cuda_swiglu(float *out, const float *gate, const float *up, int64_t n,
+cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
                            cudaStream_t stream);
 /* y (n) += x (n). */
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
@@ -81,16 +83,21 @@ cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const floa
 /* Causal grouped-query attention of a whole batch over its sequences' blocks: token t
  * belongs to sequence tok_seq[t], whose block table is row tok_seq[t] of block_table
  * (n_seqs, max_blocks_per_seq), and sees keys 0..q_pos[t] (the host checked every table
- * entry it can reach). One block per (token, KV head), its warps the group's query heads,
- * keys in tiles of 32 through shared memory, online softmax in fp32: the score matrix is
- * never formed and nothing is written but out.
+ * entry it can reach). groups (n_groups, 2): first token and count (1..NS_CUDA_ATTN_QT) of
+ * runs of consecutive tokens of one sequence in position order, covering every token
+ * once (single != 0: every group has one token, as in a decode-only batch, which picks
+ * a kernel with fewer registers); one thread block per (group, KV head), its warps the group's query heads, keys in
+ * tiles of 32 through shared memory, online softmax in fp32: the score matrix is never
+ * formed and nothing is written but out.
  * out, q (n_tokens, n_head, head_dim) fp32; head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM;
- * n_head / n_head_kv <= 32. */
-cudaError_t ns_cuda_attention_paged(float *out, const float *q, const int32_t *q_pos,
-                                    const int32_t *tok_seq, const int32_t *block_table,
-                                    int max_blocks_per_seq, const void *k_pool, const void *v_pool,
-                                    int kv_type, int n_tokens, int block_size, int n_head, int n_head_kv,
-                                    int head_dim, float scale, cudaStream_t stream);
+ * n_head / n_head_kv <= 16. */
+#define NS_CUDA_ATTN_QT 8
+cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                    const int32_t *tok_seq, const int32_t *groups, int n_groups,
+                                    int single, const int32_t *block_table, int max_blocks_per_seq,
+                                    const void *k_pool, const void *v_pool, int kv_type, int block_size,
+                                    int n_head, int n_head_kv, int head_dim, float scale,
+                                    cudaStream_t stream);
 
 /* ---- sampling ----
  * out_ids (n_rows) = argmax of each row of logits (n_rows, n_vocab), lowest id on ties

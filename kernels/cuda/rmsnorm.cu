@@ -3,7 +3,8 @@
  * read before any of it is written, so out may alias x. Reference: ns_cpu_rmsnorm_ref. */
 #include "common.cuh"
 
-static __global__ void rmsnorm_f32_kernel(float *out, const float *x, const float *w, int n, float eps) {
+static __global__ void rmsnorm_f32_kernel(float *out, __nv_bfloat16 *out_bf16, const float *x, const float *w, int n,
+                                          float eps) {
     __shared__ float shared[32];
     const float *xr = x + (size_t)blockIdx.x * n;
     float *o = out + (size_t)blockIdx.x * n;
@@ -11,13 +12,18 @@ static __global__ void rmsnorm_f32_kernel(float *out, const float *x, const floa
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = ns_block_sum(ss, shared);
     float s = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) o[i] = xr[i] * s * w[i];
+    __nv_bfloat16 *ob = out_bf16 ? out_bf16 + (size_t)blockIdx.x * n : NULL;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * s * w[i];
+        o[i] = v;
+        if (ob) ob[i] = __float2bfloat16_rn(v);
+    }
 }
 
-extern "C" cudaError_t ns_cuda_rmsnorm(float *out, const float *x, const float *w, int n_rows, int n, float eps,
-                                       cudaStream_t stream) {
+extern "C" cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, const float *w, int n_rows,
+                                       int n, float eps, cudaStream_t stream) {
     if (n_rows < 0 || n < 1 || n_rows > 0x7fffffff) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    rmsnorm_f32_kernel<<<(unsigned)n_rows, 256, 0, stream>>>(out, x, w, n, eps);
+    rmsnorm_f32_kernel<<<(unsigned)n_rows, 256, 0, stream>>>(out, (__nv_bfloat16 *)out_bf16, x, w, n, eps);
     return cudaGetLastError();
 }

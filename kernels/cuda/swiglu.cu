@@ -2,16 +2,19 @@
  * alias gate or up). expf, not __expf: within a few ulp of ns_cpu_swiglu_ref. */
 #include "common.cuh"
 
-static __global__ void swiglu_f32_kernel(float *out, const float *gate, const float *up, int64_t n) {
+static __global__ void swiglu_f32_kernel(float *out, __nv_bfloat16 *out_bf16, const float *gate, const float *up,
+                                         int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        float v = g / (1.0f + expf(-g)) * up[i];
+        out[i] = v;
+        if (out_bf16) out_bf16[i] = __float2bfloat16_rn(v);
     }
 }
 
-extern "C" cudaError_t ns_cuda_swiglu(float *out, const float *gate, const float *up, int64_t n,
+extern "C" cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
                                       cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    swiglu_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(out, gate, up, n);
+    swiglu_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(out, (__nv_bfloat16 *)out_bf16, gate, up, n);
     return cudaGetLastError();
 }

@@ -185,14 +185,14 @@ static void check_rows(ns_test_rng *r) {
         char what[64];
         /* rmsnorm */
         float *d = dev_canary(N);
-        CU(ns_cuda_rmsnorm(d, dx, dw, rows, n, 1e-5f, 0));
+        CU(ns_cuda_rmsnorm(d, NULL, dx, dw, rows, n, 1e-5f, 0));
         ns_cpu_rmsnorm_ref(ref, x, w, rows, n, 1e-5f);
         snprintf(what, sizeof what, "rmsnorm %dx%d", rows, n);
         int ok = fetch(what, got, d, N);
         result(ok && allclose(what, got, ref, N, 1e-5, 1e-5, 1e-10));
         /* swiglu */
         d = dev_canary(N);
-        CU(ns_cuda_swiglu(d, dx, dup, (int64_t)N, 0));
+        CU(ns_cuda_swiglu(d, NULL, dx, dup, (int64_t)N, 0));
         ns_cpu_swiglu_ref(ref, x, up, (int64_t)N);
         snprintf(what, sizeof what, "swiglu %zu", N);
         ok = fetch(what, got, d, N);
@@ -350,13 +350,40 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     int32_t *dtab = dev_copy(table, sizeof table);
     float *dout = dev_canary(qn);
     CU(ns_cuda_kv_store(dk, dv, kv_type, dkk, dvv, dslot, T, (int)row, 0));
-    CU(ns_cuda_attention_paged(dout, dq, dpos, dseq, dtab, MB, dk, dv, kv_type, T, bs, n_head, n_head_kv, hd,
-                               1.0f / sqrtf((float)hd), 0));
+    /* groups of up to NS_CUDA_ATTN_QT tokens per sequence, as the backend makes them */
+    int32_t groups[2 * 64];
+    int n_groups = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < n_new[s]; i += NS_CUDA_ATTN_QT, n_groups++) {
+            groups[2 * n_groups] = tok_start[s] + i;
+            groups[2 * n_groups + 1] = n_new[s] - i < NS_CUDA_ATTN_QT ? n_new[s] - i : NS_CUDA_ATTN_QT;
+        }
+    int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
+    CU(ns_cuda_attention_paged(dout, NULL, dq, dpos, dseq, dgroups, n_groups, 0, dtab, MB, dk, dv, kv_type, bs, n_head,
+                               n_head_kv, hd, 1.0f / sqrtf((float)hd), 0));
     char what[96];
     snprintf(what, sizeof what, "attention_paged %s H%d/%d hd%d bs%d T%d", bf16 ? "bf16" : "f32", n_head, n_head_kv,
              hd, bs, T);
     int ok = fetch(what, got, dout, qn);
     result(ok && allclose(what, got, ref, qn, 1e-4, 1e-3, 1e-8));
+    /* the decode kernel (one token per group) on the decode sequence alone */
+    {
+        int32_t one[2] = {tok_start[1], 1};
+        int32_t *done = dev_copy(one, sizeof one);
+        float *dout1 = dev_canary(qn);
+        CU(cudaMemset(dout1, 0, qn * 4));
+        CU(ns_cuda_attention_paged(dout1, NULL, dq, dpos, dseq, done, 1, 1, dtab, MB, dk, dv, kv_type, bs, n_head, n_head_kv,
+                                   hd, 1.0f / sqrtf((float)hd), 0));
+        size_t off = (size_t)tok_start[1] * n_head * hd, n1 = (size_t)n_head * hd;
+        float *all1 = malloc(qn * 4);
+        ok = fetch("attention decode kernel", all1, dout1, qn);
+        char w1[112];
+        snprintf(w1, sizeof w1, "%s, decode kernel", what);
+        result(ok && allclose(w1, all1 + off, ref + off, n1, 1e-4, 1e-3, 1e-8));
+        free(all1);
+        CU(cudaFree(done));
+    }
+    CU(cudaFree(dgroups));
     /* the pools after kv_store: equal to the CPU's stores, canaries intact */
     float *pool_got = malloc(pool_n * 4);
     ok = pool_fetch("kv_store k", pool_got, dk, pool_n, pool_f, kv_type);
@@ -374,7 +401,7 @@ static void run_kernels(void) {
     check_rows(&r);
     check_rope(&r);
     const int cfg[][4] = {{6, 2, 80, 7}, {4, 4, 40, 16}, {9, 3, 256, 5}, {1, 1, 1, 1},
-                          {32, 8, 128, 16}, {14, 2, 64, 16}, {6, 3, 18, 3}, {32, 1, 64, 16}};
+                          {32, 8, 128, 16}, {14, 2, 64, 16}, {6, 3, 18, 3}, {16, 1, 64, 16}};
     for (int i = 0; i < 8; i++)
         for (int t = 0; t < 2; t++)
             check_attention(&r, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3], t ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16);
