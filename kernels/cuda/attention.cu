@@ -19,6 +19,8 @@
  * Not yet: tensor cores for long prompt chunks (each query token re-reads its sequence's
  * K/V from L2), split-K over very long contexts.
  */
+#include <stdlib.h>
+
 #include "common.cuh"
 
 #define ATTN_TILE 32
@@ -238,6 +240,171 @@ static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf
                                                       n_head_kv, head_dim, scale, smem, stream);
 }
 
+
+/* ---- the fast path: bf16 pools, head_dim 64 or 128, 16-byte aligned rows ----
+ * The same algorithm, with the K/V tiles copied by cp.async into two shared-memory stages,
+ * so that tile i+1 is in flight while tile i is computed. K rows are stored as 16-byte
+ * chunks at position chunk ^ (row & 7): lane j reading row j, chunk c as one 16-byte load
+ * then touches 8 different chunk positions per quarter-warp, all 32 banks. Each lane owns
+ * HD/32 consecutive dims of the output. */
+static __device__ __forceinline__ void cp_async16(void *smem_dst, const void *gmem_src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem_src));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Issues the copies of the K/V rows of keys k0 .. k0 + ATTN_TILE - 1 (those < n_seen) into
+ * stage `stage` of the shared tiles, and commits them as one group. */
+template <int HD>
+static __device__ __forceinline__ void fast_load_tile(__nv_bfloat16 *sk, __nv_bfloat16 *sv, int stage, int k0,
+                                                      int n_seen, const int32_t *table, int block_size,
+                                                      const __nv_bfloat16 *k_pool, const __nv_bfloat16 *v_pool,
+                                                      size_t row_stride, size_t kv_off) {
+    constexpr int CH = HD / 8;
+    __nv_bfloat16 *dk = sk + stage * ATTN_TILE * HD, *dv = sv + stage * ATTN_TILE * HD;
+    for (int i = threadIdx.x; i < ATTN_TILE * CH; i += blockDim.x) {
+        int j = i / CH, c = i % CH, key = k0 + j;
+        if (key >= n_seen) break; /* i grows with j: this thread's later rows are past the end too */
+        size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
+        size_t src = r * row_stride + kv_off + (size_t)c * 8;
+        cp_async16(dk + j * HD + ((c ^ (j & 7)) * 8), k_pool + src);
+        cp_async16(dv + j * HD + c * 8, v_pool + src);
+    }
+    cp_async_commit();
+}
+
+template <int HD, int QT>
+static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
+    attention_fast_kernel(float *out, __nv_bfloat16 *out_bf16, const float *q, const int32_t *q_pos,
+                          const int32_t *tok_seq, const int32_t *groups, const int32_t *block_table,
+                          int max_blocks_per_seq, const __nv_bfloat16 *k_pool, const __nv_bfloat16 *v_pool,
+                          int block_size, int n_head, int n_head_kv, float scale) {
+    constexpr int CH = HD / 8;   /* 16-byte chunks per row */
+    constexpr int DPL = HD / 32; /* output dims per lane */
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16 *sk = (__nv_bfloat16 *)smem;    /* [2][ATTN_TILE * HD], swizzled */
+    __nv_bfloat16 *sv = sk + 2 * ATTN_TILE * HD; /* [2][ATTN_TILE * HD] */
+    const int G = n_head / n_head_kv;
+    const int t0 = groups[2 * blockIdx.x], nq = groups[2 * blockIdx.x + 1], kvh = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = kvh * G + warp;
+    const int32_t *table = block_table + (size_t)tok_seq[t0] * max_blocks_per_seq;
+    const int n_seen_max = q_pos[t0 + nq - 1] + 1;
+    const size_t row_stride = (size_t)n_head_kv * HD;
+    const size_t kv_off = (size_t)kvh * HD;
+    const int n_tiles = (n_seen_max + ATTN_TILE - 1) / ATTN_TILE;
+
+    float m[QT], l[QT], acc[QT][DPL];
+#pragma unroll
+    for (int i = 0; i < QT; i++) {
+        m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < DPL; u++) acc[i][u] = 0.0f;
+    }
+
+    fast_load_tile<HD>(sk, sv, 0, 0, n_seen_max, table, block_size, k_pool, v_pool, row_stride, kv_off);
+    for (int it = 0; it < n_tiles; it++) {
+        const int k0 = it * ATTN_TILE, n_keys = min(ATTN_TILE, n_seen_max - k0);
+        if (it + 1 < n_tiles) {
+            fast_load_tile<HD>(sk, sv, (it + 1) & 1, k0 + ATTN_TILE, n_seen_max, table, block_size, k_pool, v_pool,
+                               row_stride, kv_off);
+            cp_async_wait<1>(); /* this tile's copies are done, the next may still fly */
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const __nv_bfloat16 *ck = sk + (it & 1) * ATTN_TILE * HD, *cv = sv + (it & 1) * ATTN_TILE * HD;
+        const __nv_bfloat16 *kr = ck + lane * HD;
+#pragma unroll
+        for (int qi = 0; qi < QT; qi++) {
+            if (qi >= nq) break;
+            const int t = t0 + qi;
+            const int nk = min(n_keys, q_pos[t] + 1 - k0);
+            if (nk <= 0) continue;
+            const float4 *qh = (const float4 *)(q + ((size_t)t * n_head + h) * HD);
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma unroll 4
+            for (int c = 0; c < CH; c++) {
+                uint4 kk = *(const uint4 *)(kr + ((c ^ (lane & 7)) * 8));
+                float4 qa = __ldg(qh + 2 * c), qb = __ldg(qh + 2 * c + 1);
+                float2 k01 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.x);
+                float2 k23 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.y);
+                float2 k45 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.z);
+                float2 k67 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.w);
+                s0 = fmaf(qa.x, k01.x, s0), s1 = fmaf(qa.y, k01.y, s1);
+                s2 = fmaf(qa.z, k23.x, s2), s3 = fmaf(qa.w, k23.y, s3);
+                s0 = fmaf(qb.x, k45.x, s0), s1 = fmaf(qb.y, k45.y, s1);
+                s2 = fmaf(qb.z, k67.x, s2), s3 = fmaf(qb.w, k67.y, s3);
+            }
+            float sc = lane < nk ? ((s0 + s1) + (s2 + s3)) * scale : -INFINITY;
+            float m_tile = sc;
+            for (int o = 16; o > 0; o >>= 1) m_tile = fmaxf(m_tile, __shfl_xor_sync(0xffffffffu, m_tile, o));
+            float m_new = fmaxf(m[qi], m_tile);
+            float alpha = expf(m[qi] - m_new);
+            float p = lane < nk ? expf(sc - m_new) : 0.0f;
+            l[qi] = l[qi] * alpha + ns_warp_sum(p);
+            m[qi] = m_new;
+            float a[DPL];
+#pragma unroll
+            for (int u = 0; u < DPL; u++) a[u] = 0.0f;
+#pragma unroll 4
+            for (int j = 0; j < ATTN_TILE; j++) {
+                if (j >= nk) break;
+                float pj = __shfl_sync(0xffffffffu, p, j);
+                const __nv_bfloat16 *vr = cv + j * HD + lane * DPL;
+                if (DPL == 4) {
+                    uint2 vv = *(const uint2 *)vr;
+                    float2 v01 = __bfloat1622float2(*(const __nv_bfloat162 *)&vv.x);
+                    float2 v23 = __bfloat1622float2(*(const __nv_bfloat162 *)&vv.y);
+                    a[0] = fmaf(pj, v01.x, a[0]), a[1] = fmaf(pj, v01.y, a[1]);
+                    a[DPL > 2 ? 2 : 0] = fmaf(pj, v23.x, a[DPL > 2 ? 2 : 0]);
+                    a[DPL > 3 ? 3 : 0] = fmaf(pj, v23.y, a[DPL > 3 ? 3 : 0]);
+                } else {
+                    float2 v01 = __bfloat1622float2(*(const __nv_bfloat162 *)vr);
+                    a[0] = fmaf(pj, v01.x, a[0]), a[1] = fmaf(pj, v01.y, a[1]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < DPL; u++) acc[qi][u] = fmaf(acc[qi][u], alpha, a[u]);
+        }
+        __syncthreads(); /* the next load_tile writes the stage just read */
+    }
+#pragma unroll
+    for (int qi = 0; qi < QT; qi++) {
+        if (qi >= nq) break;
+        float inv = 1.0f / l[qi];
+        size_t o_off = ((size_t)(t0 + qi) * n_head + h) * HD + (size_t)lane * DPL;
+#pragma unroll
+        for (int u = 0; u < DPL; u++) {
+            float v = acc[qi][u] * inv;
+            out[o_off + u] = v;
+            if (out_bf16) out_bf16[o_off + u] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+template <int HD, int QT>
+static cudaError_t launch_fast(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                               const int32_t *tok_seq, const int32_t *groups, int n_groups,
+                               const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                               const void *v_pool, int block_size, int n_head, int n_head_kv, float scale,
+                               cudaStream_t stream) {
+    size_t smem = 4 * ATTN_TILE * HD * sizeof(__nv_bfloat16);
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(attention_fast_kernel<HD, QT>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
+    attention_fast_kernel<HD, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+        out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq,
+        (const __nv_bfloat16 *)k_pool, (const __nv_bfloat16 *)v_pool, block_size, n_head, n_head_kv, scale);
+    return cudaGetLastError();
+}
+
 extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
                                         const int32_t *slot, int n_tokens, int row, cudaStream_t stream) {
     if (n_tokens < 0 || row < 1 || (kv_type != NS_CUDA_TYPE_F32 && kv_type != NS_CUDA_TYPE_BF16))
@@ -268,8 +435,22 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
     single, out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, block_size, \
         n_head, n_head_kv, head_dim, scale, smem, stream
     if (kv_type == NS_CUDA_TYPE_BF16) {
-        if (head_dim == 64) return launch_attention_qt<__nv_bfloat16, 64>(NS_ATTN_ARGS);
-        if (head_dim == 128) return launch_attention_qt<__nv_bfloat16, 128>(NS_ATTN_ARGS);
+        /* the fast path needs 16-byte aligned rows; NS_CUDA_ATTN_SLOW=1 picks the plain kernel
+         * (for comparisons) */
+        static int slow = -1;
+        if (slow < 0) {
+            const char *e = getenv("NS_CUDA_ATTN_SLOW");
+            slow = e && e[0] == '1';
+        }
+        bool aligned = ((uintptr_t)k_pool % 16 == 0) && ((uintptr_t)v_pool % 16 == 0) && n_head_kv * head_dim % 8 == 0;
+#define NS_FAST_ARGS                                                                                           \
+    out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, block_size, \
+        n_head, n_head_kv, scale, stream
+        if (!slow && aligned && head_dim == 64)
+            return single ? launch_fast<64, 1>(NS_FAST_ARGS) : launch_fast<64, ATTN_QT>(NS_FAST_ARGS);
+        if (!slow && aligned && head_dim == 128)
+            return single ? launch_fast<128, 1>(NS_FAST_ARGS) : launch_fast<128, ATTN_QT>(NS_FAST_ARGS);
+#undef NS_FAST_ARGS
         return launch_attention_qt<__nv_bfloat16, 0>(NS_ATTN_ARGS);
     }
     return launch_attention_qt<float, 0>(NS_ATTN_ARGS);

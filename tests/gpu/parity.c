@@ -528,16 +528,22 @@ static ns_engine *open_synth(const ns_hparams *hp, const char *backend, int max_
 }
 
 /* 16 requests of lengths 1..241 (random ids), n_tok greedy tokens each, into out (16, n_tok). */
+/* Prompt i of the 16 (length 1 + i*i: 1, 2, 5, ..., 226) into prompt; returns its length. */
+static int synth_prompt(int i, int n_vocab, int32_t *prompt) {
+    uint64_t r = 99 + (uint64_t)i * 7777;
+    int len = 1 + i * i;
+    for (int j = 0; j < len; j++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        prompt[j] = (int32_t)((r >> 33) % (uint64_t)n_vocab);
+    }
+    return len;
+}
+
 static int synth_generate(ns_engine *e, int n_vocab, int n_tok, int32_t *out) {
     ns_error err;
     int32_t prompt[256];
-    uint64_t r = 99;
     for (int i = 0; i < 16; i++) {
-        int len = 1 + i * i; /* 1, 2, 5, ..., 226 */
-        for (int j = 0; j < len; j++) {
-            r = r * 6364136223846793005ull + 1442695040888963407ull;
-            prompt[j] = (int32_t)((r >> 33) % (uint64_t)n_vocab);
-        }
+        int len = synth_prompt(i, n_vocab, prompt);
         ns_request req = {0};
         req.id = (uint64_t)i;
         req.prompt = prompt;
@@ -598,6 +604,7 @@ static void run_synthetic(void) {
         float *logits[3] = {NULL, NULL, NULL};
         int32_t probe[200];
         for (int j = 0; j < 200; j++) probe[j] = (int32_t)((j * 7919 + 13) % hp.n_vocab);
+        ns_engine *cpu = NULL; /* kept open: near-tie checks below */
         for (int k = 0; k < 3 && ok; k++) {
             ns_engine *e = open_synth(&hp, be[k], 8, k == 1);
             ns_error err;
@@ -607,7 +614,10 @@ static void run_synthetic(void) {
                 if (e) printf("FAIL %s on %s\n", shapes[si], be[k]);
                 ok = 0;
             }
-            ns_engine_close(e);
+            if (k == 0)
+                cpu = e;
+            else
+                ns_engine_close(e);
         }
         if (!ok) {
             result(0);
@@ -618,23 +628,38 @@ static void run_synthetic(void) {
             snprintf(what, sizeof what, "%s logits of a 200-token prompt, cuda bf16 vs cpu", shapes[si]);
             result(allclose(what, logits[2], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 1e-3));
             for (int k = 1; k < 3; k++) {
-                int n_same = 0, first_min = n_tok;
+                int n_same = 0, first_min = n_tok, n_tie = 0, n_bad = 0;
                 for (int i = 0; i < 16; i++) {
                     int j = 0;
                     while (j < n_tok && tok[0][i * n_tok + j] == tok[k][i * n_tok + j]) j++;
                     n_same += j == n_tok;
                     if (j < first_min) first_min = j;
+                    if (j == n_tok || k != 1) continue;
+                    /* precise mode differs from the CPU by ~1e-5: a different token is only
+                     * allowed where the CPU's own logits had the two within 1e-3 (a near-tie) */
+                    int32_t pre[256 + 32];
+                    int len = synth_prompt(i, hp.n_vocab, pre);
+                    memcpy(pre + len, tok[0] + i * n_tok, sizeof(int32_t) * j);
+                    ns_error err;
+                    float gap = INFINITY;
+                    if (!ns_engine_prompt_logits(cpu, pre, len + j, logits[0], &err))
+                        gap = logits[0][tok[0][i * n_tok + j]] - logits[0][tok[k][i * n_tok + j]];
+                    printf("     %s request %d: cuda precise differs at token %d (%d vs cpu %d), cpu logit gap %.3g\n",
+                           shapes[si], i, j, tok[k][i * n_tok + j], tok[0][i * n_tok + j], (double)gap);
+                    if (gap <= 1e-3f) n_tie++; else n_bad++;
                 }
-                /* precise: every token of every request must agree. Plain bf16 inputs flip
-                 * near-ties of these flat random-weight logits: reported, not judged. */
-                int pass = n_same == 16;
+                /* precise: every token of every request agrees, or differs only at a
+                 * near-tie. Plain bf16 inputs flip near-ties of these flat random-weight
+                 * logits: reported, not judged. */
+                int pass = n_bad == 0 && n_same + n_tie == 16;
                 printf("%s %s greedy, cpu vs cuda%s: %d of 16 requests identical over %d tokens (earliest "
-                       "difference at token %d)\n",
+                       "difference at token %d)%s\n",
                        k == 2 ? "info" : pass ? "ok  " : "FAIL", shapes[si], k == 1 ? " precise" : " bf16", n_same,
-                       n_tok, first_min);
+                       n_tok, first_min, n_tie ? ", the others at near-ties" : "");
                 if (k == 1) result(pass);
             }
         }
+        ns_engine_close(cpu);
         for (int k = 0; k < 3; k++) free(tok[k]), free(logits[k]);
     }
 }

@@ -19,7 +19,8 @@
 # usage: bash tests/gpu/run.sh [quick|profile]
 #   quick:   200 prompts in the benchmarks
 #   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
-#            (device time per op, host time); no HF run
+#            (device time per op, host time) and with NS_CUDA_ATTN_SLOW=1 (the plain
+#            attention kernel, side by side); no HF run
 set -u
 cd "$(dirname "$0")/../.."
 logs=${OUT:-build/gpu-logs}
@@ -84,6 +85,8 @@ bench gen-8b 150 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
 if [ "$mode" = profile ]; then
   bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench slow-attn-1b 90 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench slow-attn-8b 150 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
 elif python3 -c 'import torch, transformers' 2>/dev/null; then
   bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
 else
