@@ -125,6 +125,10 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err);
 ns_status ns_backend_create(const char *name, int n_threads, ns_backend **out, const char **note,
                             ns_error *err);
 
+/* The same on CUDA device `device` (0-based; ignored by the CPU backend). */
+ns_status ns_backend_create_on(const char *name, int n_threads, int device, ns_backend **out, const char **note,
+                               ns_error *err);
+
 /* NULL-tolerant. */
 void ns_backend_destroy(ns_backend *b);
 

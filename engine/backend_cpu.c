@@ -429,19 +429,26 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
 }
 
 ns_status ns_backend_create(const char *name, int n_threads, ns_backend **out, const char **note, ns_error *err) {
+    return ns_backend_create_on(name, n_threads, 0, out, note, err);
+}
+
+ns_status ns_backend_create_on(const char *name, int n_threads, int device, ns_backend **out, const char **note,
+                               ns_error *err) {
     if (note) *note = NULL;
     if (!name || strcmp(name, "cpu") == 0) return ns_backend_cpu_create(n_threads, out, err);
 #ifdef NS_HAVE_CUDA
-    /* n_threads is for the CPU; the CUDA backend runs on device 0 (one replica per GPU
-     * comes with multi-GPU). auto falls back to the CPU only when there is no device. */
+    /* n_threads is for the CPU; device for CUDA. auto falls back to the CPU only when
+     * there is no device at all. */
     if (strcmp(name, "auto") == 0) {
         int n_dev = 0;
-        if (ns_backend_cuda_device_count(&n_dev, NULL) == NS_OK && n_dev > 0) return ns_backend_cuda_create(0, out, err);
+        if (ns_backend_cuda_device_count(&n_dev, NULL) == NS_OK && n_dev > 0)
+            return ns_backend_cuda_create(device, out, err);
         if (note) *note = "backend auto: no CUDA device found; using the CPU";
         return ns_backend_cpu_create(n_threads, out, err);
     }
-    if (strcmp(name, "cuda") == 0) return ns_backend_cuda_create(0, out, err);
+    if (strcmp(name, "cuda") == 0) return ns_backend_cuda_create(device, out, err);
 #else
+    (void)device;
     if (strcmp(name, "auto") == 0) {
         if (note) *note = "backend auto: this build has no CUDA backend; using the CPU";
         return ns_backend_cpu_create(n_threads, out, err);

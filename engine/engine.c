@@ -130,16 +130,18 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if (cfg->block_size == 0) cfg->block_size = 16;
     if (cfg->max_seqs < 1 || cfg->max_seqs > 4096 || cfg->max_batch_tokens < cfg->max_seqs ||
         cfg->max_batch_tokens > 65536 || cfg->block_size < 1 || cfg->block_size > 1024 || cfg->n_ctx < 0 ||
-        cfg->n_threads < 0 || (cfg->policy != NS_SCHED_CONTINUOUS && cfg->policy != NS_SCHED_STATIC)) {
+        cfg->n_threads < 0 || cfg->device < 0 ||
+        (cfg->policy != NS_SCHED_CONTINUOUS && cfg->policy != NS_SCHED_STATIC)) {
         st = ns_error_set(err, NS_ERR_INVALID,
                           "engine: bad limits: max_seqs %d (1..4096), max_batch_tokens %d (max_seqs..65536), "
-                          "block_size %d (1..1024), n_ctx %d (>= 0), threads %d (>= 0)",
-                          cfg->max_seqs, cfg->max_batch_tokens, cfg->block_size, cfg->n_ctx, cfg->n_threads);
+                          "block_size %d (1..1024), n_ctx %d (>= 0), threads %d (>= 0), device %d (>= 0)",
+                          cfg->max_seqs, cfg->max_batch_tokens, cfg->block_size, cfg->n_ctx, cfg->n_threads,
+                          cfg->device);
         goto fail;
     }
 
     if (cfg->synthetic) {
-        if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
+        if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
             goto fail;
         e->backend->batch_invariant = cfg->batch_invariant;
         if ((st = ns_model_random(cfg->synthetic, cfg->synthetic_seed, e->backend, &e->model, err))) goto fail;
@@ -158,7 +160,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
         memcpy(e->chat_template, tpl.ptr, tpl.len);
         e->chat_template[tpl.len] = '\0';
     }
-    if ((st = ns_backend_create(cfg->backend ? cfg->backend : "auto", cfg->n_threads, &e->backend, note, err)))
+    if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
         goto fail;
     e->backend->batch_invariant = cfg->batch_invariant;
     if ((st = ns_model_load(g, e->backend, &e->model, err))) goto fail;

@@ -22,6 +22,7 @@
 typedef struct ns_engine_config {
     const char *model_path;
     const char *backend;   /* "auto" (default), "cpu", "cuda" */
+    int device;            /* CUDA device index (default 0); one engine per device for data parallelism */
     int n_threads;         /* 0 = every core */
     int n_ctx;             /* max tokens (prompt + generated) per sequence; 0 = min(model's, 4096) */
     int max_seqs;          /* sequences in one batch; 0 = 64 */

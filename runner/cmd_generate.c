@@ -30,6 +30,7 @@ static const char *help =
     "  --ignore-eos          keep generating past end-of-generation tokens\n"
     "  --threads N           CPU threads (default: all cores)\n"
     "  --backend B           auto, cpu or cuda (default auto)\n"
+    "  --device N            CUDA device (default 0)\n"
     "  --ctx N               context length per sequence (default min(model, 4096))\n"
     "  --quiet               no statistics on stderr\n";
 
@@ -92,6 +93,8 @@ int ns_cmd_generate(int argc, char **argv) {
             NEED_VAL(); if (!ns_cli_parse_int(a, val, 0, INT64_MAX, &v)) return NS_EXIT_USAGE; sp.seed = (uint64_t)v;
         } else if (!strcmp(a, "--threads")) {
             NEED_VAL(); if (!ns_cli_parse_int(a, val, 1, 256, &v)) return NS_EXIT_USAGE; cfg.n_threads = (int)v;
+        } else if (!strcmp(a, "--device")) {
+            NEED_VAL(); if (!ns_cli_parse_int(a, val, 0, 1023, &v)) return NS_EXIT_USAGE; cfg.device = (int)v;
         } else if (!strcmp(a, "--ctx")) {
             NEED_VAL(); if (!ns_cli_parse_int(a, val, 2, 1 << 20, &v)) return NS_EXIT_USAGE; cfg.n_ctx = (int)v;
         } else if (!strcmp(a, "--temperature")) {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -28,6 +29,7 @@
 #define NS_MAX_N 64
 
 static volatile sig_atomic_t g_stop;
+static int64_t g_committed; /* results this process committed */
 
 static void on_signal(int sig) {
     (void)sig;
@@ -195,7 +197,7 @@ static ns_status commit_pending(ns_store *store, const char *owner, pending_resu
     double tb = ns_time_now();
     ns_status st = ns_store_results_commit(store, owner, pend->r, pend->n, NULL, err);
     *t_book += ns_time_now() - tb;
-    if (st == NS_OK) pending_clear(pend);
+    if (st == NS_OK) g_committed += pend->n, pending_clear(pend);
     return st;
 }
 
@@ -264,6 +266,9 @@ typedef struct run_opts {
     double lease;
     bool quiet;
     bool stats;
+    int device;                          /* this worker's CUDA device */
+    int devices[NS_SPEC_MAX_DEVICES];    /* --devices; n_devices 0 = not given */
+    int n_devices;
 } run_opts;
 
 /* Runs one job until it has no pending items, or a stop. Returns an exit code. */
@@ -317,6 +322,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     cfg.max_seqs = spec.max_seqs;
     cfg.max_batch_tokens = spec.max_batch_tokens;
     cfg.batch_invariant = spec.deterministic;
+    cfg.device = o->device;
     if (cfg.max_seqs && cfg.max_batch_tokens && cfg.max_batch_tokens < cfg.max_seqs) cfg.max_batch_tokens = cfg.max_seqs;
     const char *note = NULL;
     if (ns_engine_open(&cfg, &e, &note, &err)) {
@@ -552,6 +558,27 @@ typedef struct pick_ctx {
     int best_priority;
 } pick_ctx;
 
+/* "0,1,3" -> devices; at most NS_SPEC_MAX_DEVICES, each 0..1023, no repeats. */
+static bool parse_device_list(const char *s, int *devices, int *n) {
+    *n = 0;
+    const char *p = s;
+    while (p && *p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > 1023 || (*end && *end != ',') || *n >= NS_SPEC_MAX_DEVICES) break;
+        for (int i = 0; i < *n; i++)
+            if (devices[i] == (int)v) goto bad;
+        devices[(*n)++] = (int)v;
+        if (!*end) return true;
+        p = end + 1;
+    }
+bad:
+    fprintf(stderr, "nightshift run: --devices: '%s' is not a list of up to %d distinct device numbers (e.g. 0,1)\n",
+            s ? s : "", NS_SPEC_MAX_DEVICES);
+    *n = 0;
+    return false;
+}
+
 static int pick_job(void *user, const ns_job_info *info) {
     pick_ctx *p = user;
     if (info->n_pending + info->n_running == 0 || !strcmp(info->status, "cancelled")) return 0;
@@ -563,6 +590,138 @@ static int pick_job(void *user, const ns_job_info *info) {
     return 0;
 }
 
+/* One worker: claims and runs items until none are pending (or a limit or a signal).
+ * replica >= 0: one of several worker processes (its device is o->device). */
+static int run_worker(run_opts *o, const fault *flt, int replica) {
+    ns_error err;
+    ns_error_clear(&err);
+    ns_store *store = NULL;
+    if (ns_store_open(o->db_path, &store, &err)) {
+        fprintf(stderr, "nightshift run: %s\n", err.msg);
+        return NS_EXIT_FAILURE;
+    }
+    char owner[128], host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    snprintf(owner, sizeof owner, "%s:%ld:%llx", host, (long)getpid(), (unsigned long long)(ns_time_now() * 1e6));
+    if (replica >= 0) {
+        size_t len = strlen(owner);
+        snprintf(owner + len, sizeof owner - len, ":dev%d", o->device);
+    }
+    double deadline = ns_time_now() + o->max_time;
+    int64_t budget = o->max_items > 0 ? o->max_items : -1;
+    int rc = NS_EXIT_OK;
+    if (o->job_id) {
+        rc = run_job(store, o, o->job_id, owner, deadline, &budget, flt);
+    } else {
+        for (;;) {
+            pick_ctx p = {0, 0};
+            if (ns_store_jobs_list(store, pick_job, &p, &err)) {
+                fprintf(stderr, "nightshift run: %s\n", err.msg);
+                rc = NS_EXIT_FAILURE;
+                break;
+            }
+            if (p.job_id == 0) {
+                if (!o->quiet) fprintf(stderr, "nightshift run: no pending items\n");
+                break;
+            }
+            rc = run_job(store, o, p.job_id, owner, deadline, &budget, flt);
+            if (rc != NS_EXIT_OK || budget == 0 || (o->max_time > 0 && ns_time_now() >= deadline)) break;
+            ns_job_info info;
+            if (ns_store_job_info(store, p.job_id, &info, &err) == NS_OK && info.n_pending > 0) break; /* leases of others */
+        }
+    }
+    ns_store_close(store);
+    if (replica >= 0 && !o->quiet)
+        fprintf(stderr, "nightshift run: worker %d (device %d): %lld results committed, exit %d\n", replica, o->device,
+                (long long)g_committed, rc);
+    return rc;
+}
+
+/* The devices named by the spec of the job that would run (--job, or the first picked). */
+static int spec_devices(const run_opts *o, int *devices, int *n_devices) {
+    *n_devices = 0;
+    ns_error err;
+    ns_error_clear(&err);
+    ns_store *store = NULL;
+    if (ns_store_open(o->db_path, &store, &err)) {
+        fprintf(stderr, "nightshift run: %s\n", err.msg);
+        return NS_EXIT_FAILURE;
+    }
+    int64_t job_id = o->job_id;
+    if (!job_id) {
+        pick_ctx p = {0, 0};
+        if (ns_store_jobs_list(store, pick_job, &p, &err) == NS_OK) job_id = p.job_id;
+    }
+    char *text = NULL;
+    ns_job_info info;
+    ns_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    if (job_id && ns_store_job_info(store, job_id, &info, &err) == NS_OK &&
+        ns_store_job_spec_text(store, job_id, &text, &err) == NS_OK &&
+        ns_job_spec_parse(text, strlen(text), info.spec_path, &spec, &err) == NS_OK) {
+        *n_devices = spec.n_devices;
+        memcpy(devices, spec.devices, sizeof spec.devices);
+    }
+    /* a job that cannot be read is reported by the worker that runs it */
+    ns_job_spec_free(&spec);
+    free(text);
+    ns_store_close(store);
+    return NS_EXIT_OK;
+}
+
+/* Data parallelism: one worker process per device, each with its own engine and its own
+ * store connection; the store's leases share the items out. Signals reach the workers
+ * (SIGTERM is passed on); the exit code is the most serious of theirs (4 interrupted >
+ * 1 failure > 3 bad job > 0). */
+static int run_replicas(run_opts *o, const fault *flt, const int *devices, int n) {
+    pid_t pids[NS_SPEC_MAX_DEVICES];
+    if (!o->quiet) {
+        fprintf(stderr, "nightshift run: %d workers, one per device:", n);
+        for (int i = 0; i < n; i++) fprintf(stderr, " %d", devices[i]);
+        fprintf(stderr, "\n");
+    }
+    fflush(NULL);
+    int n_started = 0;
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "nightshift run: fork for device %d: %s\n", devices[i], strerror(errno));
+            break;
+        }
+        if (pid == 0) {
+            o->device = devices[i];
+            int rc = run_worker(o, flt, i);
+            fflush(NULL);
+            _exit(rc);
+        }
+        pids[n_started++] = pid;
+    }
+    int worst = n_started == n ? NS_EXIT_OK : NS_EXIT_FAILURE;
+    bool passed_on = false;
+    for (int i = 0; i < n_started;) {
+        int status;
+        pid_t w = waitpid(pids[i], &status, 0);
+        if (w < 0 && errno == EINTR) {
+            if (g_stop && !passed_on) {
+                for (int k = 0; k < n_started; k++) kill(pids[k], SIGTERM);
+                passed_on = true;
+            }
+            continue;
+        }
+        int rc = w < 0 ? NS_EXIT_FAILURE
+                 : WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : NS_EXIT_FAILURE;
+        if (w >= 0 && WIFSIGNALED(status))
+            fprintf(stderr, "nightshift run: worker on device %d killed by signal %d\n", devices[i], WTERMSIG(status));
+        static const int rank[] = {[NS_EXIT_OK] = 0, [NS_EXIT_INPUT] = 1, [NS_EXIT_FAILURE] = 2, [NS_EXIT_INTERRUPTED] = 3};
+        int r_rc = rc >= 0 && rc <= NS_EXIT_INTERRUPTED ? rank[rc] : 2;
+        int r_worst = rank[worst];
+        if (r_rc > r_worst) worst = rc;
+        i++;
+    }
+    return worst;
+}
+
 int ns_cmd_run(int argc, char **argv) {
     run_opts o = {.db_path = ns_cli_default_db(), .lease = 60.0};
     long long v;
@@ -571,8 +730,10 @@ int ns_cmd_run(int argc, char **argv) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: nightshift run [--db PATH] [--job ID] [--max-time DURATION] [--max-items N]\n"
-                 "                      [--threads N] [--lease SECONDS] [--quiet] [--stats]\n\n"
+                 "                      [--threads N] [--devices LIST] [--lease SECONDS] [--quiet] [--stats]\n\n"
                  "Runs queued items (all jobs by priority, or --job ID) until none are pending.\n"
+                 "  --devices L    CUDA devices, e.g. 0,1 (default: the job spec's devices, else 0); with\n"
+                 "                 several, one worker process per device shares the queue (data parallel)\n"
                  "  --max-time D   stop claiming after D (90, 90s, 15m, 2h); in-flight items finish\n"
                  "  --max-items N  claim at most N items in this run\n"
                  "  --lease S      lease length in seconds (default 60); a crashed run's items return after it\n"
@@ -593,6 +754,9 @@ int ns_cmd_run(int argc, char **argv) {
         } else if (!strcmp(a, "--threads")) {
             if (!ns_cli_parse_int(a, val, 1, 256, &v)) return NS_EXIT_USAGE;
             o.n_threads = (int)v; i++;
+        } else if (!strcmp(a, "--devices")) {
+            if (!parse_device_list(val, o.devices, &o.n_devices)) return NS_EXIT_USAGE;
+            i++;
         } else if (!strcmp(a, "--lease")) {
             if (!ns_cli_parse_float(a, val, 0.05, 86400, &d)) return NS_EXIT_USAGE;
             o.lease = d; i++;
@@ -615,39 +779,16 @@ int ns_cmd_run(int argc, char **argv) {
     fault flt;
     fault_parse(&flt);
 
-    ns_error err;
-    ns_error_clear(&err);
-    ns_store *store = NULL;
-    if (ns_store_open(o.db_path, &store, &err)) {
-        fprintf(stderr, "nightshift run: %s\n", err.msg);
-        return NS_EXIT_FAILURE;
+    /* devices: --devices, else the job's spec (--job, or the job that would run first) */
+    int devices[NS_SPEC_MAX_DEVICES], n_devices = o.n_devices;
+    memcpy(devices, o.devices, sizeof devices);
+    if (n_devices == 0) {
+        int rc = spec_devices(&o, devices, &n_devices);
+        if (rc != NS_EXIT_OK) return rc;
     }
-    char owner[128], host[64] = "host";
-    gethostname(host, sizeof host - 1);
-    snprintf(owner, sizeof owner, "%s:%ld:%llx", host, (long)getpid(), (unsigned long long)(ns_time_now() * 1e6));
-    double deadline = ns_time_now() + o.max_time;
-    int64_t budget = o.max_items > 0 ? o.max_items : -1;
-    int rc = NS_EXIT_OK;
-    if (o.job_id) {
-        rc = run_job(store, &o, o.job_id, owner, deadline, &budget, &flt);
-    } else {
-        for (;;) {
-            pick_ctx p = {0, 0};
-            if (ns_store_jobs_list(store, pick_job, &p, &err)) {
-                fprintf(stderr, "nightshift run: %s\n", err.msg);
-                rc = NS_EXIT_FAILURE;
-                break;
-            }
-            if (p.job_id == 0) {
-                if (!o.quiet) fprintf(stderr, "nightshift run: no pending items\n");
-                break;
-            }
-            rc = run_job(store, &o, p.job_id, owner, deadline, &budget, &flt);
-            if (rc != NS_EXIT_OK || budget == 0 || (o.max_time > 0 && ns_time_now() >= deadline)) break;
-            ns_job_info info;
-            if (ns_store_job_info(store, p.job_id, &info, &err) == NS_OK && info.n_pending > 0) break; /* leases of others */
-        }
+    if (n_devices <= 1) {
+        o.device = n_devices == 1 ? devices[0] : 0;
+        return run_worker(&o, &flt, -1);
     }
-    ns_store_close(store);
-    return rc;
+    return run_replicas(&o, &flt, devices, n_devices);
 }

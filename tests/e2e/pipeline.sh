@@ -117,6 +117,27 @@ check "two runners: 40 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(
 "$BIN" export 1 --db "$db" -o "$T/out.jsonl" 2>/dev/null
 check "two runners: same outputs" cmp -s "$T/out.jsonl" "$T/ref.jsonl"
 
+# --- data parallel: --devices starts one worker process per device on the same queue
+# (backend cpu here, so "devices" are just workers; on GPUs each gets its own device)
+db="$T/dp.db"
+sed 's/^  max_seqs: 4/  max_seqs: 2/' "$T/job.yaml" > "$T/job-dp.yaml"
+"$BIN" submit "$T/job-dp.yaml" --db "$db" >/dev/null 2>&1
+"$BIN" run --db "$db" --threads 1 --devices 0,1 >/dev/null 2>"$T/err"; rc=$?
+check "devices 0,1: exit 0" test $rc = 0
+check "devices 0,1: two workers announced" grep -q 'nightshift run: 2 workers, one per device: 0 1' "$T/err"
+check "devices 0,1: both workers committed results" bash -c "[ \$(grep -c 'worker [01] (device [01]): [1-9][0-9]* results committed, exit 0' '$T/err') = 2 ]"
+check "devices 0,1: 40 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(*) FROM results')" = 40
+"$BIN" export 1 --db "$db" -o "$T/out.jsonl" 2>/dev/null
+check "devices 0,1: every custom_id once" ids_once "$T/out.jsonl"
+"$BIN" run --db "$db" --devices 0,0 >/dev/null 2>"$T/err"; rc=$?
+check "devices 0,0: usage error naming the flag" bash -c "test $rc = 2 && grep -q -- '--devices' '$T/err'"
+
+db="$T/dp2.db"
+{ cat "$T/job-dp.yaml"; echo "devices: [0, 1]"; } > "$T/job-dp2.yaml"
+"$BIN" submit "$T/job-dp2.yaml" --db "$db" >/dev/null 2>&1
+"$BIN" run --db "$db" --threads 1 >/dev/null 2>"$T/err"; rc=$?
+check "spec devices [0, 1]: two workers, exit 0, 40 results" bash -c "test $rc = 0 && grep -q '2 workers, one per device: 0 1' '$T/err' && test \$(sqlite3 '$db' 'SELECT COUNT(*) FROM results') = 40"
+
 # --- bad inputs: clear error (exit 3, message names the problem), queue unchanged
 db="$T/bad.db"
 "$BIN" submit "$T/job.yaml" --db "$db" >/dev/null 2>&1
