@@ -673,6 +673,20 @@ static const ns_backend_ops cuda_ops = {
     .argmax_rows = cuda_argmax_rows,
 };
 
+int ns_backend_cuda_device(const ns_backend *b) {
+    return b && b->ops == &cuda_ops ? ((const cuda_backend *)b)->device : -1;
+}
+
+void *ns_backend_cuda_stream(ns_backend *b) { return cb(b)->stream; }
+
+bool ns_backend_cuda_failed(const ns_backend *b) { return ((const cuda_backend *)b)->sticky != NS_OK; }
+
+void ns_backend_cuda_fail(ns_backend *b, const char *what) {
+    cuda_backend *c = cb(b);
+    if (c->sticky) return;
+    c->sticky = ns_error_set(&c->sticky_err, NS_ERR_BACKEND, "cuda backend: %s", what);
+}
+
 ns_status ns_backend_cuda_device_count(int *n_devices, ns_error *err) {
     int n = 0;
     *n_devices = 0;

@@ -19,6 +19,14 @@ ns_status ns_backend_cuda_device_count(int *n_devices, ns_error *err);
  * runtime or cuBLAS call (named, with the CUDA error string). Free with
  * ns_backend_destroy. */
 ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err);
+
+/* For tensor-parallel communication (tp_nccl.c): b's device, or -1 when b is not a CUDA
+ * backend; its stream (a cudaStream_t); whether an error is recorded; and recording one
+ * (NS_ERR_BACKEND "cuda backend: <what>", returned by b's next synchronizing call). */
+int ns_backend_cuda_device(const ns_backend *b);
+void *ns_backend_cuda_stream(ns_backend *b);
+bool ns_backend_cuda_failed(const ns_backend *b);
+void ns_backend_cuda_fail(ns_backend *b, const char *what);
 #endif
 
 #endif

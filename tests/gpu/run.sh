@@ -10,10 +10,15 @@
 #   3. gpu-parity greedy:     greedy tokens, CPU vs CUDA, tiny Q8_0/Q4_1 model files
 #   4. gpu-parity synthetic:  16 prompts x 32 greedy tokens, CPU vs CUDA, on random-weight
 #                             models built in memory at real shapes (SmolLM2-135M's too)
-#   5. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator)
-#   6. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
+#   5. runner_cuda.sh:        submit / run / export of a 40-item job with backend cuda,
+#                             and the same job on 2 worker processes (--devices 0,0 is
+#                             refused, so both on device 0 through the spec's devices)
+#   6. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator)
+#   7. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
 #                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
-#   7. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
+#   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
+# (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
+# device: one rank on a one-GPU machine)
 # Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table and
 # "N passed, N failed, N skipped"; exit 1 on any failure.
 # usage: bash tests/gpu/run.sh [quick|profile]
@@ -47,6 +52,13 @@ else
   fi
 fi
 
+# NCCL for the tensor-parallel test: the system's, else the one in PyTorch's packages
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2'; then
+  nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+  [ -n "$nccl_dir" ] && [ -f "$nccl_dir/libnccl.so.2" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$nccl_dir" &&
+    echo "NCCL from $nccl_dir"
+fi
+
 step() { # step NAME TIMEOUT CMD...: runs CMD, adds its summary line to the totals
   local name=$1 limit=$2 out line t0=$(date +%s); shift 2
   echo "== $name"
@@ -78,6 +90,9 @@ if [ "$mode" != profile ]; then
   step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
 fi
 step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
+if [ "$mode" != profile ]; then
+  step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
+fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 bench gen-1b 90 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"

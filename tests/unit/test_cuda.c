@@ -11,6 +11,12 @@
 #include "engine.h"
 #include "ops.h"
 #include "tiny_model.h"
+#include "forward.h"
+#include "gguf.h"
+#include "tp_nccl.h"
+
+#include <pthread.h>
+#include <string.h>
 
 #include <stdlib.h>
 
@@ -187,4 +193,116 @@ NS_TEST(test_cuda_tiny_model_logits_vs_cpu) {
     CHECK_ALLCLOSE(logits[1], logits[0], NS_TINY_N_VOCAB, 0.05, 0.05, 1e-3);
     free(logits[0]);
     free(logits[1]);
+}
+
+/* ---- tensor parallelism over NCCL ---- */
+
+/* Greedy tokens (8) and first logits of a prompt through one rank of a sharded model on
+ * CUDA device `device` (tp NULL: the unsplit model). */
+typedef struct nccl_rank_run {
+    const char *path;
+    int rank, n_ranks, device;
+    ns_backend *b; /* created by the caller (NCCL needs the backends first) */
+    ns_tp *tp;
+    int32_t out[8];
+    float logits[NS_TINY_N_VOCAB];
+    ns_status st;
+    char err[600];
+} nccl_rank_run;
+
+static __attribute__((unused)) void *nccl_rank_main(void *arg) {
+    nccl_rank_run *t = arg;
+    ns_error err;
+    ns_error_clear(&err);
+    ns_gguf *g = NULL;
+    ns_model *m = NULL;
+    ns_fwd_scratch sc;
+    memset(&sc, 0, sizeof sc);
+    ns_backend *b = t->b;
+    float *logits = malloc(NS_TINY_N_VOCAB * sizeof(float));
+    int32_t toks[16] = {72, 101, 108, 108, 111, 32, 116, 104, 101}, pos[16], table[4] = {0, 1, 2, 3};
+    if ((t->st = ns_gguf_open(t->path, &g, &err)) || (t->st = ns_model_load_shard(g, b, t->rank, t->n_ranks, &m, &err)))
+        goto done;
+    ns_kv_shape shape = {m->hp.n_layer, 4, 16, m->hp.n_head_kv, m->hp.head_dim};
+    if ((t->st = b->ops->kv_alloc(b, &shape, &err)) || (t->st = ns_fwd_scratch_alloc(m, 16, 1, &sc, &err))) goto done;
+    int n_past = 0, n_new = 9;
+    for (int step = 0; step < 8; step++) {
+        for (int i = 0; i < n_new; i++) pos[i] = n_past + i;
+        int32_t start = 0, n_tok = n_new, past = n_past, row = n_new - 1;
+        ns_fwd_batch batch = {.n_tokens = n_new, .n_seqs = 1, .tokens = toks, .pos = pos, .tok_start = &start,
+                              .n_seq_tokens = &n_tok, .n_past = &past, .block_table = table,
+                              .max_blocks_per_seq = 4, .logit_rows = &row, .n_logits = 1};
+        if ((t->st = ns_forward_tp(m, &sc, &batch, logits, t->tp, &err))) goto done;
+        if (step == 0) memcpy(t->logits, logits, sizeof t->logits);
+        int best = 0;
+        for (int v = 1; v < NS_TINY_N_VOCAB; v++)
+            if (logits[v] > logits[best]) best = v;
+        t->out[step] = best;
+        n_past += n_new;
+        toks[0] = best;
+        n_new = 1;
+    }
+done:
+    if (t->st) snprintf(t->err, sizeof t->err, "rank %d: %s", t->rank, err.msg);
+    if (m) ns_fwd_scratch_free(m, &sc);
+    ns_model_free(m);
+    ns_gguf_close(g);
+    free(logits);
+    return NULL;
+}
+
+NS_TEST(test_cuda_tp_nccl_equals_tp1) {
+    if (cuda_devices() == 0) SKIP("no CUDA device (or a build without CUDA)");
+#ifdef NS_HAVE_CUDA
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    c.wtype = NS_GGML_F32;
+    c.tied = 0;
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny_nccl.gguf", ns_test_tmpdir());
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    /* TP=1 without a communicator */
+    nccl_rank_run one = {.path = path, .n_ranks = 1};
+    CHECK_STATUS_OK(ns_backend_cuda_create(0, &one.b, &err), &err);
+    if (!one.b) return;
+    nccl_rank_main(&one);
+    CHECK_MSG(one.st == NS_OK, "%s", one.err);
+    ns_backend_destroy(one.b);
+    /* the NCCL path with as many ranks as devices (1 on a one-GPU machine: NCCL's
+     * all-reduce of one rank, in place, must leave every value as it was) */
+    int n = cuda_devices() >= 2 ? 2 : 1;
+    nccl_rank_run r[2];
+    ns_backend *bs[2] = {NULL, NULL};
+    for (int i = 0; i < n; i++) CHECK_STATUS_OK(ns_backend_cuda_create(i, &bs[i], &err), &err);
+    ns_tp_nccl *g = NULL;
+    ns_status st = ns_tp_nccl_create(bs, n, &g, &err);
+    if (st == NS_ERR_UNSUPPORTED) {
+        for (int i = 0; i < n; i++) ns_backend_destroy(bs[i]);
+        static char why[600];
+        snprintf(why, sizeof why, "%s", err.msg);
+        SKIP(why);
+    }
+    CHECK_STATUS_OK(st, &err);
+    if (g) {
+        printf("  NCCL %s, %d rank(s)\n", ns_tp_nccl_version(g) ? ns_tp_nccl_version(g) : "?", n);
+        pthread_t th[2];
+        for (int i = 0; i < n; i++) {
+            r[i] = (nccl_rank_run){.path = path, .rank = i, .n_ranks = n, .b = bs[i], .tp = ns_tp_nccl_rank(g, i)};
+            CHECK(pthread_create(&th[i], NULL, nccl_rank_main, &r[i]) == 0);
+        }
+        for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+        for (int i = 0; i < n; i++) {
+            CHECK_MSG(r[i].st == NS_OK, "%s", r[i].err);
+            if (r[i].st || one.st) continue;
+            for (int k = 0; k < 8; k++) CHECK_EQ_INT(r[i].out[k], one.out[k]);
+            if (n == 1) /* one rank: bit for bit */
+                CHECK(memcmp(r[i].logits, one.logits, sizeof one.logits) == 0);
+            else
+                CHECK_ALLCLOSE(r[i].logits, one.logits, NS_TINY_N_VOCAB, 0.05, 0.05, 1e-3);
+        }
+    }
+    ns_tp_nccl_destroy(g);
+    for (int i = 0; i < n; i++) ns_backend_destroy(bs[i]);
+#endif
 }

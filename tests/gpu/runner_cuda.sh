@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tests/gpu/runner_cuda.sh BIN_DIR: the job pipeline on a GPU: a 40-item job on a tiny
+# model file with backend cuda through submit -> run -> export, compared with the same
+# job on the CPU (greedy; bf16 GEMM inputs can flip a near-tie, so identical outputs are
+# counted and reported, and at least 36 of 40 are required). Ends with
+# "N passed, N failed, N skipped".
+set -u
+bin=${1:-build}
+BIN="$bin/nightshift"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0 fail=0
+check() { local name=$1; shift; if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi; }
+"$bin/unit" --write-tiny-model "$T/tiny.gguf" || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+: > "$T/in.jsonl"
+for i in $(seq 1 40); do printf '{"id": "doc-%02d", "text": "item %d of the set"}\n' "$i" "$i" >> "$T/in.jsonl"; done
+gpu=${NS_TEST_GPU_BACKEND:-cuda} # cpu: checks this script itself on a machine without a GPU
+for be in cpu cuda; do
+  cat > "$T/job-$be.yaml" <<YAML
+name: tiny-$be
+model: tiny.gguf
+backend: $([ $be = cuda ] && echo "$gpu" || echo cpu)
+input:
+  path: in.jsonl
+  format: jsonl
+  id_field: id
+prompt:
+  template: "Say: {{text}}"
+sampling:
+  max_tokens: 24
+  temperature: 0
+limits:
+  max_seqs: 8
+YAML
+  "$BIN" submit "$T/job-$be.yaml" --db "$T/$be.db" >/dev/null 2>"$T/err-$be" &&
+    "$BIN" run --db "$T/$be.db" 2>>"$T/err-$be" >/dev/null &&
+    "$BIN" export 1 --db "$T/$be.db" -o "$T/$be.jsonl" 2>>"$T/err-$be"
+  check "backend $be: submit, run, export exit 0" test $? = 0
+done
+grep -i "backend\|cuda" "$T/err-cuda" | head -3
+check "backend cuda: 40 results" test "$(grep -c custom_id "$T/cuda.jsonl" 2>/dev/null)" = 40
+same=$(paste <(grep -o '"output":"[^"]*"' "$T/cpu.jsonl") <(grep -o '"output":"[^"]*"' "$T/cuda.jsonl") |
+       awk -F'\t' '$1 == $2' | wc -l)
+echo "     $same of 40 outputs identical between cpu and cuda"
+check "cpu vs cuda: at least 36 of 40 outputs identical" test "$same" -ge 36
+# two worker processes through the spec's devices, both on device 0 where only one GPU exists
+n_dev=$(nvidia-smi -L 2>/dev/null | grep -c GPU)
+devs="[0, 1]"; [ "$n_dev" -lt 2 ] && devs="[0]"
+{ cat "$T/job-cuda.yaml"; echo "devices: $devs"; } > "$T/job-dp.yaml"
+"$BIN" submit "$T/job-dp.yaml" --db "$T/dp.db" >/dev/null 2>&1 && "$BIN" run --db "$T/dp.db" 2>"$T/err-dp" >/dev/null
+check "spec devices $devs: run exit 0" test $? = 0
+check "spec devices $devs: 40 completed" grep -q '"request_counts":{"total":40,"completed":40,"failed":0}' \
+  <("$BIN" status --json 1 --db "$T/dp.db")
+echo "$pass passed, $fail failed, 0 skipped"
+[ $fail -eq 0 ]
