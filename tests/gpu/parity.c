@@ -1,6 +1,6 @@
 /* parity.c: the CUDA kernels and backend against the CPU references, on a GPU. Built and
  * run by tests/gpu/run.sh (it compiles anywhere nvcc exists, but only runs where a CUDA
- * device is present; it has never been run on the machine this was written on).
+ * device is present; tests/gpu/RESULTS.md has the runs).
  *
  * usage: gpu-parity kernels | greedy | throughput
  *   kernels     every ns_cuda_* op against its ns_cpu_*_ref on odd shapes (1, odd sizes,

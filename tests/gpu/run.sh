@@ -21,8 +21,9 @@
 # device: one rank on a one-GPU machine)
 # Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table and
 # "N passed, N failed, N skipped"; exit 1 on any failure.
-# usage: bash tests/gpu/run.sh [quick|profile]
+# usage: bash tests/gpu/run.sh [quick|profile|bench]
 #   quick:   200 prompts in the benchmarks
+#   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
 #   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
 #            (device time per op, host time) and with NS_CUDA_ATTN_SLOW=1 (the plain
 #            attention kernel, side by side); no HF run
@@ -84,13 +85,13 @@ bench() { # bench NAME TIMEOUT CMD...: runs CMD, keeps its "result:" line for th
   table+=("$(printf '%-32s %s (%d s)' "$name" "$res" $(( $(date +%s) - t0 )))")
 }
 
-step "1. kernel parity" 60 "$bin/gpu-parity" kernels
-if [ "$mode" != profile ]; then
+[ "$mode" != bench ] && step "1. kernel parity" 60 "$bin/gpu-parity" kernels
+if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "2. CUDA unit tests" 60 "$bin/unit" cuda
   step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
 fi
-step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
-if [ "$mode" != profile ]; then
+[ "$mode" != bench ] && step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
+if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
