@@ -47,6 +47,9 @@ typedef struct cpu_backend {
     ns_fwd_batch batch;
     int32_t *bt_buf;
     size_t bt_cap;
+    /* tests: NS_FAULT_BATCH_TOKENS=N makes a batch of more than N tokens fail as out of
+     * memory (the engine's shrink-on-OOM path); -1 = off */
+    int fault_batch_tokens;
 } cpu_backend;
 
 static cpu_backend *cpu(ns_backend *b) { return (cpu_backend *)b; }
@@ -190,7 +193,11 @@ oom:
 }
 
 static ns_status cpu_batch_set(ns_backend *b, const ns_fwd_batch *batch, ns_error *err) {
-    (void)err;
+    int limit = cpu(b)->fault_batch_tokens;
+    if (limit >= 0 && batch->n_tokens > limit)
+        return ns_error_set(err, NS_ERR_NOMEM,
+                            "cpu backend: out of memory for a batch of %d tokens (simulated: NS_FAULT_BATCH_TOKENS=%d)",
+                            batch->n_tokens, limit);
     /* Host memory already: the ops read the caller's arrays, which stay valid and
      * unchanged until the step's forward pass returns (engine contract). */
     cpu(b)->batch = *batch;
@@ -416,6 +423,8 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
     if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
     c->base.ops = &cpu_ops;
     c->base.kv_elem_bytes = 4;
+    const char *fault = getenv("NS_FAULT_BATCH_TOKENS");
+    c->fault_batch_tokens = fault && *fault ? atoi(fault) : -1;
     c->n_threads = n_threads;
     ns_status st = ns_pool_create(n_threads, &c->pool, err);
     if (st) {

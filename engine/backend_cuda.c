@@ -193,16 +193,26 @@ static ns_status cublas_fail(ns_error *err, cublasStatus_t s, const char *what) 
         if (e_ != cudaSuccess) return cuda_fail(err, e_, (what));                        \
     } while (0)
 
-/* An op's failure: kept (the first one) for the next call that can return a status. */
+/* An op's failure: kept (the first one) for the next call that can return a status.
+ * Out of memory is kept as NS_ERR_NOMEM, which the engine answers by retrying the step
+ * with a smaller batch. */
 static void op_check(cuda_backend *c, cudaError_t e, const char *op) {
     if (e == cudaSuccess || c->sticky) return;
     c->sticky = cuda_fail(&c->sticky_err, e, op);
+    if (e == cudaErrorMemoryAllocation) c->sticky = c->sticky_err.code = NS_ERR_NOMEM;
 }
 
+/* Returns the recorded error. An out-of-memory error is returned once and then cleared:
+ * the step it spoiled is discarded and run again smaller; other errors stay. */
 static ns_status sticky_status(cuda_backend *c, ns_error *err) {
     if (!c->sticky) return NS_OK;
     if (err) *err = c->sticky_err;
-    return c->sticky;
+    ns_status st = c->sticky;
+    if (st == NS_ERR_NOMEM) {
+        (void)cudaStreamSynchronize(c->stream); /* the spoiled step's work is done before the retry */
+        c->sticky = NS_OK;
+    }
+    return st;
 }
 
 /* cudaMalloc + zero; out of memory names what, how much was needed and how much was free. */
@@ -546,7 +556,10 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
     if (s == CUBLAS_STATUS_SUCCESS && c->precise)
         s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K, c->x_lo,
                          CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS && !c->sticky) c->sticky = cublas_fail(&c->sticky_err, s, "matmul (cublasGemmEx)");
+    if (s != CUBLAS_STATUS_SUCCESS && !c->sticky) {
+        c->sticky = cublas_fail(&c->sticky_err, s, "matmul (cublasGemmEx)");
+        if (s == CUBLAS_STATUS_ALLOC_FAILED) c->sticky = c->sticky_err.code = NS_ERR_NOMEM;
+    }
 }
 
 static void cuda_add_bias(ns_backend *b, float *y, const ns_bweight *bias, int M, int N) {

@@ -75,7 +75,11 @@ struct ns_engine {
     int32_t *b_ids;                   /* (max_seqs) tokens chosen on the device */
     uint64_t *hash_scratch;           /* (max_blocks_per_seq) prefix chain hashes */
     uint64_t n_admitted;
-    int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted;
+    int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted, stat_oom;
+    /* per-step limits: the config's, halved after an out-of-memory step */
+    int budget_tokens, budget_seqs;
+    int rr_start; /* first slot considered for decode when budget_seqs cuts the batch */
+    char note[640]; /* ns_step_stats.note */
 };
 
 const char *ns_finish_name(ns_finish f) {
@@ -198,6 +202,8 @@ model_ready:;
     ns_kv_shape shape = {hp->n_layer, (int)n_blocks, cfg->block_size, hp->n_head_kv, hp->head_dim};
     if ((st = e->backend->ops->kv_alloc(e->backend, &shape, err))) goto fail;
     if ((st = ns_fwd_scratch_alloc(e->model, cfg->max_batch_tokens, cfg->max_seqs, &e->scratch, err))) goto fail;
+    e->budget_tokens = cfg->max_batch_tokens;
+    e->budget_seqs = cfg->max_seqs;
 
     size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs;
     e->seqs = ns_calloc_array(S, sizeof(seq));
@@ -573,7 +579,7 @@ static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err) 
 
 ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
     ns_status st;
-    const int S = e->cfg.max_seqs, budget = e->cfg.max_batch_tokens;
+    const int S = e->cfg.max_seqs, budget = e->budget_tokens;
     /* 1. admission */
     if (e->cfg.optimistic) {
         grow_blocks(e);
@@ -600,8 +606,11 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
     }
     /* 2. the batch: single tokens first (decode), then chunks within the budget */
     int n_tok = 0, n_seq = 0, n_prompt_tok = 0, n_decode = 0;
+    const bool capped = e->budget_seqs < S;
     for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < S && n_tok < budget; i++) {
+        for (int k = 0; k < S && n_tok < budget && n_seq < e->budget_seqs; k++) {
+            /* a cut-down batch starts at a rotating slot, so every sequence gets its turn */
+            int i = capped ? (k + e->rr_start) % S : k;
             seq *s = &e->seqs[i];
             if (!s->active || s->n_blocks == 0) continue;
             int total = s->n_prompt + s->n_gen;
@@ -646,6 +655,9 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         stats->prefix_hit_tokens = e->stat_prefix_hit;
         stats->prompt_tokens_admitted = e->stat_prompt_admitted;
         stats->n_preempted = e->stat_preempted;
+        stats->n_oom_retries = e->stat_oom;
+        stats->batch_token_limit = e->budget_tokens;
+        stats->note = NULL;
     }
     if (n_tok == 0) return NS_OK;
 
@@ -661,10 +673,26 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         const seq *s = &e->seqs[e->b_seq_of[k]];
         if (s->logit_row >= 0 && !plain_greedy(s)) device_greedy = false;
     }
-    if ((st = ns_forward(e->model, &e->scratch, &batch, device_greedy ? NULL : e->logits, err))) return st;
-    if (device_greedy &&
-        (st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err)))
-        return st;
+    if (capped) e->rr_start = (e->rr_start + n_seq) % S;
+    st = ns_forward(e->model, &e->scratch, &batch, device_greedy ? NULL : e->logits, err);
+    if (!st && device_greedy)
+        st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err);
+    if (st == NS_ERR_NOMEM && n_tok > 1) {
+        /* discard the step (nothing below ran: no token was cached or sampled) and go on
+         * with half the batch */
+        e->budget_tokens = NS_MAX(1, n_tok / 2);
+        e->budget_seqs = NS_MIN(e->budget_seqs, e->budget_tokens); /* a decode batch: n_seq == n_tok */
+        e->stat_oom++;
+        snprintf(e->note, sizeof e->note, "%s; the step is run again with at most %d tokens and %d sequences",
+                 err->msg, e->budget_tokens, e->budget_seqs);
+        if (stats) {
+            stats->n_oom_retries = e->stat_oom;
+            stats->batch_token_limit = e->budget_tokens;
+            stats->note = e->note;
+        }
+        return NS_OK;
+    }
+    if (st) return st;
 
     /* 3. sampling, in batch order (each request has its own random stream) */
     const int n_vocab = e->model->hp.n_vocab;
@@ -712,7 +740,7 @@ ns_status ns_engine_prompt_logits(ns_engine *e, const int32_t *prompt, int n_pro
     ns_status st = NS_OK;
     int done = 0;
     while (done < n_prompt) {
-        int n = NS_MIN(n_prompt - done, e->cfg.max_batch_tokens);
+        int n = NS_MIN(n_prompt - done, e->budget_tokens);
         for (int j = 0; j < n; j++) {
             e->b_tokens[j] = prompt[done + j];
             e->b_pos[j] = done + j;

@@ -100,6 +100,10 @@ typedef struct ns_step_stats {
     int64_t prefix_hit_tokens; /* prompt tokens served from the prefix cache, since open */
     int64_t prompt_tokens_admitted; /* prompt tokens admitted, since open */
     int64_t n_preempted;    /* sequences preempted (optimistic mode), since open */
+    int64_t n_oom_retries;  /* steps discarded on out of memory and run again smaller, since open */
+    int batch_token_limit;  /* tokens per step now (max_batch_tokens, less after out of memory) */
+    const char *note;       /* set when this step changed how the engine runs (a shrink after out of
+                               memory), for the caller to show; valid until the next step */
 } ns_step_stats;
 
 typedef struct ns_engine ns_engine;
@@ -124,7 +128,11 @@ bool ns_engine_add_bos(const ns_engine *e);
 ns_status ns_engine_submit(ns_engine *e, const ns_request *req, ns_error *err);
 
 /* Runs one forward step (admission, one batch, sampling). Returns NS_OK also when there
- * was nothing to do. stats may be NULL. */
+ * was nothing to do. stats may be NULL.
+ * Out of memory in the backend during a step (NS_ERR_NOMEM) does not fail the job: the
+ * step is discarded, the tokens per step (and sequences per step) are halved for the rest
+ * of the engine's life, and the next step runs smaller; only a one-token step that still
+ * fails returns the error. */
 ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err);
 
 /* Moves up to max finished completions into out[]; returns how many. The caller owns

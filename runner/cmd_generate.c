@@ -211,6 +211,7 @@ int ns_cmd_generate(int argc, char **argv) {
             fprintf(stderr, "\nnightshift generate: %s\n", err.msg);
             goto done;
         }
+        if (stats.note) fprintf(stderr, "nightshift generate: %s\n", stats.note);
         if (stats.n_prompt_tokens > 0) t_first = ns_time_now(); /* end of the last prefill step */
     }
     double t2 = ns_time_now();

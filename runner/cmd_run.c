@@ -411,6 +411,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                 fprintf(stderr, "\nnightshift run: engine: %s\n", err.msg);
                 goto done;
             }
+            if (st.note) fprintf(stderr, "\nnightshift run: %s\n", st.note); /* rare: a batch shrink */
             pg.tokens += st.n_tokens;
             n_steps++;
             if (flt->after_steps && n_steps >= flt->after_steps) raise(SIGKILL);

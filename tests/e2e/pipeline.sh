@@ -138,6 +138,14 @@ db="$T/dp2.db"
 "$BIN" run --db "$db" --threads 1 >/dev/null 2>"$T/err"; rc=$?
 check "spec devices [0, 1]: two workers, exit 0, 40 results" bash -c "test $rc = 0 && grep -q '2 workers, one per device: 0 1' '$T/err' && test \$(sqlite3 '$db' 'SELECT COUNT(*) FROM results') = 40"
 
+# --- out of memory in a step (simulated on the CPU backend): the batch shrinks, the run goes on
+db="$T/oom.db"
+"$BIN" submit "$T/job.yaml" --db "$db" >/dev/null 2>&1
+NS_FAULT_BATCH_TOKENS=16 "$BIN" run --db "$db" --quiet >/dev/null 2>"$T/err"; rc=$?
+check "oom in a step: exit 0, the shrink is reported" bash -c "test $rc = 0 && grep -q 'the step is run again with at most' '$T/err'"
+check "oom in a step: 40 completed" grep -q '"request_counts":{"total":40,"completed":40,"failed":0}' \
+  <("$BIN" status --json 1 --db "$db")
+
 # --- bad inputs: clear error (exit 3, message names the problem), queue unchanged
 db="$T/bad.db"
 "$BIN" submit "$T/job.yaml" --db "$db" >/dev/null 2>&1

@@ -751,3 +751,76 @@ NS_TEST(test_engine_synthetic_model_params_and_errors) {
     CHECK(ns_model_random(&bad, 1, b, &m, &err) == NS_ERR_INVALID);
     ns_backend_destroy(b);
 }
+
+/* ---- out of memory in a step: the batch shrinks, the job goes on ---- */
+
+/* 6 requests (prompts of 30 tokens, 8 greedy tokens) in batch-invariant mode; tokens out. */
+static void oom_run(const char *path, int32_t toks[6][8], ns_step_stats *last, ns_status *st_out) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = path;
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    cfg.max_seqs = 6;
+    cfg.max_batch_tokens = 64;
+    cfg.batch_invariant = true;
+    ns_engine *e = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_engine_open(&cfg, &e, NULL, &err), &err);
+    if (!e) return;
+    int32_t prompt[40];
+    for (int r = 0; r < 6; r++) {
+        for (int i = 0; i < 30; i++) prompt[i] = (i * 13 + r * 7 + 1) % NS_TINY_N_VOCAB;
+        ns_request req = {0};
+        req.id = (uint64_t)r;
+        req.prompt = prompt;
+        req.n_prompt = 30;
+        ns_sampling_default(&req.sampling);
+        req.sampling.max_tokens = 8;
+        req.sampling.ignore_eos = true;
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    *st_out = NS_OK;
+    memset(last, 0, sizeof *last);
+    for (int guard = 0; !ns_engine_idle(e) && guard < 10000; guard++)
+        if ((*st_out = ns_engine_step(e, last, &err)) != NS_OK) break;
+    ns_completion *c[8];
+    int n = ns_engine_collect(e, c, 8);
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < 8 && j < c[i]->n_tokens; j++) toks[c[i]->id][j] = c[i]->tokens[j];
+        ns_completion_free(c[i]);
+    }
+    if (*st_out == NS_OK) CHECK_EQ_INT(n, 6);
+    ns_engine_close(e);
+}
+
+NS_TEST(test_engine_oom_in_step_shrinks_the_batch) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny_oom.gguf", ns_test_tmpdir());
+    ns_tiny_cfg c;
+    ns_tiny_cfg_default(&c);
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    int32_t ref[6][8], got[6][8];
+    memset(ref, 0, sizeof ref);
+    memset(got, 0xff, sizeof got);
+    ns_step_stats st;
+    ns_status s;
+    unsetenv("NS_FAULT_BATCH_TOKENS");
+    oom_run(path, ref, &st, &s);
+    CHECK_EQ_INT(s, NS_OK);
+    CHECK(st.n_oom_retries == 0 && st.batch_token_limit == 64);
+    /* the backend cannot hold more than 20 tokens per step: the first steps fail, the
+     * engine halves its batch until it fits, and the outputs are those of the full run */
+    setenv("NS_FAULT_BATCH_TOKENS", "20", 1);
+    oom_run(path, got, &st, &s);
+    CHECK_EQ_INT(s, NS_OK);
+    CHECK_MSG(st.n_oom_retries >= 2 && st.batch_token_limit <= 20, "%lld retries, limit %d",
+              (long long)st.n_oom_retries, st.batch_token_limit);
+    CHECK(memcmp(ref, got, sizeof ref) == 0);
+    /* no room for even one token: the step's error comes out */
+    setenv("NS_FAULT_BATCH_TOKENS", "0", 1);
+    oom_run(path, got, &st, &s);
+    CHECK_EQ_INT(s, NS_ERR_NOMEM);
+    unsetenv("NS_FAULT_BATCH_TOKENS");
+}
