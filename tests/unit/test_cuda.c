@@ -14,6 +14,7 @@
 #include "forward.h"
 #include "gguf.h"
 #include "tp_nccl.h"
+#include "tp_run.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -197,11 +198,10 @@ NS_TEST(test_cuda_tiny_model_logits_vs_cpu) {
 
 /* ---- tensor parallelism over NCCL ---- */
 
-/* Greedy tokens (8) and first logits of a prompt through one rank of a sharded model on
- * CUDA device `device` (tp NULL: the unsplit model). */
+/* One rank of the tiny model on its CUDA backend: 8 greedy tokens and the first logits. */
 typedef struct nccl_rank_run {
     const char *path;
-    int rank, n_ranks, device;
+    int rank, n_ranks;
     ns_backend *b; /* created by the caller (NCCL needs the backends first) */
     ns_tp *tp;
     int32_t out[8];
@@ -212,42 +212,11 @@ typedef struct nccl_rank_run {
 
 static __attribute__((unused)) void *nccl_rank_main(void *arg) {
     nccl_rank_run *t = arg;
+    const int32_t prompt[9] = {72, 101, 108, 108, 111, 32, 116, 104, 101};
     ns_error err;
     ns_error_clear(&err);
-    ns_gguf *g = NULL;
-    ns_model *m = NULL;
-    ns_fwd_scratch sc;
-    memset(&sc, 0, sizeof sc);
-    ns_backend *b = t->b;
-    float *logits = malloc(NS_TINY_N_VOCAB * sizeof(float));
-    int32_t toks[16] = {72, 101, 108, 108, 111, 32, 116, 104, 101}, pos[16], table[4] = {0, 1, 2, 3};
-    if ((t->st = ns_gguf_open(t->path, &g, &err)) || (t->st = ns_model_load_shard(g, b, t->rank, t->n_ranks, &m, &err)))
-        goto done;
-    ns_kv_shape shape = {m->hp.n_layer, 4, 16, m->hp.n_head_kv, m->hp.head_dim};
-    if ((t->st = b->ops->kv_alloc(b, &shape, &err)) || (t->st = ns_fwd_scratch_alloc(m, 16, 1, &sc, &err))) goto done;
-    int n_past = 0, n_new = 9;
-    for (int step = 0; step < 8; step++) {
-        for (int i = 0; i < n_new; i++) pos[i] = n_past + i;
-        int32_t start = 0, n_tok = n_new, past = n_past, row = n_new - 1;
-        ns_fwd_batch batch = {.n_tokens = n_new, .n_seqs = 1, .tokens = toks, .pos = pos, .tok_start = &start,
-                              .n_seq_tokens = &n_tok, .n_past = &past, .block_table = table,
-                              .max_blocks_per_seq = 4, .logit_rows = &row, .n_logits = 1};
-        if ((t->st = ns_forward_tp(m, &sc, &batch, logits, t->tp, &err))) goto done;
-        if (step == 0) memcpy(t->logits, logits, sizeof t->logits);
-        int best = 0;
-        for (int v = 1; v < NS_TINY_N_VOCAB; v++)
-            if (logits[v] > logits[best]) best = v;
-        t->out[step] = best;
-        n_past += n_new;
-        toks[0] = best;
-        n_new = 1;
-    }
-done:
+    t->st = ns_test_tp_greedy(t->path, t->b, t->rank, t->n_ranks, t->tp, prompt, 9, 8, t->out, t->logits, &err);
     if (t->st) snprintf(t->err, sizeof t->err, "rank %d: %s", t->rank, err.msg);
-    if (m) ns_fwd_scratch_free(m, &sc);
-    ns_model_free(m);
-    ns_gguf_close(g);
-    free(logits);
     return NULL;
 }
 

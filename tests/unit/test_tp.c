@@ -12,6 +12,7 @@
 #include "gguf.h"
 #include "tiny_model.h"
 #include "tp_local.h"
+#include "tp_run.h"
 
 #define TP_GEN 12
 #define TP_MAX_TOK 64
@@ -32,45 +33,12 @@ static void *tp_rank_main(void *arg) {
     tp_rank *t = arg;
     ns_error err;
     ns_error_clear(&err);
-    ns_gguf *g = NULL;
     ns_backend *b = NULL;
-    ns_model *m = NULL;
-    ns_fwd_scratch sc;
-    memset(&sc, 0, sizeof sc);
-    float *logits = malloc(NS_TINY_N_VOCAB * sizeof(float));
-    int32_t toks[TP_MAX_TOK], pos[TP_MAX_TOK], table[8];
-    for (int i = 0; i < 8; i++) table[i] = i;
-    if ((t->st = ns_gguf_open(t->path, &g, &err)) || (t->st = ns_backend_cpu_create(1, &b, &err)) ||
-        (t->st = ns_model_load_shard(g, b, t->rank, t->n_ranks, &m, &err)))
-        goto done;
-    ns_kv_shape shape = {m->hp.n_layer, 8, 16, m->hp.n_head_kv, m->hp.head_dim};
-    if ((t->st = b->ops->kv_alloc(b, &shape, &err)) || (t->st = ns_fwd_scratch_alloc(m, TP_MAX_TOK, 1, &sc, &err)))
-        goto done;
-    int n_past = 0, n_new = t->n_prompt;
-    memcpy(toks, t->prompt, (size_t)n_new * sizeof(int32_t));
-    for (int step = 0; step < TP_GEN; step++) {
-        for (int i = 0; i < n_new; i++) pos[i] = n_past + i;
-        int32_t start = 0, n_tok = n_new, past = n_past, row = n_new - 1;
-        ns_fwd_batch batch = {.n_tokens = n_new, .n_seqs = 1, .tokens = toks, .pos = pos, .tok_start = &start,
-                              .n_seq_tokens = &n_tok, .n_past = &past, .block_table = table,
-                              .max_blocks_per_seq = 8, .logit_rows = &row, .n_logits = 1};
-        if ((t->st = ns_forward_tp(m, &sc, &batch, logits, t->tp, &err))) goto done;
-        if (step == 0) memcpy(t->first_logits, logits, sizeof t->first_logits);
-        int best = 0;
-        for (int v = 1; v < NS_TINY_N_VOCAB; v++)
-            if (logits[v] > logits[best]) best = v;
-        t->out[step] = best;
-        n_past += n_new;
-        toks[0] = best;
-        n_new = 1;
-    }
-done:
+    if (!(t->st = ns_backend_cpu_create(1, &b, &err)))
+        t->st = ns_test_tp_greedy(t->path, b, t->rank, t->n_ranks, t->tp, t->prompt, t->n_prompt, TP_GEN, t->out,
+                                  t->first_logits, &err);
     if (t->st) snprintf(t->err, sizeof t->err, "rank %d: %s", t->rank, err.msg);
-    if (m) ns_fwd_scratch_free(m, &sc);
-    ns_model_free(m);
     ns_backend_destroy(b);
-    ns_gguf_close(g);
-    free(logits);
     return NULL;
 }
 
