@@ -78,7 +78,7 @@ $(BUILD)/libnightshift_cuda.a: $(CUDA_OBJS)
 
 -include $(CUDA_OBJS:.o=.d)
 
-.PHONY: all help deps model test test-cuda gpu-tools bench bench-engine bench-sched bench-pipeline asan fuzz demo install clean features
+.PHONY: all help deps model test test-cuda gpu-tools bench-gpu bench bench-engine bench-sched bench-pipeline asan fuzz demo install clean features
 
 ## all: the nightshift binary and the unit-test runner (about 1 minute)
 all: features $(BUILD)/nightshift $(BUILD)/unit
@@ -149,6 +149,10 @@ test: all model $(BUILD)/unit-asan-parsers
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
 test-cuda: all
 	@bash tests/run.sh $(BUILD) cuda
+
+## bench-gpu: on a GPU machine, the GPU benchmarks (1B/8B throughput, MFU, HF transformers side by side)
+bench-gpu: all gpu-tools
+	bash tests/gpu/run.sh bench
 
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
 gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench

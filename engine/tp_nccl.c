@@ -8,7 +8,18 @@
 
 #ifdef NS_HAVE_CUDA
 #include <dlfcn.h>
+#if !defined(NS_NO_NCCL_H) && __has_include(<nccl.h>)
 #include <nccl.h>
+#else
+/* A CUDA toolkit without NCCL's headers: the few names used here, with the values of
+ * NCCL 2.x's ABI (nccl.h: ncclSuccess 0, ncclSum 0, ncclFloat32 7). */
+#include <cuda_runtime_api.h>
+typedef struct ncclComm *ncclComm_t;
+typedef int ncclResult_t;
+typedef int ncclDataType_t;
+typedef int ncclRedOp_t;
+enum { ncclSuccess = 0, ncclSum = 0, ncclFloat32 = 7 };
+#endif
 
 #include "backend_cuda.h"
 
