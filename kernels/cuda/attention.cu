@@ -52,19 +52,17 @@ static __global__ void kv_store_kernel(T *k_pool, T *v_pool, const float *k, con
 
 /* Shared memory: K tile (ATTN_TILE rows of `ks` elements), V tile (ATTN_TILE x hd2), and the
  * pool row of each key of the tile. hd2 = head_dim rounded up to even; K padding is zero.
- * HD: head_dim at compile time (64, 128), or 0 for any head_dim (read at run time).
  * A block serves up to QT consecutive query tokens of one sequence (a "group"), so a
  * prompt chunk loads each K/V tile once per QT tokens instead of once per token; each
  * warp keeps an online-softmax state per token of the group. QT = 1 for decode-only
  * batches (fewer registers, more blocks resident), ATTN_QT otherwise. */
-template <typename T, int HD, int QT>
+template <typename T, int QT>
 static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     attention_gqa_kernel(float *out, __nv_bfloat16 *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
                          const int32_t *groups, const int32_t *block_table, int max_blocks_per_seq, const T *k_pool,
-                         const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim_rt, float scale) {
+                         const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ size_t s_row[ATTN_TILE];
-    const int head_dim = HD ? HD : head_dim_rt;
     const int G = n_head / n_head_kv;
     const int hd2 = (head_dim + 1) & ~1;
     /* K row stride in elements: an odd number of 4-byte words */
@@ -82,7 +80,7 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     const size_t kv_off = (size_t)kvh * head_dim;
 
     /* per token of the group: running max, sum, and accumulator dims 2*lane + 64*u (+1) */
-    constexpr int NU = HD ? (HD + 63) / 64 : NS_CUDA_ATTN_MAX_HEAD_DIM / 64;
+    constexpr int NU = NS_CUDA_ATTN_MAX_HEAD_DIM / 64;
     float m[QT], l[QT], acc[QT][NU][2];
 #pragma unroll
     for (int i = 0; i < QT; i++) {
@@ -208,34 +206,34 @@ static size_t attn_smem_bytes(int kv_type, int head_dim) {
     return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el;
 }
 
-template <typename T, int HD, int QT>
+template <typename T, int QT>
 static cudaError_t launch_attention(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
                                     const int32_t *groups, int n_groups, const int32_t *block_table,
                                     int max_blocks_per_seq, const void *k_pool, const void *v_pool, int block_size,
                                     int n_head, int n_head_kv, int head_dim, float scale, size_t smem,
                                     cudaStream_t stream) {
     if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attention_gqa_kernel<T, HD, QT>,
+        cudaError_t e = cudaFuncSetAttribute(attention_gqa_kernel<T, QT>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
-    attention_gqa_kernel<T, HD, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+    attention_gqa_kernel<T, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
         out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq, (const T *)k_pool,
         (const T *)v_pool, block_size, n_head, n_head_kv, head_dim, scale);
     return cudaGetLastError();
 }
 
-template <typename T, int HD>
+template <typename T>
 static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                        const int32_t *tok_seq, const int32_t *groups, int n_groups,
                                        const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
                                        const void *v_pool, int block_size, int n_head, int n_head_kv, int head_dim,
                                        float scale, size_t smem, cudaStream_t stream) {
-    return single ? launch_attention<T, HD, 1>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
+    return single ? launch_attention<T, 1>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
                                                 max_blocks_per_seq, k_pool, v_pool, block_size, n_head, n_head_kv,
                                                 head_dim, scale, smem, stream)
-                  : launch_attention<T, HD, ATTN_QT>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
+                  : launch_attention<T, ATTN_QT>(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table,
                                                       max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
                                                       n_head_kv, head_dim, scale, smem, stream);
 }
@@ -451,8 +449,8 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
         if (!slow && aligned && head_dim == 128)
             return single ? launch_fast<128, 1>(NS_FAST_ARGS) : launch_fast<128, ATTN_QT>(NS_FAST_ARGS);
 #undef NS_FAST_ARGS
-        return launch_attention_qt<__nv_bfloat16, 0>(NS_ATTN_ARGS);
+        return launch_attention_qt<__nv_bfloat16>(NS_ATTN_ARGS);
     }
-    return launch_attention_qt<float, 0>(NS_ATTN_ARGS);
+    return launch_attention_qt<float>(NS_ATTN_ARGS);
 #undef NS_ATTN_ARGS
 }

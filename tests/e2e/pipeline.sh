@@ -131,6 +131,14 @@ check "devices 0,1: 40 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(
 check "devices 0,1: every custom_id once" ids_once "$T/out.jsonl"
 "$BIN" run --db "$db" --devices 0,0 >/dev/null 2>"$T/err"; rc=$?
 check "devices 0,0: usage error naming the flag" bash -c "test $rc = 2 && grep -q -- '--devices' '$T/err'"
+devs_bad() { # malformed, truncated, oversized, out of range: exit 2, message names the flag
+  for v in '' 'x' '1,' ',1' '0,,1' '-1' '1024' '0 1' '0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16' '99999999999999999999'; do
+    "$BIN" run --db "$db" --devices "$v" >/dev/null 2>"$T/err"; local rc=$?
+    if [ $rc != 2 ] || ! grep -q -- '--devices' "$T/err"; then echo "--devices '$v': exit $rc" >&2; return 1; fi
+  done
+  "$BIN" run --db "$db" --devices >/dev/null 2>"$T/err"; test $? = 2
+}
+check "devices: malformed, truncated and oversized lists are usage errors" devs_bad
 
 db="$T/dp2.db"
 { cat "$T/job-dp.yaml"; echo "devices: [0, 1]"; } > "$T/job-dp2.yaml"

@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "model.h"
+#include "ops.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -37,10 +38,7 @@ static int cmp_double(const void *a, const void *b) {
 static void fill_bf16(uint16_t *h, size_t n, uint64_t seed) {
     for (size_t i = 0; i < n; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        float f = (float)((seed >> 40) & 0xffff) / 65536.0f - 0.5f; /* uniform [-0.5, 0.5) */
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        h[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+        h[i] = ns_fp32_to_bf16((float)((seed >> 40) & 0xffff) / 65536.0f - 0.5f); /* uniform [-0.5, 0.5) */
     }
 }
 
