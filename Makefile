@@ -21,7 +21,7 @@ MODEL_FILE   := models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 # Debian packages the build needs (make deps installs the missing ones).
-DEB_PKGS := gcc make pkg-config libopenblas-dev libpcre2-dev libsqlite3-dev libzstd-dev \
+DEB_PKGS := gcc g++ make pkg-config libopenblas-dev libpcre2-dev libsqlite3-dev libzstd-dev \
             libyaml-dev libjansson-dev python3 python3-pip sqlite3 zstd
 
 LIB_SRCS  := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) $(wildcard jobs/*.c)
@@ -143,7 +143,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows
 	@bash tests/run.sh $(BUILD)
 
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
@@ -153,6 +153,15 @@ test-cuda: all
 ## bench-gpu: on a GPU machine, the GPU benchmarks (1B/8B throughput, MFU, HF transformers side by side)
 bench-gpu: all gpu-tools
 	bash tests/gpu/run.sh bench
+
+# The CUDA row-sampling kernel compiled for the host, one thread per CUDA thread, against
+# its CPU reference (tests/gpu/emu_sample_rows.cpp): the kernel's logic checked without a
+# GPU. No fused multiply-add, as in the kernel and the ISO C11 reference.
+CXX ?= g++
+$(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/sample_cases.h kernels/cuda/sample_rows.cu \
+                          kernels/cpu/sample_rule.h $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O1 -ffp-contract=off -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu \
+	    tests/gpu/emu_sample_rows.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
 gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench

@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "gguf.h"
+#include "sample_rule.h" /* ns_row_sampling (kernels/cpu) */
 
 typedef struct ns_backend ns_backend;
 /* A weight in the backend's compute form (CPU: float32; CUDA: bf16). Opaque. */
@@ -46,6 +47,9 @@ typedef struct ns_fwd_batch {
     int max_blocks_per_seq;
     const int32_t *logit_rows;   /* (n_logits) batch rows whose logits are wanted */
     int n_logits;
+    /* Rows the caller's activation and logit buffers hold (>= n_tokens, n_logits): a
+     * backend may pad a decode batch up to it (graph_begin). 0: no padding. */
+    int max_rows;
 } ns_fwd_batch;
 
 typedef struct ns_backend_ops {
@@ -105,7 +109,42 @@ typedef struct ns_backend_ops {
      * so only n_rows ints cross to the host. */
     ns_status (*argmax_rows)(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
                              ns_error *err);
+    /* Optional (NULL: the engine samples on the host). Sampling where the logits are, by
+     * the rule of kernels/cpu/sample_rule.h (greedy, or temperature with top_k, top_p,
+     * min_p and a draw u per row): ids_host (n_rows) for logits (n_rows, n_vocab, backend
+     * memory), row i with params[i] (host memory). -1 for a row with no logit above -inf.
+     * Synchronizes like download. n_rows is at most the current batch's n_logits. */
+    ns_status (*sample_rows)(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                             const ns_row_sampling *params, ns_error *err);
+
+    /* Optional (NULL: every op runs as it is called). A recorded forward pass (CUDA
+     * graphs). Called after batch_set: *n_rows receives the rows the ops run on, the
+     * batch's n_tokens, or more when the backend padded a decode batch (every sequence one
+     * token wanting logits) up to a size it records: rows past n_tokens are padding, every
+     * row then has its logits in row order, and only the batch's own are used. With
+     * *replayed the backend has launched its recording of the whole pass for this size and
+     * the caller runs no op; otherwise the caller runs the ops, then graph_end. */
+    ns_status (*graph_begin)(ns_backend *b, int *n_rows, bool *replayed, ns_error *err);
+    /* Ends what graph_begin started: a recording is finished and launched. *rerun: the
+     * recording failed and nothing ran: the caller runs the ops again (no recording is
+     * made then). */
+    ns_status (*graph_end)(ns_backend *b, bool *rerun, ns_error *err);
 } ns_backend_ops;
+
+/* The row count a backend that records its passes (graph_begin) pads this batch to, or
+ * 0: not a decode batch (one token per sequence, every row wanting its logits in row
+ * order), or no room (max_rows). Up to 256 rows a multiple of 8, above a multiple of 64,
+ * so that few sizes are recorded. Padding rows are token 0 at position 0 of a sequence
+ * of their own whose every block is the backend's spare KV block (one past the engine's
+ * n_blocks): they write and read nothing else. */
+static inline int ns_backend_pad_rows(const ns_fwd_batch *bt) {
+    const int T = bt->n_tokens;
+    if (bt->max_rows < T || bt->n_seqs != T || bt->n_logits != T) return 0;
+    for (int i = 0; i < T; i++)
+        if (bt->logit_rows[i] != i) return 0;
+    const int P = T <= 256 ? (T + 7) / 8 * 8 : (T + 63) / 64 * 64;
+    return P < bt->max_rows ? P : bt->max_rows;
+}
 
 struct ns_backend {
     const ns_backend_ops *ops;
@@ -119,6 +158,16 @@ struct ns_backend {
 
 /* Creates the CPU backend with n_threads worker threads (0 = all cores). */
 ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err);
+
+/* Tests: gives a CPU backend the sample_rows op (ns_cpu_sample_rows_ref, a sorting
+ * reference: slow), so that the engine's path for backends that sample where the logits
+ * are runs without a GPU. Off by default: the CPU engine samples with engine/sampler.c. */
+void ns_backend_cpu_set_row_sampling(ns_backend *b, bool on);
+
+/* Tests: makes a CPU backend pad decode batches as the CUDA backend does for its
+ * recorded passes (ns_backend_pad_rows, graph_begin reporting the padded rows; nothing is
+ * recorded), so that the forward pass and the engine run padded batches without a GPU. */
+void ns_backend_cpu_set_padding(ns_backend *b, bool on);
 
 /* "cpu", "cuda" or "auto". auto picks CUDA when it is built and a device is present,
  * else the CPU (and says so in *note, a static string, when note is not NULL). */

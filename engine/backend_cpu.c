@@ -17,6 +17,7 @@
 #include "backend_cuda.h"
 #include "matmul_quant.h"
 #include "ops.h"
+#include "sample_rule.h"
 #include "threadpool.h"
 
 struct ns_bweight {
@@ -38,18 +39,24 @@ typedef struct cpu_backend {
     int n_threads;
     /* KV pool */
     ns_kv_shape kv;
-    float **k_pool; /* (n_layer) each (n_blocks, block_size, n_head_kv, head_dim) */
+    float **k_pool; /* (n_layer) each (n_blocks + 1, block_size, n_head_kv, head_dim): a spare block */
     float **v_pool;
     /* per-thread attention scratch: (n_threads, scratch_len) */
     float *scratch;
     size_t scratch_len;
-    /* the current batch (host copy, capacity grows, never shrinks) */
+    /* the current batch: the caller's arrays, or a padded copy in bt_buf (tests) */
     ns_fwd_batch batch;
     int32_t *bt_buf;
     size_t bt_cap;
+    bool pad_on; /* ns_backend_cpu_set_padding */
     /* tests: NS_FAULT_BATCH_TOKENS=N makes a batch of more than N tokens fail as out of
      * memory (the engine's shrink-on-OOM path); -1 = off */
     int fault_batch_tokens;
+    /* tests (ns_backend_cpu_set_row_sampling): scratch of the sample_rows reference,
+     * (2 * n_vocab) uint64_t, grown on first use */
+    uint64_t *samp_scratch;
+    size_t samp_cap;
+    ns_backend_ops ops; /* this backend's copy of cpu_ops (the tests may add sample_rows) */
 } cpu_backend;
 
 static cpu_backend *cpu(ns_backend *b) { return (cpu_backend *)b; }
@@ -171,7 +178,9 @@ static ns_status cpu_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error 
     cpu_backend *c = cpu(b);
     free_kv(c);
     c->kv = *shape;
-    size_t per_layer = (size_t)shape->n_blocks * (size_t)shape->block_size * (size_t)shape->n_head_kv *
+    /* one spare block past the engine's, for padding rows (ns_backend_pad_rows); never
+     * touched otherwise, so it costs no memory (the pool is not zeroed) */
+    size_t per_layer = (size_t)(shape->n_blocks + 1) * (size_t)shape->block_size * (size_t)shape->n_head_kv *
                        (size_t)shape->head_dim * sizeof(float);
     c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
     c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(float *));
@@ -192,6 +201,38 @@ oom:
                         shape->n_layer, per_layer);
 }
 
+/* The decode batch bt padded to P rows (ns_backend_pad_rows) into c->bt_buf. A test path:
+ * it may allocate. */
+static ns_status pad_batch(cpu_backend *c, const ns_fwd_batch *bt, int P, ns_error *err) {
+    const int T = bt->n_tokens, MB = bt->max_blocks_per_seq;
+    const size_t need = 6 * (size_t)P + (size_t)P * (size_t)MB;
+    if (need > c->bt_cap) {
+        free(c->bt_buf);
+        c->bt_cap = 0;
+        if (!(c->bt_buf = ns_malloc_array(need, sizeof(int32_t))))
+            return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory for a padded batch");
+        c->bt_cap = need;
+    }
+    int32_t *tokens = c->bt_buf, *pos = tokens + P, *tok_start = pos + P, *n_seq_tokens = tok_start + P,
+            *n_past = n_seq_tokens + P, *logit_rows = n_past + P, *table = logit_rows + P;
+    memcpy(tokens, bt->tokens, (size_t)T * sizeof(int32_t));
+    memcpy(pos, bt->pos, (size_t)T * sizeof(int32_t));
+    memcpy(tok_start, bt->tok_start, (size_t)T * sizeof(int32_t));
+    memcpy(n_seq_tokens, bt->n_seq_tokens, (size_t)T * sizeof(int32_t));
+    memcpy(n_past, bt->n_past, (size_t)T * sizeof(int32_t));
+    memcpy(table, bt->block_table, (size_t)T * MB * sizeof(int32_t));
+    for (int t = 0; t < P; t++) logit_rows[t] = t;
+    for (int t = T; t < P; t++) {
+        tokens[t] = 0, pos[t] = 0, tok_start[t] = t, n_seq_tokens[t] = 1, n_past[t] = 0;
+        for (int i = 0; i < MB; i++) table[(size_t)t * MB + i] = c->kv.n_blocks; /* the spare block */
+    }
+    c->batch.n_tokens = c->batch.n_seqs = c->batch.n_logits = P;
+    c->batch.tokens = tokens, c->batch.pos = pos, c->batch.tok_start = tok_start;
+    c->batch.n_seq_tokens = n_seq_tokens, c->batch.n_past = n_past, c->batch.block_table = table;
+    c->batch.logit_rows = logit_rows;
+    return NS_OK;
+}
+
 static ns_status cpu_batch_set(ns_backend *b, const ns_fwd_batch *batch, ns_error *err) {
     int limit = cpu(b)->fault_batch_tokens;
     if (limit >= 0 && batch->n_tokens > limit)
@@ -200,7 +241,25 @@ static ns_status cpu_batch_set(ns_backend *b, const ns_fwd_batch *batch, ns_erro
                             batch->n_tokens, limit);
     /* Host memory already: the ops read the caller's arrays, which stay valid and
      * unchanged until the step's forward pass returns (engine contract). */
-    cpu(b)->batch = *batch;
+    cpu_backend *c = cpu(b);
+    c->batch = *batch;
+    const int P = c->pad_on ? ns_backend_pad_rows(batch) : 0;
+    if (P > batch->n_tokens) return pad_batch(c, batch, P, err);
+    return NS_OK;
+}
+
+/* graph_begin of a padding backend (tests): the ops run on the padded rows, nothing is
+ * recorded. */
+static ns_status cpu_graph_begin(ns_backend *b, int *n_rows, bool *replayed, ns_error *err) {
+    (void)err;
+    *n_rows = cpu(b)->batch.n_tokens;
+    *replayed = false;
+    return NS_OK;
+}
+
+static ns_status cpu_graph_end(ns_backend *b, bool *rerun, ns_error *err) {
+    (void)b, (void)err;
+    *rerun = false;
     return NS_OK;
 }
 
@@ -295,7 +354,7 @@ static void cpu_kv_store(ns_backend *b, int layer, const float *k, const float *
             int tok = bt->tok_start[s] + i;
             int pos = bt->n_past[s] + i;
             int blk = table[pos / c->kv.block_size];
-            NS_ASSERT(blk >= 0 && blk < c->kv.n_blocks);
+            NS_ASSERT(blk >= 0 && blk <= c->kv.n_blocks); /* n_blocks: the spare block */
             size_t off = ((size_t)blk * c->kv.block_size + (size_t)(pos % c->kv.block_size)) * row;
             memcpy(c->k_pool[layer] + off, k + (size_t)tok * row, row * sizeof(float));
             memcpy(c->v_pool[layer] + off, v + (size_t)tok * row, row * sizeof(float));
@@ -381,9 +440,28 @@ static void cpu_gather_logit_rows(ns_backend *b, float *out, const float *x, int
         memcpy(out + (size_t)i * width, x + (size_t)bt->logit_rows[i] * width, (size_t)width * sizeof(float));
 }
 
+static ns_status cpu_sample_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                                 const ns_row_sampling *params, ns_error *err) {
+    cpu_backend *c = cpu(b);
+    if (n_vocab > NS_SAMPLE_MAX_VOCAB)
+        return ns_error_set(err, NS_ERR_INVALID, "cpu backend: row sampling supports n_vocab <= %d, not %d",
+                            NS_SAMPLE_MAX_VOCAB, n_vocab);
+    if ((size_t)n_vocab * 2 > c->samp_cap) { /* a test path: it may allocate */
+        free(c->samp_scratch);
+        c->samp_cap = 0;
+        c->samp_scratch = ns_malloc_array((size_t)n_vocab * 2, sizeof *c->samp_scratch);
+        if (!c->samp_scratch) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory for row sampling");
+        c->samp_cap = (size_t)n_vocab * 2;
+    }
+    ns_cpu_sample_rows_ref(ids_host, logits, n_rows, n_vocab, params, c->samp_scratch);
+    return NS_OK;
+}
+
 static void cpu_destroy(ns_backend *b) {
     if (!b) return;
     cpu_backend *c = cpu(b);
+    free(c->samp_scratch);
+    free(c->bt_buf);
     free_kv(c);
     ns_pool_destroy(c->pool);
     free(c);
@@ -413,6 +491,19 @@ static const ns_backend_ops cpu_ops = {
     .gather_logit_rows = cpu_gather_logit_rows,
 };
 
+void ns_backend_cpu_set_padding(ns_backend *b, bool on) {
+    if (!b || b->ops->destroy != cpu_destroy) return;
+    cpu_backend *c = cpu(b);
+    c->pad_on = on;
+    c->ops.graph_begin = on ? cpu_graph_begin : NULL;
+    c->ops.graph_end = on ? cpu_graph_end : NULL;
+}
+
+void ns_backend_cpu_set_row_sampling(ns_backend *b, bool on) {
+    if (!b || b->ops->destroy != cpu_destroy) return;
+    cpu(b)->ops.sample_rows = on ? cpu_sample_rows : NULL;
+}
+
 ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) {
     *out = NULL;
     if (n_threads <= 0) {
@@ -421,7 +512,8 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
     }
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory");
-    c->base.ops = &cpu_ops;
+    c->ops = cpu_ops;
+    c->base.ops = &c->ops;
     c->base.kv_elem_bytes = 4;
     const char *fault = getenv("NS_FAULT_BATCH_TOKENS");
     c->fault_batch_tokens = fault && *fault ? atoi(fault) : -1;

@@ -15,15 +15,19 @@
  * download returns it as NS_ERR_BACKEND naming the op; an out-of-memory at allocation
  * says how much was needed and how much was free (cudaMemGetInfo).
  * Device state (stream, cuBLAS handle, event, buffers) lives in the context, no globals.
- * Greedy sampling runs on the device (argmax_rows): a greedy step returns one int per
- * sequence instead of a row of logits.
+ * Sampling runs on the device: argmax_rows for greedy steps, sample_rows (top_k, top_p,
+ * min_p, temperature; kernels/cpu/sample_rule.h) for the others: a step returns one int
+ * per sequence instead of a row of logits.
  * KV pool in bf16 (attention at decode is bound by reading it).
  * NS_CUDA_PRECISE=1 (tests): each matmul input is split into bf16 hi + lo parts and
  * multiplied twice, and the KV pool is fp32, so results match the CPU's fp32 ones to
  * ~1e-5 and greedy tokens can be compared exactly; twice the GEMM work.
  * NS_CUDA_PROFILE=1: device time per op and host time, printed at destroy (see prof).
- * Not yet: batch invariance (cuBLAS picks its algorithm by shape), CUDA graphs, the
- * quantized-weight GEMV for small batches, device-side top-k/top-p sampling.
+ * NS_CUDA_GRAPHS=1: decode batches are padded to a few sizes and each size's forward
+ * pass is recorded once as a CUDA graph and replayed (see "CUDA graphs" below). Off by
+ * default until a GPU run has checked it (tests/gpu/run.sh).
+ * Not yet: batch invariance (cuBLAS picks its algorithm by shape), the quantized-weight
+ * GEMV for small batches.
  */
 #ifdef NS_HAVE_CUDA
 
@@ -36,6 +40,12 @@
 #include <string.h>
 
 #include "ops_cuda.h"
+#include "sample_rule.h"
+
+/* Recordings kept (row counts; each holds one forward pass of a few hundred nodes). */
+#define NS_CUDA_MAX_GRAPHS 48
+/* cuBLAS workspace given at creation (Hopper's recommended size). */
+#define NS_CUDA_CUBLAS_WS (32u << 20)
 
 _Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F16 == (int)NS_GGML_F16 &&
                    (int)NS_CUDA_TYPE_BF16 == (int)NS_GGML_BF16 && (int)NS_CUDA_TYPE_Q8_0 == (int)NS_GGML_Q8_0 &&
@@ -54,10 +64,10 @@ struct ns_bweight {
  * idle time after it). Host time is split into waiting for the device and the rest.
  * Printed to stderr when the backend is destroyed. */
 enum { P_BATCH, P_EMBED, P_RMSNORM, P_CONVERT, P_GEMM, P_BIAS, P_ROPE, P_KV_STORE, P_ATTENTION, P_SWIGLU, P_ADD,
-       P_GATHER, P_ARGMAX, P_DOWNLOAD, P_N };
+       P_GATHER, P_ARGMAX, P_SAMPLE, P_DOWNLOAD, P_N };
 static const char *const prof_names[P_N] = {"batch upload", "embed", "rmsnorm", "f32->bf16", "gemm (cuBLAS)",
                                             "add_bias", "rope", "kv_store", "attention", "swiglu", "add",
-                                            "gather rows", "argmax", "download"};
+                                            "gather rows", "argmax", "sample", "download"};
 #define PROF_MAX 4096
 typedef struct prof {
     bool on;
@@ -94,8 +104,9 @@ typedef struct cuda_backend {
     uint16_t *x_bf16, *x_lo;
     size_t x_bf16_cap; /* elements */
     bool precise;      /* NS_CUDA_PRECISE=1: each matmul as W.hi + W.lo (tests against the CPU) */
-    /* greedy ids: device (cap) and pinned host copies */
+    /* sampled ids and per-row sampling parameters: device (cap) and pinned host copies */
     int32_t *d_ids, *h_ids;
+    ns_row_sampling *d_samp, *h_samp;
     int ids_cap;
     int64_t max_k;     /* widest weight row seen at load */
     /* the matmul input most recently converted to bf16 (reused by the next matmul of the same
@@ -103,6 +114,22 @@ typedef struct cuda_backend {
     const float *x_bf16_src;
     size_t x_bf16_n;
     prof prof; /* NS_CUDA_PROFILE=1 */
+    /* CUDA graphs (NS_CUDA_GRAPHS=1): decode batches padded to a row count, one recorded
+     * forward pass per count. gen changes whenever a buffer a recording points into is
+     * reallocated (the batch layout, the bf16 matmul input, the KV pool): a recording of an
+     * older gen is dropped. */
+    bool graphs_on;
+    int pad_block;    /* the KV block padding rows write to and read: one past the engine's */
+    int graph_rows;   /* this batch's padded row count; 0: not a padded decode batch */
+    unsigned gen;
+    struct {
+        int rows;            /* 0: free */
+        unsigned gen;
+        int n_seen;          /* batches of this size seen (recorded on the second) */
+        cudaGraphExec_t exec;
+    } graph[NS_CUDA_MAX_GRAPHS];
+    int capturing;           /* index into graph while recording, else -1 */
+    void *cublas_ws;         /* cuBLAS workspace: no allocation inside a recording */
     /* first error of an op, returned by the next batch_set / download */
     ns_status sticky;
     ns_error sticky_err;
@@ -353,7 +380,9 @@ static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error
         return ns_error_set(err, NS_ERR_UNSUPPORTED, "cuda backend: head_dim %d is over the attention kernel's %d",
                             shape->head_dim, NS_CUDA_ATTN_MAX_HEAD_DIM);
     free_kv(c);
-    size_t per_layer = (size_t)shape->n_blocks * (size_t)shape->block_size * (size_t)shape->n_head_kv *
+    c->gen++;
+    /* one block more than the engine's: padding rows of a recorded decode batch use it */
+    size_t per_layer = (size_t)(shape->n_blocks + 1) * (size_t)shape->block_size * (size_t)shape->n_head_kv *
                        (size_t)shape->head_dim * (size_t)c->base.kv_elem_bytes;
     c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
     c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
@@ -362,6 +391,7 @@ static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error
         return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
     }
     c->kv = *shape;
+    c->pad_block = shape->n_blocks;
     char what[96];
     snprintf(what, sizeof what, "the KV cache (%d layers x 2 x %zu bytes)", shape->n_layer, per_layer);
     for (int i = 0; i < shape->n_layer; i++) {
@@ -383,11 +413,28 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     if (c->x_lo) cudaFree(c->x_lo);
     c->x_bf16 = c->x_lo = NULL;
     c->x_bf16_cap = 0;
+    c->gen++;
     ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err);
     if (!st && c->precise)
         st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input remainder", (void **)&c->x_lo, err);
     if (!st) c->x_bf16_cap = n;
     return st;
+}
+
+static void free_ids(cuda_backend *c) {
+    if (c->d_ids) cudaFree(c->d_ids);
+    if (c->h_ids) cudaFreeHost(c->h_ids);
+    if (c->d_samp) cudaFree(c->d_samp);
+    if (c->h_samp) cudaFreeHost(c->h_samp);
+    c->d_ids = c->h_ids = NULL;
+    c->d_samp = c->h_samp = NULL;
+    c->ids_cap = 0;
+}
+
+/* The row count a recording runs this batch at (ns_backend_pad_rows), or 0: graphs off,
+ * or profiling, which times ops one by one. */
+static int graph_rows_for(const cuda_backend *c, const ns_fwd_batch *bt) {
+    return c->graphs_on && !c->prof.on ? ns_backend_pad_rows(bt) : 0;
 }
 
 static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error *err) {
@@ -426,14 +473,20 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
         if (bt->logit_rows[i] < 0 || bt->logit_rows[i] >= T)
             return ns_error_set(err, NS_ERR_INVALID, "cuda backend: logit row %d is %d, not in [0, %d)", i,
                                 bt->logit_rows[i], T);
+    /* a decode batch that a recording can run: padded to its row count (P rows: T real) */
+    const int P = graph_rows_for(c, bt);
+    c->graph_rows = P;
+    const int T_real = T, S_real = S;
+    if (P) T = S = L = P;
     /* attention groups: runs of up to NS_CUDA_ATTN_QT tokens of one sequence */
-    int G = 0;
-    for (int s = 0; s < S; s++) G += (bt->n_seq_tokens[s] + NS_CUDA_ATTN_QT - 1) / NS_CUDA_ATTN_QT;
+    int G = T - T_real; /* a group for each padding row */
+    for (int s = 0; s < S_real; s++) G += (bt->n_seq_tokens[s] + NS_CUDA_ATTN_QT - 1) / NS_CUDA_ATTN_QT;
     size_t need = 4 * (size_t)T + (size_t)L + (size_t)S * (size_t)MB + 2 * (size_t)G;
     /* the previous batch's copy must be done before its pinned buffer is rewritten */
     CUDA_TRY(cudaEventSynchronize(c->batch_copied), "batch_set (cudaEventSynchronize)");
     if (need > c->batch_cap) {
         size_t cap = need * 2;
+        c->gen++;
         if (c->h_batch) cudaFreeHost(c->h_batch);
         if (c->d_batch) cudaFree(c->d_batch);
         c->h_batch = NULL;
@@ -445,20 +498,22 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     }
     if ((st = ensure_x_cap(c, (size_t)NS_MAX(T, L) * (size_t)c->max_k, err))) return st;
     if (L > c->ids_cap) {
-        if (c->d_ids) cudaFree(c->d_ids);
-        if (c->h_ids) cudaFreeHost(c->h_ids);
-        c->d_ids = c->h_ids = NULL;
-        c->ids_cap = 0;
+        free_ids(c);
         CUDA_TRY(cudaMallocHost((void **)&c->h_ids, (size_t)L * sizeof(int32_t)), "batch_set (cudaMallocHost ids)");
+        CUDA_TRY(cudaMallocHost((void **)&c->h_samp, (size_t)L * sizeof(ns_row_sampling)),
+                 "batch_set (cudaMallocHost sampling)");
         if ((st = dev_alloc(c, (size_t)L * sizeof(int32_t), "the sampled ids", (void **)&c->d_ids, err))) return st;
+        if ((st = dev_alloc(c, (size_t)L * sizeof(ns_row_sampling), "the sampling parameters", (void **)&c->d_samp,
+                            err)))
+            return st;
         c->ids_cap = L;
     }
     int32_t *h = c->h_batch;
     int32_t *tokens = h, *pos = h + T, *tok_seq = h + 2 * (size_t)T, *slot = h + 3 * (size_t)T;
     int32_t *logit_rows = h + 4 * (size_t)T, *table = logit_rows + L;
-    memcpy(tokens, bt->tokens, (size_t)T * sizeof(int32_t));
-    memcpy(pos, bt->pos, (size_t)T * sizeof(int32_t));
-    for (int s = 0; s < S; s++) {
+    memcpy(tokens, bt->tokens, (size_t)T_real * sizeof(int32_t));
+    memcpy(pos, bt->pos, (size_t)T_real * sizeof(int32_t));
+    for (int s = 0; s < S_real; s++) {
         const int32_t *tab = bt->block_table + (size_t)s * MB;
         for (int i = 0; i < bt->n_seq_tokens[s]; i++) {
             int tok = bt->tok_start[s] + i, p = bt->n_past[s] + i;
@@ -466,15 +521,27 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
             slot[tok] = tab[p / c->kv.block_size] * c->kv.block_size + p % c->kv.block_size;
         }
     }
-    if (L) memcpy(logit_rows, bt->logit_rows, (size_t)L * sizeof(int32_t));
-    memcpy(table, bt->block_table, (size_t)S * MB * sizeof(int32_t));
+    if (L) memcpy(logit_rows, bt->logit_rows, (size_t)NS_MIN(L, bt->n_logits) * sizeof(int32_t));
+    memcpy(table, bt->block_table, (size_t)S_real * MB * sizeof(int32_t));
     int32_t *groups = table + (size_t)S * MB;
     int g = 0;
-    for (int s = 0; s < S; s++)
+    for (int s = 0; s < S_real; s++)
         for (int i = 0; i < bt->n_seq_tokens[s]; i += NS_CUDA_ATTN_QT, g++) {
             groups[2 * g] = bt->tok_start[s] + i;
             groups[2 * g + 1] = NS_MIN(NS_CUDA_ATTN_QT, bt->n_seq_tokens[s] - i);
         }
+    /* padding rows (ns_backend_pad_rows) */
+    for (int t = T_real; t < T; t++) {
+        tokens[t] = 0;
+        pos[t] = 0;
+        tok_seq[t] = t;
+        slot[t] = c->pad_block * c->kv.block_size;
+        logit_rows[t] = t;
+        for (int i = 0; i < MB; i++) table[(size_t)t * MB + i] = c->pad_block;
+        groups[2 * g] = t;
+        groups[2 * g + 1] = 1;
+        g++;
+    }
     x_forget(c);
     if (c->prof.on) {
         /* the marks of the previous batch (if not synced yet) keep their kind */
@@ -640,6 +707,99 @@ static ns_status cuda_argmax_rows(ns_backend *b, int32_t *ids_host, const float 
     return sticky_status(c, err);
 }
 
+static ns_status cuda_sample_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                                  const ns_row_sampling *params, ns_error *err) {
+    cuda_backend *c = cb(b);
+    ns_status st = sticky_status(c, err);
+    if (st) return st;
+    if (n_rows > c->ids_cap)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: sampling of %d rows, batch_set allowed %d", n_rows,
+                            c->ids_cap);
+    if (n_vocab > NS_SAMPLE_MAX_VOCAB)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: device sampling supports n_vocab <= %d, not %d",
+                            NS_SAMPLE_MAX_VOCAB, n_vocab);
+    if (n_rows == 0) return NS_OK;
+    prof_mark(c, P_SAMPLE);
+    /* the pinned copy is free: the previous step's sampling synchronized */
+    memcpy(c->h_samp, params, (size_t)n_rows * sizeof *params);
+    CUDA_TRY(cudaMemcpyAsync(c->d_samp, c->h_samp, (size_t)n_rows * sizeof *params, cudaMemcpyHostToDevice, c->stream),
+             "sample_rows (cudaMemcpyAsync params)");
+    CUDA_TRY(ns_cuda_sample_rows(c->d_ids, logits, n_rows, n_vocab, c->d_samp, c->stream), "sample_rows");
+    CUDA_TRY(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
+             "sample_rows (cudaMemcpyAsync ids)");
+    CUDA_TRY(prof_sync(c), "sample_rows (cudaStreamSynchronize)");
+    memcpy(ids_host, c->h_ids, (size_t)n_rows * sizeof(int32_t));
+    return sticky_status(c, err);
+}
+
+/* ---- CUDA graphs ----
+ * A padded decode batch of a size seen before is run by replaying the recording of the
+ * whole forward pass made the second time that size came (the first runs eagerly, so
+ * that the kernels are loaded and their attributes set before anything is recorded).
+ * Every pointer a recording holds is fixed between batches: weights, activations, the KV
+ * pool, and the batch layout, whose contents batch_set rewrites in place before each
+ * replay. */
+
+static void graph_drop(cuda_backend *c, int i) {
+    if (c->graph[i].exec) cudaGraphExecDestroy(c->graph[i].exec);
+    memset(&c->graph[i], 0, sizeof c->graph[i]);
+}
+
+static ns_status cuda_graph_begin(ns_backend *b, int *n_rows, bool *replayed, ns_error *err) {
+    cuda_backend *c = cb(b);
+    *n_rows = c->n_tokens;
+    *replayed = false;
+    c->capturing = -1;
+    if (!c->graph_rows) return NS_OK;
+    int i = -1;
+    for (int k = 0; k < NS_CUDA_MAX_GRAPHS && i < 0; k++)
+        if (c->graph[k].rows == c->graph_rows) i = k;
+    for (int k = 0; k < NS_CUDA_MAX_GRAPHS && i < 0; k++)
+        if (c->graph[k].rows == 0) i = k, c->graph[k].rows = c->graph_rows;
+    if (i < 0) return NS_OK; /* every slot taken by other sizes: eager */
+    if (c->graph[i].exec && c->graph[i].gen != c->gen) { /* a buffer it points into moved */
+        graph_drop(c, i);
+        c->graph[i].rows = c->graph_rows;
+    }
+    if (c->graph[i].exec) {
+        CUDA_TRY(cudaGraphLaunch(c->graph[i].exec, c->stream), "graph_begin (cudaGraphLaunch)");
+        *replayed = true;
+        return NS_OK;
+    }
+    if (c->graph[i].n_seen < 0 || ++c->graph[i].n_seen < 2) return NS_OK; /* eager: failed before, or first */
+    CUDA_TRY(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal), "graph_begin (cudaStreamBeginCapture)");
+    c->capturing = i;
+    return NS_OK;
+}
+
+static ns_status cuda_graph_end(ns_backend *b, bool *rerun, ns_error *err) {
+    cuda_backend *c = cb(b);
+    *rerun = false;
+    const int i = c->capturing;
+    if (i < 0) return NS_OK;
+    c->capturing = -1;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (e == cudaSuccess && !c->sticky) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess || c->sticky) {
+        /* An op could not be recorded (its error, if any, is the recording's, not the
+         * device's: nothing ran). This size runs eagerly from now on; the caller runs the
+         * ops again now. A real fault shows again in that run. */
+        if (exec) cudaGraphExecDestroy(exec);
+        (void)cudaGetLastError();
+        c->sticky = NS_OK;
+        c->graph[i].n_seen = -1;
+        *rerun = true;
+        return NS_OK;
+    }
+    c->graph[i].exec = exec;
+    c->graph[i].gen = c->gen;
+    CUDA_TRY(cudaGraphLaunch(exec, c->stream), "graph_end (cudaGraphLaunch)");
+    return NS_OK;
+}
+
 /* ---- lifetime ---- */
 
 static void cuda_destroy(ns_backend *b) {
@@ -653,8 +813,9 @@ static void cuda_destroy(ns_backend *b) {
     if (c->d_batch) cudaFree(c->d_batch);
     if (c->x_bf16) cudaFree(c->x_bf16);
     if (c->x_lo) cudaFree(c->x_lo);
-    if (c->d_ids) cudaFree(c->d_ids);
-    if (c->h_ids) cudaFreeHost(c->h_ids);
+    free_ids(c);
+    for (int i = 0; i < NS_CUDA_MAX_GRAPHS; i++) graph_drop(c, i);
+    if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -684,6 +845,9 @@ static const ns_backend_ops cuda_ops = {
     .add = cuda_add,
     .gather_logit_rows = cuda_gather_logit_rows,
     .argmax_rows = cuda_argmax_rows,
+    .sample_rows = cuda_sample_rows,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
 };
 
 int ns_backend_cuda_device(const ns_backend *b) {
@@ -726,6 +890,9 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     c->device = device;
     const char *precise = getenv("NS_CUDA_PRECISE");
     c->precise = precise && !strcmp(precise, "1");
+    const char *graphs = getenv("NS_CUDA_GRAPHS");
+    c->graphs_on = graphs && !strcmp(graphs, "1");
+    c->capturing = -1;
     c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
     c->base.kv_elem_bytes = c->precise ? 4 : 2;
     cudaError_t e;
@@ -758,6 +925,12 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     }
     if ((s = cublasSetStream(c->cublas, c->stream)) != CUBLAS_STATUS_SUCCESS) {
         st = cublas_fail(err, s, "cublasSetStream");
+        goto fail;
+    }
+    /* a workspace of our own, so that no GEMM allocates (none may inside a recording) */
+    if ((st = dev_alloc(c, NS_CUDA_CUBLAS_WS, "the cuBLAS workspace", &c->cublas_ws, err))) goto fail;
+    if ((s = cublasSetWorkspace(c->cublas, c->cublas_ws, NS_CUDA_CUBLAS_WS)) != CUBLAS_STATUS_SUCCESS) {
+        st = cublas_fail(err, s, "cublasSetWorkspace");
         goto fail;
     }
     *out = &c->base;

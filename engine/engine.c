@@ -73,6 +73,8 @@ struct ns_engine {
     int *b_seq_of;                    /* (max_seqs) slot index of each batch sequence */
     float *logits;                    /* (max_seqs, n_vocab) host */
     int32_t *b_ids;                   /* (max_seqs) tokens chosen on the device */
+    ns_row_sampling *b_samp;          /* (max_seqs) each logit row's parameters for sample_rows */
+    bool *b_on_host;                  /* (max_seqs) logit rows sampled on the host in such a step */
     uint64_t *hash_scratch;           /* (max_blocks_per_seq) prefix chain hashes */
     uint64_t n_admitted;
     int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted, stat_oom;
@@ -217,12 +219,14 @@ model_ready:;
     e->b_block_table = ns_malloc_array(S * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
     e->logits = ns_malloc_array(S * (size_t)hp->n_vocab, sizeof(float));
     e->b_ids = ns_malloc_array(S, sizeof(int32_t));
+    e->b_samp = ns_malloc_array(S, sizeof(ns_row_sampling));
+    e->b_on_host = ns_malloc_array(S, sizeof(bool));
     e->hash_scratch = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(uint64_t));
     e->done_cap = (int)S * 2;
     e->done = ns_calloc_array((size_t)e->done_cap, sizeof(ns_completion *));
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_tok_start || !e->b_n_tok || !e->b_n_past ||
         !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->b_ids || !e->done ||
-        !e->hash_scratch) {
+        !e->hash_scratch || !e->b_samp || !e->b_on_host) {
         st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for batch arrays");
         goto fail;
     }
@@ -259,6 +263,8 @@ void ns_engine_close(ns_engine *e) {
     free(e->b_block_table);
     free(e->logits);
     free(e->b_ids);
+    free(e->b_samp);
+    free(e->b_on_host);
     free(e->hash_scratch);
     if (e->model) ns_fwd_scratch_free(e->model, &e->scratch);
     ns_kv_blocks_destroy(e->kv);
@@ -272,6 +278,7 @@ void ns_engine_close(ns_engine *e) {
 const ns_hparams *ns_engine_hparams(const ns_engine *e) { return &e->model->hp; }
 const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e) { return e->tok; }
 const char *ns_engine_backend_name(const ns_engine *e) { return e->backend->ops->name; }
+ns_backend *ns_engine_backend(ns_engine *e) { return e->backend; }
 const char *ns_engine_chat_template(const ns_engine *e) { return e->chat_template; }
 int ns_engine_n_ctx(const ns_engine *e) { return e->n_ctx; }
 bool ns_engine_add_bos(const ns_engine *e) { return e->tok && ns_tokenizer_add_bos(e->tok); }
@@ -517,12 +524,59 @@ static ns_status text_append(seq *s, const char *p, size_t n, ns_error *err) {
     return NS_OK;
 }
 
-/* Greedy with nothing that needs the logits on the host: the backend's argmax gives the
- * same token as the host sampler. */
-static bool plain_greedy(const seq *s) {
+/* Nothing that needs the logits on the host (penalties, logprobs): the backend can pick
+ * the token where the logits are. */
+static bool backend_can_pick(const seq *s) {
     const ns_sampling *p = &s->params;
-    return p->temperature == 0.0f && p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f &&
-           p->frequency_penalty == 0.0f && !s->lps;
+    return p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f && !s->lps;
+}
+
+/* Greedy too: the backend's argmax gives the same token as the host sampler. */
+static bool plain_greedy(const seq *s) { return s->params.temperature == 0.0f && backend_can_pick(s); }
+
+/* Where a step's tokens are picked: all on the host from downloaded logits; all greedy
+ * by the backend's argmax_rows; or by its sample_rows, where only the rows that need the
+ * host sampler download their logits. */
+typedef enum { PICK_HOST, PICK_ARGMAX, PICK_ROWS } pick_mode;
+
+static pick_mode choose_pick(const ns_engine *e, int n_seq, int n_logits) {
+    const ns_backend_ops *ops = e->backend->ops;
+    if (n_logits == 0 || e->cfg.no_device_sampling) return PICK_HOST;
+    bool all_greedy = true, any_backend = false;
+    for (int k = 0; k < n_seq; k++) {
+        const seq *s = &e->seqs[e->b_seq_of[k]];
+        if (s->logit_row < 0) continue;
+        all_greedy = all_greedy && plain_greedy(s);
+        any_backend = any_backend || backend_can_pick(s);
+    }
+    if (all_greedy && ops->argmax_rows) return PICK_ARGMAX;
+    return any_backend && ops->sample_rows ? PICK_ROWS : PICK_HOST;
+}
+
+/* PICK_ROWS after the forward pass: each row's parameters (drawing the request's random
+ * number for the step: only now, so that a step discarded for lack of memory draws
+ * nothing), the backend's picks into b_ids, and the logits of the host's rows into
+ * e->logits at their row. */
+static ns_status pick_rows(ns_engine *e, int n_seq, int n_logits, ns_error *err) {
+    const int n_vocab = e->model->hp.n_vocab;
+    int i = 0;
+    for (int k = 0; k < n_seq; k++) {
+        seq *s = &e->seqs[e->b_seq_of[k]];
+        if (s->logit_row < 0) continue;
+        e->b_on_host[i] = !backend_can_pick(s) || !ns_sampler_row_params(s->sampler, &e->b_samp[i]);
+        if (e->b_on_host[i]) e->b_samp[i] = (ns_row_sampling){0.0f, 0, 1.0f, 0.0f, 0.0}; /* a cheap pick, unused */
+        i++;
+    }
+    NS_ASSERT(i == n_logits);
+    ns_status st = e->backend->ops->sample_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, n_vocab,
+                                                e->b_samp, err);
+    for (i = 0; i < n_logits && !st; i++) {
+        if (!e->b_on_host[i]) continue;
+        const size_t off = (size_t)i * (size_t)n_vocab;
+        st = e->backend->ops->download(e->backend, e->logits + off, e->scratch.logits + off,
+                                       (size_t)n_vocab * sizeof(float), err);
+    }
+    return st;
 }
 
 /* Handles the token just sampled for sequence s; may finish it. */
@@ -667,15 +721,10 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         .block_table = e->b_block_table, .max_blocks_per_seq = e->max_blocks_per_seq,
         .logit_rows = e->b_logit_rows, .n_logits = n_logits,
     };
-    /* greedy requests without penalties or logprobs take their token from the device */
-    bool device_greedy = n_logits > 0 && e->backend->ops->argmax_rows && !e->cfg.no_device_sampling;
-    for (int k = 0; k < n_seq && device_greedy; k++) {
-        const seq *s = &e->seqs[e->b_seq_of[k]];
-        if (s->logit_row >= 0 && !plain_greedy(s)) device_greedy = false;
-    }
+    const pick_mode pick = choose_pick(e, n_seq, n_logits);
     if (capped) e->rr_start = (e->rr_start + n_seq) % S;
-    st = ns_forward(e->model, &e->scratch, &batch, device_greedy ? NULL : e->logits, err);
-    if (!st && device_greedy)
+    st = ns_forward(e->model, &e->scratch, &batch, pick == PICK_HOST ? e->logits : NULL, err);
+    if (!st && pick == PICK_ARGMAX)
         st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err);
     if (st == NS_ERR_NOMEM && n_tok > 1) {
         /* discard the step (nothing below ran: no token was cached or sampled) and go on
@@ -692,6 +741,7 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         }
         return NS_OK;
     }
+    if (!st && pick == PICK_ROWS) st = pick_rows(e, n_seq, n_logits, err);
     if (st) return st;
 
     /* 3. sampling, in batch order (each request has its own random stream) */
@@ -705,7 +755,7 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         s->n_cached += e->b_n_tok[k];
         if (s->logit_row < 0) continue;
         int32_t tok;
-        if (device_greedy) {
+        if (pick == PICK_ARGMAX || (pick == PICK_ROWS && !e->b_on_host[i_logit])) {
             tok = e->b_ids[i_logit++];
         } else {
             float *row = e->logits + (size_t)i_logit++ * n_vocab;

@@ -38,7 +38,7 @@ typedef struct ns_engine_config {
      * completions carry tokens and no text, and only stop_tokens and max_tokens end them. */
     const ns_hparams *synthetic;
     uint64_t synthetic_seed;
-    bool no_device_sampling; /* sample on the host even where the backend could argmax */
+    bool no_device_sampling; /* sample on the host even where the backend could (argmax_rows, sample_rows) */
 } ns_engine_config;
 
 /* Scheduling policies (for benchmarks; continuous is the product's). */
@@ -116,6 +116,8 @@ void ns_engine_close(ns_engine *e); /* NULL-tolerant; drops unfinished requests 
 const ns_hparams *ns_engine_hparams(const ns_engine *e);
 const ns_tokenizer *ns_engine_tokenizer(const ns_engine *e); /* NULL for a synthetic model */
 const char *ns_engine_backend_name(const ns_engine *e);
+/* The engine's backend (borrowed; for tests and tools that inspect or adjust it). */
+struct ns_backend *ns_engine_backend(ns_engine *e);
 /* The model's chat template text (borrowed, NUL-terminated) or NULL. */
 const char *ns_engine_chat_template(const ns_engine *e);
 int ns_engine_n_ctx(const ns_engine *e);

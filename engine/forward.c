@@ -48,22 +48,12 @@ ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *b
     return ns_forward_tp(m, s, batch, logits_host, NULL, err);
 }
 
-ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
-                        ns_tp *tp, ns_error *err) {
+/* The ops of one pass over n_rows rows, n_logits of them wanting logits (the first
+ * n_logits of batch->logit_rows, or every row of a padded decode batch). */
+static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logits, ns_tp *tp) {
     const ns_hparams *hp = &m->hp;
     ns_backend *b = m->backend;
     const ns_backend_ops *op = b->ops;
-    int T = batch->n_tokens;
-    if (T < 1 || T > s->max_tokens || batch->n_logits > s->max_logits)
-        return ns_error_set(err, NS_ERR_INVALID, "forward: batch of %d tokens / %d logit rows exceeds %d / %d", T,
-                            batch->n_logits, s->max_tokens, s->max_logits);
-    for (int i = 0; i < T; i++)
-        if (batch->tokens[i] < 0 || batch->tokens[i] >= hp->n_vocab)
-            return ns_error_set(err, NS_ERR_INVALID, "forward: token id %d at batch row %d is out of range [0, %d)",
-                                batch->tokens[i], i, hp->n_vocab);
-    ns_status st = op->batch_set(b, batch, err);
-    if (st) return st;
-
     const int n_embd = hp->n_embd, hd = hp->head_dim;
     const int q_dim = hp->n_head * hd, kv_dim = hp->n_head_kv * hd;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -95,11 +85,42 @@ ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch
         if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd);
         op->add(b, s->x, s->xb, (int64_t)T * n_embd);
     }
-    if (batch->n_logits == 0) return NS_OK;
+    if (n_logits == 0) return;
     /* output head only on the rows that need logits (last prompt token, decode tokens) */
     op->gather_logit_rows(b, s->xl, s->x, n_embd);
-    op->rmsnorm(b, s->xl, s->xl, m->output_norm, batch->n_logits, n_embd, hp->norm_eps);
-    op->matmul(b, s->logits, s->xl, m->output, batch->n_logits, hp->n_vocab, n_embd);
-    if (!logits_host) return NS_OK;
+    op->rmsnorm(b, s->xl, s->xl, m->output_norm, n_logits, n_embd, hp->norm_eps);
+    op->matmul(b, s->logits, s->xl, m->output, n_logits, hp->n_vocab, n_embd);
+}
+
+ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
+                        ns_tp *tp, ns_error *err) {
+    const ns_hparams *hp = &m->hp;
+    ns_backend *b = m->backend;
+    const ns_backend_ops *op = b->ops;
+    int T = batch->n_tokens;
+    if (T < 1 || T > s->max_tokens || batch->n_logits > s->max_logits)
+        return ns_error_set(err, NS_ERR_INVALID, "forward: batch of %d tokens / %d logit rows exceeds %d / %d", T,
+                            batch->n_logits, s->max_tokens, s->max_logits);
+    for (int i = 0; i < T; i++)
+        if (batch->tokens[i] < 0 || batch->tokens[i] >= hp->n_vocab)
+            return ns_error_set(err, NS_ERR_INVALID, "forward: token id %d at batch row %d is out of range [0, %d)",
+                                batch->tokens[i], i, hp->n_vocab);
+    /* a recorded pass (graph_begin) may pad a decode batch up to what the buffers hold;
+     * not under tensor parallelism, whose all-reduces run between the ops */
+    const bool graphs = op->graph_begin && !tp;
+    ns_fwd_batch bt = *batch;
+    bt.max_rows = graphs ? NS_MIN(s->max_tokens, s->max_logits) : 0;
+    ns_status st = op->batch_set(b, &bt, err);
+    if (st) return st;
+    int n_rows = T;
+    bool replayed = false, rerun = false;
+    if (graphs && (st = op->graph_begin(b, &n_rows, &replayed, err))) return st;
+    NS_ASSERT(n_rows >= T && n_rows <= NS_MAX(T, bt.max_rows));
+    if (!replayed) {
+        forward_ops(m, s, n_rows, n_rows > T ? n_rows : batch->n_logits, tp);
+        if (graphs && (st = op->graph_end(b, &rerun, err))) return st;
+        if (rerun) forward_ops(m, s, n_rows, n_rows > T ? n_rows : batch->n_logits, tp);
+    }
+    if (batch->n_logits == 0 || !logits_host) return NS_OK;
     return op->download(b, logits_host, s->logits, (size_t)batch->n_logits * hp->n_vocab * sizeof(float), err);
 }

@@ -41,7 +41,9 @@ typedef struct ns_tp {
  * must already be in each sequence's block table. On return logits_host
  * (batch->n_logits, n_vocab) holds the logits of batch->logit_rows. With logits_host NULL
  * the logits stay in s->logits (backend memory) and nothing synchronizes: the caller
- * reads them with a backend op (argmax_rows). */
+ * reads them with a backend op (argmax_rows, sample_rows), rows 0..n_logits-1. A backend
+ * with graph_begin (CUDA graphs) may run a decode batch padded with dummy rows, whose
+ * logits follow the batch's own in s->logits; batch->max_rows is set here. */
 ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *batch, float *logits_host,
                      ns_error *err);
 /* The same for one rank of a tensor-parallel model (tp NULL: not sharded). */

@@ -39,6 +39,7 @@
  * and may run on different threads.
  */
 #include "sampler.h"
+#include "sample_rule.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -295,24 +296,9 @@ static void apply_penalties(ns_sampler *s, float *logits) {
 
 /* Logits more than EXP_SPAN below the maximum (in units of the temperature) are dropped:
  * their probability relative to the best token is below e^-80 ~ 1.8e-35. This also keeps
- * the argument of exp_nonpos in range. */
-#define EXP_SPAN 80.0f
-
-/* exp(x) for x in [-EXP_SPAN - 1, 0], relative error below 1e-7 (Cephes expf polynomial).
- * Written branch-free so that the loops using it vectorise at -O2. */
-static inline float exp_nonpos(float x) {
-    const float n = (float)(int32_t)(x * 1.44269504088896341f - 0.5f); /* round(x/ln2), x <= 0 */
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;          /* x - n*ln2 */
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23}; /* 2^n */
-    return y * two_n.f;
-}
+ * the argument of ns_sample_exp (kernels/cpu/sample_rule.h, the same polynomial as the
+ * CUDA row sampler's, branch-free so that the loops using it vectorise) in range. */
+#define EXP_SPAN NS_SAMPLE_EXP_SPAN
 
 /* The loops below run over blocks of a fixed LANES elements plus a scalar tail: GCC's
  * default cost model at -O2 vectorises a loop only when its trip count needs no
@@ -323,8 +309,8 @@ static inline float exp_nonpos(float x) {
 static void exp_pass(float *v, int32_t n, float m, float inv_t) {
     int32_t j = 0;
     for (; j + LANES <= n; j += LANES)
-        for (int k = 0; k < LANES; k++) v[j + k] = exp_nonpos((v[j + k] - m) * inv_t);
-    for (; j < n; j++) v[j] = exp_nonpos((v[j] - m) * inv_t);
+        for (int k = 0; k < LANES; k++) v[j + k] = ns_sample_exp((v[j + k] - m) * inv_t);
+    for (; j < n; j++) v[j] = ns_sample_exp((v[j] - m) * inv_t);
 }
 
 /* Sum in double over LANES fixed chains (the order is fixed: reproducible). */
@@ -650,6 +636,16 @@ static int32_t sample_dist(ns_sampler *s, const float *logits) {
         }
     }
     return pick; /* rounding: the last token with e > 0 */
+}
+
+bool ns_sampler_row_params(ns_sampler *s, ns_row_sampling *out) {
+    if (s->has_penalties) return false;
+    const ns_sampling *p = &s->params;
+    float t, inv_t;
+    const bool dist = ns_sample_temperature(p->temperature, &t, &inv_t);
+    *out = (ns_row_sampling){dist ? p->temperature : 0.0f, p->top_k, p->top_p, p->min_p, 0.0};
+    if (dist) out->u = rng_unit(s->rng);
+    return true;
 }
 
 /* log-softmax of the penalised logits at temperature 1, for logprob reports. */

@@ -62,6 +62,17 @@ void ns_sampler_free(ns_sampler *s); /* NULL-tolerant */
  * Does not record the token: call ns_sampler_accept. */
 int32_t ns_sampler_sample(ns_sampler *s, float *logits, ns_logprob *chosen_lp, ns_logprob *top_lp);
 
+/* For a backend that samples where the logits are (ns_backend_ops.sample_rows, the rule
+ * of kernels/cpu/sample_rule.h): fills *out with this step's parameters and returns
+ * true, or returns false, drawing nothing, when the request needs this sampler (a
+ * penalty is set). A non-greedy step consumes the request's one draw of the step, as
+ * ns_sampler_sample does, so the random stream stays in step whichever side samples;
+ * the token for a given draw may differ (the rule walks the kept tokens in id order),
+ * the distribution does not. Call once per step, after the step's logits exist; then
+ * ns_sampler_accept the token as usual. */
+struct ns_row_sampling;
+bool ns_sampler_row_params(ns_sampler *s, struct ns_row_sampling *out);
+
 /* Records a generated token (for penalties). Prompt tokens are not recorded. */
 void ns_sampler_accept(ns_sampler *s, int32_t token);
 

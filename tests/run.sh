@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
-# input, CLI through NS_BIN), the parser tests under AddressSanitizer when that binary was
-# built, and the job pipeline end to end; ends with one line "N passed, N failed,
-# N skipped" summed over all three.
+# input, CLI through NS_BIN), the parser tests under AddressSanitizer and the CUDA
+# row-sampling kernel emulated on the CPU when those binaries were built, and the job
+# pipeline end to end; ends with one line "N passed, N failed, N skipped" summed over all.
 set -u
 build=${1:-build}
 mode=${2:-}
@@ -33,6 +33,10 @@ run "$build/unit"
 if [ -x "$build/unit-asan-parsers" ]; then
   echo "== parser tests under AddressSanitizer ($build/unit-asan-parsers)" >&2
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 run "$build/unit-asan-parsers"
+fi
+if [ -x "$build/emu-sample-rows" ]; then
+  echo "== the CUDA row-sampling kernel, emulated on the CPU ($build/emu-sample-rows)" >&2
+  run "$build/emu-sample-rows"
 fi
 echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
 run bash tests/e2e/pipeline.sh "$build"

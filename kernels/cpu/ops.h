@@ -91,4 +91,21 @@ void ns_cpu_attention_paged(float *out, const float *q, const int32_t *q_pos, in
                             int n_kv, int block_size, int n_head, int n_head_kv, int head_dim,
                             float scale, int h0, int h1, float *scratch);
 
+/* ---- sampling ----
+ * Row sampling by the rule of kernels/cpu/sample_rule.h (greedy, or top_k, temperature,
+ * top_p, min_p and a draw u given per row): ids (n_rows), -1 for a row with no logit above
+ * -inf. The reference that ns_cuda_sample_rows must match token for token; written for
+ * clarity (it sorts: O(n_vocab log n_vocab) a row), not speed: the engine samples on the
+ * CPU with engine/sampler.c. n_vocab <= NS_SAMPLE_MAX_VOCAB (else -1); scratch: at
+ * least 2 * n_vocab uint64_t. */
+struct ns_row_sampling;
+void ns_cpu_sample_rows_ref(int32_t *ids /*(n_rows)*/, const float *logits /*(n_rows, n_vocab)*/, int n_rows,
+                            int n_vocab, const struct ns_row_sampling *params /*(n_rows)*/, uint64_t *scratch);
+/* The distribution behind it for one row: w (n) = each token's weight after every cut
+ * (0 for tokens cut; a greedy row has weight 1 on its pick); returns their sum S, 0 when
+ * no logit is above -inf. The pick for draw u is the token at which the running sum of
+ * w in id order first exceeds ns_sample_draw_r(u, S). keys: scratch of n uint64_t. */
+uint64_t ns_cpu_sample_weights_ref(const float *l /*(n)*/, int n, const struct ns_row_sampling *p, uint64_t *w,
+                                   uint64_t *keys);
+
 #endif

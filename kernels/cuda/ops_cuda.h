@@ -105,6 +105,13 @@ cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float 
  * that holds only NaN gives -1. */
 cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
                                   cudaStream_t stream);
+/* out_ids (n_rows) = the token of each row of logits (n_rows, n_vocab) by the rule of
+ * kernels/cpu/sample_rule.h with that row's params (n_rows, device memory): greedy rows
+ * and top_k/top_p/min_p/temperature rows in one launch, the same token as
+ * ns_cpu_sample_rows_ref. n_vocab <= NS_SAMPLE_MAX_VOCAB (2^19). */
+struct ns_row_sampling;
+cudaError_t ns_cuda_sample_rows(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
+                                const struct ns_row_sampling *params, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  * ties (the rule of the CPU sampler in engine/sampler.c), so that a greedy decode step
  * can return n_rows ints instead of n_rows * n_vocab floats. NaN never compares greater,
  * so it never wins; a row whose best value is -inf (or NaN throughout) gives -1, as the
- * host sampler does. One block per row. */
+ * host sampler does. One block per row. Sampling with temperature: sample_rows.cu. */
 #include "common.cuh"
 
 #define SAMPLE_THREADS 256

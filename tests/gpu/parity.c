@@ -7,7 +7,9 @@
  *               non-multiples of the block size, GQA groups, head_dim 40/80/256), each
  *               output checked in this order: every element finite, NMSE, per element
  *               !(err <= atol + rtol |ref|) so that NaN fails; 64 canary floats either side
- *               of every device output must come back untouched.
+ *               of every device output must come back untouched. ns_cuda_sample_rows
+ *               must give ns_cpu_sample_rows_ref's token in every row, exactly, and
+ *               its time for 1,000 rows of 128,256 logits is printed.
  *   greedy      tiny random models (Q8_0, Q4_1): 6 requests of greedy decoding, 48 tokens
  *               each, on the CPU and on CUDA; tokens compared. bf16 GEMM inputs can flip a
  *               near-tie late in a sequence, so the check is: no sequence diverges in its
@@ -17,7 +19,11 @@
  *               200-token prompt and 16 requests x 32 greedy tokens on the CPU, on CUDA
  *               with NS_CUDA_PRECISE=1 (identical tokens required) and on plain CUDA
  *               (logits NMSE under 1e-3; its tokens are reported, not judged: bf16 inputs
- *               flip near-ties of flat random-weight logits).
+ *               flip near-ties of flat random-weight logits). Then the same 16 requests
+ *               sampled (temperature, top_k, top_p, min_p, seeds): the CPU picking by the
+ *               row rule vs CUDA precise picking on the device (identical, or differing
+ *               only where the draw fell within 1e-3 of a boundary), and plain CUDA twice
+ *               (identical).
  *   throughput  a random 8-layer model (n_embd 512, Q8_0) on CUDA: 256 requests, 64 prompt
  *               + 64 generated tokens, max_seqs 128; prints tokens/s. No pass bound yet.
  * Ends with "N passed, N failed, N skipped"; exit 1 on any failure.
@@ -30,11 +36,14 @@
 
 #include "../test.h"
 #include "../unit/tiny_model.h"
+#include "backend.h"
 #include "backend_cuda.h"
 #include "engine.h"
 #include "gguf.h"
 #include "ops.h"
 #include "ops_cuda.h"
+#include "sample_cases.h"
+#include "sample_rule.h"
 
 static int g_pass, g_fail, g_skip;
 
@@ -395,11 +404,86 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     free(kp), free(vp), free(q), free(k), free(v), free(ref), free(got), free(scratch), free(pool_got);
 }
 
+/* ns_cuda_sample_rows against ns_cpu_sample_rows_ref: the same token in every row (the
+ * rule is integer arithmetic after one float exp written op for op on both sides, so
+ * there is no tolerance). Rows mix greedy and sampled ones, every cut, ties, NaN, -inf,
+ * +inf, rows with nothing finite, and extreme temperatures; vocabularies up to 2^18. */
+static void check_sample_rows(ns_test_rng *r) { /* r: the speed run's logits */
+    const int vocabs[] = {1, 7, 8, 1000, 32000, 49152, 128256, 151936, 262144};
+    enum { ROWS = NS_SAMPLE_CASE_ROWS };
+    uint64_t rng = 777;
+    for (size_t vi = 0; vi < sizeof vocabs / sizeof vocabs[0]; vi++) {
+        const int n = vocabs[vi];
+        const size_t N = (size_t)ROWS * n;
+        float *x = malloc(N * 4);
+        ns_row_sampling ps[ROWS];
+        uint64_t *scratch = malloc(2 * (size_t)n * sizeof *scratch);
+        int32_t ref[ROWS], got[ROWS];
+        ns_sample_cases(&rng, n, x, ps);
+        ns_cpu_sample_rows_ref(ref, x, ROWS, n, ps, scratch);
+        float *dx = dev_copy(x, N * 4);
+        ns_row_sampling *dp = dev_copy(ps, sizeof ps);
+        int32_t *dids;
+        CU(cudaMalloc((void **)&dids, sizeof got));
+        CU(ns_cuda_sample_rows(dids, dx, ROWS, n, dp, 0));
+        CU(cudaMemcpy(got, dids, sizeof got, cudaMemcpyDeviceToHost));
+        int ok = 1;
+        for (int i = 0; i < ROWS; i++) {
+            const int32_t want = ns_sample_case_expect(i, n);
+            if (got[i] == ref[i] && (want == -2 || want == ref[i])) continue;
+            ok = 0;
+            printf("FAIL sample_rows n_vocab %d row %d (T %g top_k %d top_p %g min_p %g u %.17g): %d, reference %d, "
+                   "expected %d\n",
+                   n, i, (double)ps[i].temperature, ps[i].top_k, (double)ps[i].top_p, (double)ps[i].min_p, ps[i].u,
+                   got[i], ref[i], want);
+        }
+        if (ok) printf("ok   sample_rows %d rows, n_vocab %d\n", ROWS, n);
+        result(ok);
+        CU(cudaFree(dids)); CU(cudaFree(dp)); CU(cudaFree(dx));
+        free(scratch), free(x);
+    }
+    /* speed: a decode step of 1,000 rows at n_vocab 128256 (Llama 3), T 0.8, top_p 0.9 */
+    enum { R = 1000, V = 128256 };
+    float *x = malloc((size_t)R * V * 4);
+    ns_row_sampling *ps = malloc(R * sizeof *ps);
+    for (size_t j = 0; j < (size_t)R * V; j++) x[j] = 3.0f * ns_test_rng_f32(r);
+    for (int i = 0; i < R; i++) ps[i] = (ns_row_sampling){0.8f, 0, 0.9f, 0.0f, (double)i / R};
+    float *dx = dev_copy(x, (size_t)R * V * 4);
+    ns_row_sampling *dp = dev_copy(ps, R * sizeof *ps);
+    int32_t *dids;
+    CU(cudaMalloc((void **)&dids, R * 4));
+    const struct { const char *name; float t; int top_k; float top_p; } cfg[] = {
+        {"greedy", 0.0f, 0, 1.0f}, {"T 0.8", 0.8f, 0, 1.0f}, {"T 0.8 top_p 0.9", 0.8f, 0, 0.9f},
+        {"T 0.8 top_k 40", 0.8f, 40, 1.0f}, {"T 0.8 top_k 40 top_p 0.9", 0.8f, 40, 0.9f}};
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0)); CU(cudaEventCreate(&e1));
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        for (int i = 0; i < R; i++) ps[i].temperature = cfg[c].t, ps[i].top_k = cfg[c].top_k, ps[i].top_p = cfg[c].top_p;
+        CU(cudaMemcpy(dp, ps, R * sizeof *ps, cudaMemcpyHostToDevice));
+        CU(ns_cuda_sample_rows(dids, dx, R, V, dp, 0)); /* warm-up */
+        float best = 1e30f;
+        for (int rep = 0; rep < 5; rep++) {
+            CU(cudaEventRecord(e0, 0));
+            CU(ns_cuda_sample_rows(dids, dx, R, V, dp, 0));
+            CU(cudaEventRecord(e1, 0));
+            CU(cudaEventSynchronize(e1));
+            float ms;
+            CU(cudaEventElapsedTime(&ms, e0, e1));
+            best = ms < best ? ms : best;
+        }
+        printf("info sample_rows %d x %d, %s: %.3f ms (best of 5)\n", R, V, cfg[c].name, (double)best);
+    }
+    CU(cudaEventDestroy(e0)); CU(cudaEventDestroy(e1));
+    CU(cudaFree(dids)); CU(cudaFree(dp)); CU(cudaFree(dx));
+    free(ps), free(x);
+}
+
 static void run_kernels(void) {
     ns_test_rng r = {12345};
     check_dequant(&r);
     check_rows(&r);
     check_rope(&r);
+    check_sample_rows(&r);
     const int cfg[][4] = {{6, 2, 80, 7}, {4, 4, 40, 16}, {9, 3, 256, 5}, {1, 1, 1, 1},
                           {32, 8, 128, 16}, {14, 2, 64, 16}, {6, 3, 18, 3}, {16, 1, 64, 16}};
     for (int i = 0; i < 8; i++)
@@ -527,7 +611,6 @@ static ns_engine *open_synth(const ns_hparams *hp, const char *backend, int max_
     return e;
 }
 
-/* 16 requests of lengths 1..241 (random ids), n_tok greedy tokens each, into out (16, n_tok). */
 /* Prompt i of the 16 (length 1 + i*i: 1, 2, 5, ..., 226) into prompt; returns its length. */
 static int synth_prompt(int i, int n_vocab, int32_t *prompt) {
     uint64_t r = 99 + (uint64_t)i * 7777;
@@ -539,7 +622,21 @@ static int synth_prompt(int i, int n_vocab, int32_t *prompt) {
     return len;
 }
 
-static int synth_generate(ns_engine *e, int n_vocab, int n_tok, int32_t *out) {
+/* Request i's sampling in the sampled runs: temperature with every cut, its own seed. */
+static void synth_sampling(int i, int n_tok, ns_sampling *s) {
+    ns_sampling_default(s);
+    s->max_tokens = n_tok;
+    s->ignore_eos = true;
+    s->temperature = 0.7f + 0.05f * (float)i;
+    s->top_k = i % 3 == 0 ? 0 : 20 + 10 * i;
+    s->top_p = i % 2 ? 0.9f : 1.0f;
+    s->min_p = i % 4 == 2 ? 0.05f : 0.0f;
+    s->seed = 500 + (uint64_t)i;
+}
+
+/* The 16 requests, n_tok tokens each (greedy, or synth_sampling when sampled), into out
+ * (16, n_tok). */
+static int synth_generate_ex(ns_engine *e, int n_vocab, int n_tok, int sampled, int32_t *out) {
     ns_error err;
     int32_t prompt[256];
     for (int i = 0; i < 16; i++) {
@@ -551,6 +648,7 @@ static int synth_generate(ns_engine *e, int n_vocab, int n_tok, int32_t *out) {
         ns_sampling_default(&req.sampling);
         req.sampling.max_tokens = n_tok;
         req.sampling.ignore_eos = true;
+        if (sampled) synth_sampling(i, n_tok, &req.sampling);
         if (ns_engine_submit(e, &req, &err)) {
             printf("FAIL submit: %s\n", err.msg);
             return -1;
@@ -569,6 +667,91 @@ static int synth_generate(ns_engine *e, int n_vocab, int n_tok, int32_t *out) {
             ns_completion_free(c[i]);
         }
     return n_done == 16 ? 0 : -1;
+}
+
+static int synth_generate(ns_engine *e, int n_vocab, int n_tok, int32_t *out) {
+    return synth_generate_ex(e, n_vocab, n_tok, 0, out);
+}
+
+/* Sampled requests picked on the device (ns_cuda_sample_rows) against the CPU engine
+ * picking by the same rule (ns_backend_cpu_set_row_sampling): with NS_CUDA_PRECISE=1 the
+ * logits agree to ~1e-5, so the tokens must agree, except where the request's draw fell
+ * within 1e-3 of the total weight from the boundary of the CPU's pick (checked on the
+ * CPU's logits at the first difference). Plain bf16: two runs must be identical
+ * (determinism); their tokens against the CPU are reported. */
+static void synth_sampled(const char *shape, const ns_hparams *hp) {
+    const int n_tok = 32;
+    int32_t *tok[4];
+    for (int k = 0; k < 4; k++) tok[k] = malloc(sizeof(int32_t) * 16 * n_tok);
+    ns_engine *cpu = open_synth(hp, "cpu", 8, false);
+    int ok = cpu != NULL;
+    if (cpu) {
+        ns_backend_cpu_set_row_sampling(ns_engine_backend(cpu), true);
+        ok = synth_generate_ex(cpu, hp->n_vocab, n_tok, 1, tok[0]) == 0;
+    }
+    for (int k = 1; k < 4 && ok; k++) { /* 1: precise, 2 and 3: plain bf16 */
+        ns_engine *e = open_synth(hp, "cuda", 8, k == 1);
+        ok = e && synth_generate_ex(e, hp->n_vocab, n_tok, 1, tok[k]) == 0;
+        ns_engine_close(e);
+    }
+    if (!ok) {
+        printf("FAIL %s sampled runs\n", shape);
+        result(0);
+    } else {
+        float *logits = malloc(sizeof(float) * hp->n_vocab);
+        uint64_t *w = malloc(sizeof(uint64_t) * 2 * hp->n_vocab);
+        int n_same = 0, n_near = 0, n_bad = 0, n_same_bf16 = 0;
+        for (int i = 0; i < 16; i++) {
+            n_same_bf16 += memcmp(tok[0] + i * n_tok, tok[2] + i * n_tok, sizeof(int32_t) * n_tok) == 0;
+            int j = 0;
+            while (j < n_tok && tok[0][i * n_tok + j] == tok[1][i * n_tok + j]) j++;
+            if (j == n_tok) {
+                n_same++;
+                continue;
+            }
+            /* the CPU's logits and the request's j-th draw at the first difference */
+            int32_t pre[256 + 32];
+            int len = synth_prompt(i, hp->n_vocab, pre);
+            memcpy(pre + len, tok[0] + i * n_tok, sizeof(int32_t) * j);
+            ns_error err;
+            double dist = INFINITY;
+            ns_sampling sp;
+            synth_sampling(i, n_tok, &sp);
+            ns_sampler *s = ns_sampler_create(&sp, hp->n_vocab);
+            ns_row_sampling rp;
+            for (int d = 0; d <= j && s; d++) ns_sampler_row_params(s, &rp);
+            if (s && !ns_engine_prompt_logits(cpu, pre, len + j, logits, &err)) {
+                const uint64_t S = ns_cpu_sample_weights_ref(logits, hp->n_vocab, &rp, w, w + hp->n_vocab);
+                const int32_t c = tok[1][i * n_tok + j];
+                if (S > 0 && c >= 0 && c < hp->n_vocab && w[c] > 0) {
+                    const uint64_t r = ns_sample_draw_r(rp.u, S);
+                    uint64_t lo = 0;
+                    for (int v = 0; v < c; v++) lo += w[v];
+                    const uint64_t hi = lo + w[c]; /* the CUDA token owns [lo, hi) */
+                    dist = r < lo ? (double)(lo - r) / (double)S : r >= hi ? (double)(r - hi + 1) / (double)S : 0.0;
+                }
+            }
+            ns_sampler_free(s);
+            printf("     %s sampled request %d: cuda precise differs at token %d (%d vs cpu %d), the draw is %.3g of "
+                   "the weight from that token\n",
+                   shape, i, j, tok[1][i * n_tok + j], tok[0][i * n_tok + j], dist);
+            if (dist <= 1e-3) n_near++; else n_bad++;
+        }
+        const int pass = n_bad == 0 && n_same + n_near == 16;
+        printf("%s %s sampled (T, top_k, top_p, min_p), cpu row rule vs cuda precise: %d of 16 requests identical over "
+               "%d tokens%s\n",
+               pass ? "ok  " : "FAIL", shape, n_same, n_tok, n_near ? ", the others at draw boundaries" : "");
+        result(pass);
+        const int det = memcmp(tok[2], tok[3], sizeof(int32_t) * 16 * n_tok) == 0;
+        printf("%s %s sampled, cuda bf16 twice: %s\n", det ? "ok  " : "FAIL", shape, det ? "identical" : "different");
+        result(det);
+        printf("info %s sampled, cuda bf16 vs cpu: %d of 16 requests identical over %d tokens\n", shape, n_same_bf16,
+               n_tok);
+        free(w);
+        free(logits);
+    }
+    ns_engine_close(cpu);
+    for (int k = 0; k < 4; k++) free(tok[k]);
 }
 
 static void synth_shape(const char *name, ns_hparams *hp) {
@@ -661,6 +844,7 @@ static void run_synthetic(void) {
         }
         ns_engine_close(cpu);
         for (int k = 0; k < 3; k++) free(tok[k]), free(logits[k]);
+        synth_sampled(shapes[si], &hp);
     }
 }
 

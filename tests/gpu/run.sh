@@ -17,8 +17,11 @@
 #   7. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
 #                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
 #   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
+#   3g-5g. steps 3-5 again with NS_CUDA_GRAPHS=1 (decode steps replayed as CUDA graphs),
+#          and the 1B/8B benchmarks with it, and the 1B at 64 sequences both ways
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
-# device: one rank on a one-GPU machine)
+# device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
+# sampled requests end to end)
 # Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table and
 # "N passed, N failed, N skipped"; exit 1 on any failure.
 # usage: bash tests/gpu/run.sh [quick|profile|bench]
@@ -93,11 +96,21 @@ fi
 [ "$mode" != bench ] && step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
 if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
+  # CUDA graphs (NS_CUDA_GRAPHS=1, off by default until these pass): the same checks
+  step "3g. greedy, CUDA graphs" 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-parity" greedy
+  step "4g. synthetic, CUDA graphs" 120 env NS_CUDA_GRAPHS=1 "$bin/gpu-parity" synthetic
+  step "5g. nightshift run, CUDA graphs" 120 env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$bin"
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 bench gen-1b 90 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
 bench gen-8b 150 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+if [ "$mode" != profile ]; then # side by side: CUDA graphs, at the full batch and at 64 sequences
+  bench gen-1b-graphs 90 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench gen-8b-graphs 150 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench gen-1b-b64 60 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
+  bench gen-1b-b64-graphs 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
+fi
 if [ "$mode" = profile ]; then
   bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"

@@ -8,6 +8,7 @@
 
 #include "../test.h"
 #include "engine.h"
+#include "backend.h"
 #include "kv_cache.h"
 #include "ops.h"
 #include "tiny_model.h"
@@ -823,4 +824,159 @@ NS_TEST(test_engine_oom_in_step_shrinks_the_batch) {
     oom_run(path, got, &st, &s);
     CHECK_EQ_INT(s, NS_ERR_NOMEM);
     unsetenv("NS_FAULT_BATCH_TOKENS");
+}
+
+/* ---- picking tokens where the logits are (ns_backend_ops.sample_rows) ----
+ * The CPU backend with its test hook plays a device that samples: the engine sends each
+ * row's parameters and the request's draw, and downloads logits only for the rows that
+ * need the host sampler (penalties, logprobs). */
+
+enum { ROWS_N = 6, ROWS_TOKENS = 8 };
+
+/* Request r's sampling: 0, 1, 4 temperature with cuts (picked by the backend); 2 greedy;
+ * 3 a repetition penalty and 5 logprobs (both on the host). */
+static void rows_sampling(int r, ns_sampling *s) {
+    ns_sampling_default(s);
+    s->max_tokens = ROWS_TOKENS;
+    s->ignore_eos = true;
+    s->seed = 1000 + (uint64_t)r;
+    s->temperature = r == 2 ? 0.0f : 20.0f + 5.0f * (float)r; /* the tiny model's logits are steep */
+    if (r == 0) s->top_p = 0.9f;
+    if (r == 1) s->top_k = 12, s->min_p = 0.02f;
+    if (r == 4) s->top_k = 40, s->top_p = 0.8f;
+    if (r == 3) s->repeat_penalty = 1.3f;
+    if (r == 5) s->n_logprobs = 3;
+}
+
+static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t out[ROWS_N][ROWS_TOKENS],
+                        float lp[ROWS_N][ROWS_TOKENS], int32_t **prompts, const int *lens) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = sched_model();
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    cfg.batch_invariant = true;
+    cfg.max_seqs = max_seqs;
+    cfg.max_batch_tokens = 64;
+    ns_engine *e = NULL;
+    ns_error err;
+    memset(out, 0xff, sizeof(int32_t) * ROWS_N * ROWS_TOKENS);
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    CHECK_MSG(st == NS_OK, "open: %s", err.msg);
+    if (st) return;
+    ns_backend_cpu_set_row_sampling(ns_engine_backend(e), row_sampling);
+    CHECK((ns_engine_backend(e)->ops->sample_rows != NULL) == row_sampling);
+    ns_backend_cpu_set_padding(ns_engine_backend(e), padding);
+    CHECK((ns_engine_backend(e)->ops->graph_begin != NULL) == padding);
+    for (int r = 0; r < ROWS_N; r++) {
+        ns_request req;
+        memset(&req, 0, sizeof req);
+        req.id = (uint64_t)r;
+        req.prompt = prompts[r];
+        req.n_prompt = lens[r];
+        rows_sampling(r, &req.sampling);
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    int guard = 0;
+    while (!ns_engine_idle(e) && guard++ < 10000) {
+        CHECK_STATUS_OK(ns_engine_step(e, NULL, &err), &err);
+        ns_completion *c;
+        while (ns_engine_collect(e, &c, 1) == 1) {
+            CHECK(c->finish == NS_FINISH_LENGTH && c->n_tokens == ROWS_TOKENS);
+            for (int i = 0; i < c->n_tokens && i < ROWS_TOKENS && c->id < ROWS_N; i++) {
+                out[c->id][i] = c->tokens[i];
+                if (lp) lp[c->id][i] = c->logprobs ? c->logprobs[i * 4].logprob : 0.0f;
+            }
+            ns_completion_free(c);
+        }
+    }
+    ns_engine_close(e);
+}
+
+static void rows_run(int max_seqs, bool row_sampling, int32_t out[ROWS_N][ROWS_TOKENS], int32_t **prompts,
+                     const int *lens) {
+    rows_run_ex(max_seqs, row_sampling, false, out, NULL, prompts, lens);
+}
+
+/* Decode batches padded as for CUDA graphs (dummy rows on the backend's spare KV block):
+ * the same tokens, and bit-identical logprobs (the CPU is batch-invariant), as unpadded,
+ * whichever side picks the tokens. */
+NS_TEST(test_engine_padded_decode_batches) {
+    int32_t *p[ROWS_N];
+    int lens[ROWS_N];
+    make_prompts(ROWS_N, 10, 12, p, lens, 37);
+    for (int rs = 0; rs < 2; rs++) {
+        int32_t plain[ROWS_N][ROWS_TOKENS], padded[ROWS_N][ROWS_TOKENS];
+        float lp_plain[ROWS_N][ROWS_TOKENS], lp_padded[ROWS_N][ROWS_TOKENS];
+        rows_run_ex(ROWS_N, rs, false, plain, lp_plain, p, lens);
+        rows_run_ex(ROWS_N, rs, true, padded, lp_padded, p, lens);
+        CHECK_MSG(memcmp(plain, padded, sizeof plain) == 0, "row sampling %d: padded batches changed the tokens", rs);
+        CHECK_MSG(memcmp(lp_plain[5], lp_padded[5], sizeof lp_plain[5]) == 0,
+                  "row sampling %d: padded batches changed the logprobs", rs);
+    }
+    for (int r = 0; r < ROWS_N; r++) free(p[r]);
+}
+
+NS_TEST(test_engine_backend_row_sampling) {
+    int32_t *p[ROWS_N];
+    int lens[ROWS_N];
+    make_prompts(ROWS_N, 10, 12, p, lens, 31);
+    int32_t batched[ROWS_N][ROWS_TOKENS], alone[ROWS_N][ROWS_TOKENS], host[ROWS_N][ROWS_TOKENS];
+    rows_run(ROWS_N, true, batched, p, lens);
+    rows_run(1, true, alone, p, lens);
+    rows_run(ROWS_N, false, host, p, lens);
+    /* a request's tokens do not depend on its neighbours, whichever side picks them */
+    CHECK(memcmp(batched, alone, sizeof batched) == 0);
+    /* the host's rows (greedy, penalty, logprobs) are the host sampler's tokens */
+    for (int r = 2; r < ROWS_N; r++)
+        if (r != 4) CHECK_MSG(memcmp(batched[r], host[r], sizeof host[r]) == 0, "request %d differs from the host run", r);
+
+    /* the backend's rows, recomputed independently: the logits of prompt + tokens so far
+     * (batch-invariant, so the same as in the run), the request's own draws, the rule */
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = sched_model();
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    cfg.batch_invariant = true;
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    CHECK_MSG(st == NS_OK, "open: %s", err.msg);
+    const int n_vocab = e ? ns_engine_hparams(e)->n_vocab : 0;
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
+    uint64_t *scratch = malloc(2 * (size_t)n_vocab * sizeof *scratch);
+    int n_differ = 0; /* tokens where the host sampler's pick for the same draw differs */
+    int n_not_argmax = 0;
+    for (int r = 0; r < 5 && !st && logits && scratch; r += r == 1 ? 3 : 1) {
+        ns_sampling sp;
+        rows_sampling(r, &sp);
+        ns_sampler *rule = ns_sampler_create(&sp, n_vocab), *hs = ns_sampler_create(&sp, n_vocab);
+        int32_t seq[128];
+        memcpy(seq, p[r], (size_t)lens[r] * sizeof(int32_t));
+        for (int i = 0; i < ROWS_TOKENS && rule && hs; i++) {
+            memcpy(seq + lens[r], batched[r], (size_t)i * sizeof(int32_t));
+            CHECK_STATUS_OK(ns_engine_prompt_logits(e, seq, lens[r] + i, logits, &err), &err);
+            ns_row_sampling rp;
+            CHECK(ns_sampler_row_params(rule, &rp));
+            int32_t want;
+            ns_cpu_sample_rows_ref(&want, logits, 1, n_vocab, &rp, scratch);
+            CHECK_MSG(batched[r][i] == want, "request %d token %d: %d, the rule gives %d", r, i, batched[r][i], want);
+            int32_t best = 0;
+            for (int v = 1; v < n_vocab; v++) best = logits[v] > logits[best] ? v : best;
+            n_not_argmax += want != best;
+            n_differ += ns_sampler_sample(hs, logits, NULL, NULL) != want;
+        }
+        ns_sampler_free(rule);
+        ns_sampler_free(hs);
+    }
+    CHECK_MSG(n_not_argmax >= 3, "only %d of %d picks differ from the argmax: the test does not sample", n_not_argmax,
+              3 * ROWS_TOKENS);
+    /* the rule and the host sampler draw from the same distribution in another order */
+    fprintf(stderr, "  row sampling: %d of %d picks are not the argmax; %d differ from the host sampler's pick for the same draw\n",
+            n_not_argmax, 3 * ROWS_TOKENS, n_differ);
+    free(scratch);
+    free(logits);
+    ns_engine_close(e);
+    for (int r = 0; r < ROWS_N; r++) free(p[r]);
 }

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "ops.h"
+#include "sample_rule.h"
 #include "sampler.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
@@ -761,5 +763,166 @@ NS_TEST(test_sampler_speed) {
     }
 done:
     free(work);
+    free(logits);
+}
+
+/* ---- the row rule (kernels/cpu/sample_rule.h) and its reference ------------------------
+ * ns_cpu_sample_rows_ref is what the CUDA row sampler must match token for token. Its
+ * distribution (ns_cpu_sample_weights_ref: each token's weight w, the pick for draw u
+ * being the token where the id-ordered running sum of w passes u * S) is checked against
+ * the independent pipeline above; its draws by sweeping u over a grid, where token i gets
+ * the grid points in its interval, N * w_i / S of them to within one. No randomness, no
+ * statistical tolerance. */
+
+/* Checks row weights against ref_pipeline: the same kept set, probabilities within 1e-6. */
+static void check_weights(const char *what, const float *logits, int32_t n, ns_row_sampling p, uint64_t *scratch,
+                          double *ref, int min_kept, int max_kept) {
+    uint64_t *w = scratch, *keys = scratch + n;
+    const uint64_t S = ns_cpu_sample_weights_ref(logits, n, &p, w, keys);
+    ref_pipeline(logits, n, p.top_k, p.temperature, p.top_p, p.min_p, ref);
+    CHECK_MSG(S > 0, "%s: no weight", what);
+    int n_kept = 0, n_bad = 0, first_bad = -1;
+    for (int32_t i = 0; i < n && S > 0; i++) {
+        n_kept += ref[i] > 0;
+        const bool bad = ref[i] == 0.0 ? w[i] != 0 : fabs((double)w[i] / (double)S - ref[i]) > 1e-6;
+        if (bad && n_bad++ == 0) first_bad = (int)i;
+    }
+    CHECK_MSG(n_kept >= min_kept && n_kept <= max_kept, "%s: the reference keeps %d tokens", what, n_kept);
+    CHECK_MSG(n_bad == 0, "%s: %d tokens off their reference probability, first %d: w/S %.8f vs %.8f", what, n_bad,
+              first_bad, first_bad >= 0 ? (double)w[first_bad] / (double)S : 0.0, first_bad >= 0 ? ref[first_bad] : 0.0);
+}
+
+static int32_t row_pick(const float *logits, int32_t n, ns_row_sampling p, uint64_t *scratch) {
+    int32_t id;
+    ns_cpu_sample_rows_ref(&id, logits, 1, n, &p, scratch);
+    return id;
+}
+
+/* counts[i] = number of u = (j + 0.5) / n_grid picking token i. */
+static void row_grid_counts(const float *logits, int32_t n, ns_row_sampling p, int n_grid, long *counts,
+                            uint64_t *scratch) {
+    for (int32_t i = 0; i < n; i++) counts[i] = 0;
+    for (int j = 0; j < n_grid; j++) {
+        p.u = ((double)j + 0.5) / n_grid;
+        int32_t t = row_pick(logits, n, p, scratch);
+        CHECK_MSG(t >= 0 && t < n, "u = %g: token %d out of range", p.u, (int)t);
+        if (t >= 0 && t < n) counts[t]++;
+    }
+}
+
+NS_TEST(test_sample_rows_ref_matches_pipeline) {
+    enum { V = 1000 };
+    static float logits[V];
+    static double ref[V];
+    static uint64_t scratch[2 * V];
+    static long counts[V];
+    ns_test_rng rng = {2024};
+    for (int i = 0; i < V; i++) logits[i] = 4.0f * ns_test_rng_f32(&rng);
+    for (int i = 0; i < 10; i++) logits[i * 7] = 4.5f; /* ties across the cuts */
+    struct {
+        int top_k;
+        float t, top_p, min_p;
+    } cases[] = {
+        {0, 1.0f, 1.0f, 0.0f},     {0, 0.7f, 0.5f, 0.0f},    {0, 1.0f, 0.9f, 0.0f},
+        {0, 0.8f, 1.0f, 0.3f},     {50, 1.3f, 0.8f, 0.05f},  {5, 1.0f, 1.0f, 0.0f},
+        {12, 2.0f, 1.0f, 0.0f},    {0, 0.05f, 0.95f, 0.0f},  {999, 1.0f, 0.99f, 0.01f},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ns_row_sampling p = {cases[c].t, cases[c].top_k, cases[c].top_p, cases[c].min_p, 0.0};
+        char what[32];
+        snprintf(what, sizeof what, "case %zu", c);
+        check_weights(what, logits, V, p, scratch, ref, 5, V);
+    }
+    /* the draws of one case over a grid of u */
+    enum { N = 20000 };
+    ns_row_sampling p = {0.7f, 0, 0.5f, 0.0f, 0.0};
+    row_grid_counts(logits, V, p, N, counts, scratch);
+    ref_pipeline(logits, V, 0, p.temperature, p.top_p, 0.0, ref);
+    for (int i = 0; i < V; i++)
+        CHECK_MSG(fabs((double)counts[i] / N - ref[i]) <= 1.01 / N, "token %d picked %ld / %d, reference p = %.6f", i,
+                  counts[i], N, ref[i]);
+}
+
+/* The draw walks the kept tokens in id order: the smallest u picks the lowest kept id,
+ * the largest the highest; greedy rows and tiny temperatures take the argmax. */
+NS_TEST(test_sample_rows_ref_order_and_greedy) {
+    uint64_t scratch[16];
+    const float l[8] = {1.0f, 3.0f, NAN, 3.0f, -INFINITY, 2.9f, -50.0f, 0.5f};
+    ns_row_sampling p = {1.0f, 0, 1.0f, 0.0f, 0.0};
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 0);
+    p.u = 0.999999999;
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 7);
+    p.top_k = 3; /* keeps ids 1, 3 (ties, both), 5 */
+    p.u = 0.0;
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 1);
+    p.u = 0.999999999;
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 5);
+    p.top_k = 1; /* the tie at 3.0 goes to the lowest id */
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 1);
+    p = (ns_row_sampling){0.0f, 0, 1.0f, 0.0f, 0.7};
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 1);
+    p.temperature = 1e-40f; /* 1/T overflows: greedy */
+    CHECK_EQ_INT(row_pick(l, 8, p, scratch), 1);
+    p.temperature = 0.01f; /* 80 T = 0.8: only 3.0, 3.0 and 2.9 are candidates */
+    long n_low = 0;
+    for (int j = 0; j < 1000; j++) {
+        p.u = (j + 0.5) / 1000.0;
+        int32_t t = row_pick(l, 8, p, scratch);
+        CHECK_MSG(t == 1 || t == 3 || t == 5, "T = 0.01 picked %d", (int)t);
+        n_low += t == 5;
+    }
+    CHECK_MSG(n_low <= 1, "2.9 is e^-10 below 3.0 at T = 0.01 but was picked %ld times in 1000", n_low);
+}
+
+/* Rows with nothing finite, +inf tokens, one-token vocabularies, several rows at once. */
+NS_TEST(test_sample_rows_ref_edges) {
+    uint64_t scratch[12];
+    long counts[6];
+    const float none[3] = {NAN, -INFINITY, NAN};
+    ns_row_sampling p = {0.8f, 0, 0.9f, 0.1f, 0.5};
+    CHECK_EQ_INT(row_pick(none, 3, p, scratch), -1);
+    p.temperature = 0.0f;
+    CHECK_EQ_INT(row_pick(none, 3, p, scratch), -1);
+    /* +inf tokens share the mass equally; top_k keeps the lowest ids among them */
+    const float inf[6] = {1.0f, INFINITY, NAN, INFINITY, INFINITY, 5.0f};
+    p = (ns_row_sampling){1.0f, 0, 1.0f, 0.0f, 0.0};
+    row_grid_counts(inf, 6, p, 3000, counts, scratch);
+    CHECK(counts[1] == 1000 && counts[3] == 1000 && counts[4] == 1000);
+    p.top_k = 2;
+    row_grid_counts(inf, 6, p, 3000, counts, scratch);
+    CHECK(counts[1] == 1500 && counts[3] == 1500 && counts[4] == 0);
+    p.top_k = 0;
+    p.top_p = 0.5f; /* 2 of the 3 equal tokens, the lowest ids */
+    row_grid_counts(inf, 6, p, 3000, counts, scratch);
+    CHECK(counts[1] == 1500 && counts[3] == 1500 && counts[4] == 0);
+    const float one[1] = {-3.0f};
+    p = (ns_row_sampling){5.0f, 1, 0.01f, 0.9f, 0.999};
+    CHECK_EQ_INT(row_pick(one, 1, p, scratch), 0);
+    float rows[2][6];
+    memcpy(rows[0], inf, sizeof inf);
+    memcpy(rows[1], inf, sizeof inf);
+    rows[1][1] = rows[1][3] = rows[1][4] = 0.0f;
+    ns_row_sampling ps[2] = {{1.0f, 0, 1.0f, 0.0f, 0.9}, {0.0f, 0, 1.0f, 0.0f, 0.9}};
+    int32_t ids[2];
+    ns_cpu_sample_rows_ref(ids, &rows[0][0], 2, 6, ps, scratch);
+    CHECK_EQ_INT(ids[0], 4);
+    CHECK_EQ_INT(ids[1], 5);
+}
+
+/* A large vocabulary with 33 logit levels: ties everywhere, a nucleus of thousands. */
+NS_TEST(test_sample_rows_ref_large_vocab) {
+    enum { V = 65536 };
+    float *logits = malloc(V * sizeof *logits);
+    double *ref = malloc(V * sizeof *ref);
+    uint64_t *scratch = malloc(2 * V * sizeof *scratch);
+    if (!logits || !ref || !scratch) goto done;
+    ns_test_rng rng = {99};
+    for (int i = 0; i < V; i++) logits[i] = (float)(int)(8.0f * ns_test_rng_f32(&rng)) * 0.5f;
+    check_weights("top_k 30000, top_p 0.8, min_p 0.002", logits, V, (ns_row_sampling){1.1f, 30000, 0.8f, 0.002f, 0.0},
+                  scratch, ref, 1000, 29999);
+    check_weights("top_p 0.3", logits, V, (ns_row_sampling){0.6f, 0, 0.3f, 0.0f, 0.0}, scratch, ref, 100, 20000);
+done:
+    free(scratch);
+    free(ref);
     free(logits);
 }

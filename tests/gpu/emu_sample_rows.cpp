@@ -1,0 +1,114 @@
+/* emu_sample_rows.cpp: the CUDA row-sampling kernel (kernels/cuda/sample_rows.cu) run on
+ * the CPU, one std::thread per CUDA thread, against ns_cpu_sample_rows_ref. It checks the
+ * kernel's logic (the radix selections, the reductions, the barriers' placement) on a
+ * machine without a GPU; tests/gpu/parity.c checks the real thing on a GPU.
+ *
+ * The emulation: __syncthreads is a barrier of the block's threads; __shared__ variables
+ * are statics (one block runs at a time); __shfl_down_sync goes through an array and a
+ * barrier of the warp's 32 threads; atomicAdd is an atomic add; the __f*_rn intrinsics are
+ * the plain IEEE operations (this file is compiled with -ffp-contract=off). A missing
+ * __syncthreads can go unnoticed here (the threads are scheduled differently), a wrong
+ * selection cannot.
+ * Built and run by `make test` (tests/run.sh) when a C++20 compiler is present.
+ */
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct emu_dim { unsigned x = 0, y = 0, z = 0; };
+static thread_local emu_dim threadIdx, blockIdx;
+static emu_dim blockDim;
+static std::barrier<> *emu_block_barrier;
+static std::barrier<> *emu_warp_barrier[32];
+static uint64_t emu_shfl[1024];
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __CUDACC__ 1
+#define __CUDA_ARCH__ 900
+#define NS_CUDA_EMU 1
+
+static inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __int_as_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t __shfl_down_sync(unsigned, uint64_t v, int o) {
+    const unsigned t = threadIdx.x, lane = t & 31;
+    emu_shfl[t] = v;
+    emu_warp_barrier[t >> 5]->arrive_and_wait();
+    const uint64_t r = lane + o < 32 ? emu_shfl[t + o] : v;
+    emu_warp_barrier[t >> 5]->arrive_and_wait();
+    return r;
+}
+
+#include "../../kernels/cuda/sample_rows.cu"
+
+extern "C" {
+#include "ops.h"
+}
+#include "sample_cases.h"
+
+/* Runs sample_rows_kernel over n_rows blocks of SR_THREADS threads, one block at a time
+ * (the __shared__ statics are the block's). */
+static void emu_sample_rows(int32_t *ids, const float *logits, int n_rows, int n_vocab, const ns_row_sampling *p) {
+    blockDim.x = SR_THREADS;
+    std::barrier<> block(SR_THREADS);
+    emu_block_barrier = &block;
+    for (int w = 0; w < SR_THREADS / 32; w++) emu_warp_barrier[w] = new std::barrier<>(32);
+    std::vector<std::thread> th;
+    for (unsigned t = 0; t < SR_THREADS; t++)
+        th.emplace_back([=] {
+            threadIdx.x = t;
+            for (int b = 0; b < n_rows; b++) {
+                blockIdx.x = (unsigned)b;
+                sample_rows_kernel(ids, logits, n_vocab, p);
+                emu_block_barrier->arrive_and_wait(); /* the block is done */
+            }
+        });
+    for (auto &x : th) x.join();
+    for (int w = 0; w < SR_THREADS / 32; w++) delete emu_warp_barrier[w];
+}
+
+int main() {
+    const int vocabs[] = {1, 7, 8, 300, 4099, 40000};
+    const int rows = NS_SAMPLE_CASE_ROWS;
+    uint64_t rng = 12345;
+    int n_pass = 0, n_fail = 0;
+    for (int n : vocabs) {
+        std::vector<float> x((size_t)rows * n);
+        std::vector<ns_row_sampling> ps(rows);
+        std::vector<uint64_t> scratch(2 * (size_t)n);
+        std::vector<int32_t> ref(rows), got(rows, -7);
+        ns_sample_cases(&rng, n, x.data(), ps.data());
+        ns_cpu_sample_rows_ref(ref.data(), x.data(), rows, n, ps.data(), scratch.data());
+        emu_sample_rows(got.data(), x.data(), rows, n, ps.data());
+        int bad = 0;
+        for (int i = 0; i < rows; i++) {
+            const int32_t want = ns_sample_case_expect(i, n);
+            if (got[i] == ref[i] && (want == -2 || want == ref[i])) continue;
+            if (bad++ < 5)
+                std::printf("FAIL emu sample_rows n_vocab %d row %d (T %g top_k %d top_p %g min_p %g u %.17g): %d, "
+                            "reference %d, expected %d\n",
+                            n, i, (double)ps[i].temperature, ps[i].top_k, (double)ps[i].top_p, (double)ps[i].min_p,
+                            ps[i].u, got[i], ref[i], want);
+        }
+        if (!bad) std::printf("ok   emu sample_rows %d rows, n_vocab %d\n", rows, n);
+        bad ? n_fail++ : n_pass++;
+    }
+    std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
