@@ -515,8 +515,11 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
     c->ops = cpu_ops;
     c->base.ops = &c->ops;
     c->base.kv_elem_bytes = 4;
+    /* a test hook: an unparsable value leaves it off */
     const char *fault = getenv("NS_FAULT_BATCH_TOKENS");
-    c->fault_batch_tokens = fault && *fault ? atoi(fault) : -1;
+    char *end = NULL;
+    long limit = fault && *fault ? strtol(fault, &end, 10) : -1;
+    c->fault_batch_tokens = end && *end == '\0' && limit >= 0 && limit <= INT32_MAX ? (int)limit : -1;
     c->n_threads = n_threads;
     ns_status st = ns_pool_create(n_threads, &c->pool, err);
     if (st) {

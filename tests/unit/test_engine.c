@@ -848,8 +848,8 @@ static void rows_sampling(int r, ns_sampling *s) {
     if (r == 5) s->n_logprobs = 3;
 }
 
-static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t out[ROWS_N][ROWS_TOKENS],
-                        float lp[ROWS_N][ROWS_TOKENS], int32_t **prompts, const int *lens) {
+/* The tiny scheduler model on a batch-invariant CPU engine (NULL on failure, checked). */
+static ns_engine *rows_engine(int max_seqs) {
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = sched_model();
@@ -860,10 +860,17 @@ static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t o
     cfg.max_batch_tokens = 64;
     ns_engine *e = NULL;
     ns_error err;
-    memset(out, 0xff, sizeof(int32_t) * ROWS_N * ROWS_TOKENS);
     ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
     CHECK_MSG(st == NS_OK, "open: %s", err.msg);
-    if (st) return;
+    return st ? NULL : e;
+}
+
+static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t out[ROWS_N][ROWS_TOKENS],
+                        float lp[ROWS_N][ROWS_TOKENS], int32_t **prompts, const int *lens) {
+    memset(out, 0xff, sizeof(int32_t) * ROWS_N * ROWS_TOKENS);
+    ns_engine *e = rows_engine(max_seqs);
+    if (!e) return;
+    ns_error err;
     ns_backend_cpu_set_row_sampling(ns_engine_backend(e), row_sampling);
     CHECK((ns_engine_backend(e)->ops->sample_rows != NULL) == row_sampling);
     ns_backend_cpu_set_padding(ns_engine_backend(e), padding);
@@ -933,16 +940,9 @@ NS_TEST(test_engine_backend_row_sampling) {
 
     /* the backend's rows, recomputed independently: the logits of prompt + tokens so far
      * (batch-invariant, so the same as in the run), the request's own draws, the rule */
-    ns_engine_config cfg;
-    ns_engine_config_default(&cfg);
-    cfg.model_path = sched_model();
-    cfg.backend = "cpu";
-    cfg.n_threads = 2;
-    cfg.batch_invariant = true;
-    ns_engine *e = NULL;
+    ns_engine *e = rows_engine(ROWS_N);
     ns_error err;
-    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
-    CHECK_MSG(st == NS_OK, "open: %s", err.msg);
+    const ns_status st = e ? NS_OK : NS_ERR_INVALID;
     const int n_vocab = e ? ns_engine_hparams(e)->n_vocab : 0;
     float *logits = malloc((size_t)n_vocab * sizeof *logits);
     uint64_t *scratch = malloc(2 * (size_t)n_vocab * sizeof *scratch);
