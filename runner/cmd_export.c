@@ -92,7 +92,8 @@ static int export_row(void *user, const ns_export_row *row) {
     json_t *body = NULL;
     if (done) {
         json_error_t je;
-        body = json_loadb(row->body_json, row->body_len, 0, &je);
+        /* JSON_ALLOW_NUL: a model may emit the byte 0, stored as \u0000 (valid JSON) */
+        body = json_loadb(row->body_json, row->body_len, JSON_ALLOW_NUL, &je);
         if (!body) {
             snprintf(x->err, sizeof x->err, "item '%s': stored result is not JSON: %s", row->custom_id, je.text);
             return 1;

@@ -62,6 +62,20 @@ check "export --zstd decompresses to the same" bash -c "zstd -dc '$T/ref.jsonl.z
 "$BIN" export 1 --db "$db" --format openai-batch -o "$T/ob.jsonl" 2>/dev/null
 check "openai-batch output lines" bash -c "[ \$(grep -c '\"status_code\":200' '$T/ob.jsonl') = 40 ]"
 
+# --- a model output holding the byte 0 (the tiny model's byte tokens, sampled hot): stored
+# as \u0000, exported as valid JSON
+sed -e 's/  seed: 7/  seed: 7\n  temperature: 25\n  top_k: 40\n  top_p: 0.9\n  min_p: 0.02/' -e 's/max_tokens: 12/max_tokens: 24/' \
+  "$T/job.yaml" > "$T/job-nul.yaml"
+"$BIN" submit "$T/job-nul.yaml" --db "$T/nul.db" >/dev/null 2>&1 && "$BIN" run --db "$T/nul.db" --quiet 2>/dev/null
+check "hot sampling: run exits 0" test $? = 0
+"$BIN" export 1 --db "$T/nul.db" -o "$T/nul.jsonl" 2>"$T/err"; rc=$?
+check "output with a NUL byte: export exits 0 ($(head -c 200 "$T/err"))" test $rc = 0
+check "output with a NUL byte: written as \\u0000" grep -q 'u0000' "$T/nul.jsonl"
+check "output with a NUL byte: every line parses as JSON" python3 -c '
+import json, sys
+n = sum(1 for line in open(sys.argv[1]) if json.loads(line))
+sys.exit(0 if n == 40 else 1)' "$T/nul.jsonl"
+
 # --- crashes: kill -9 mid-batch, between commits; resume; same outputs
 for fault in after_steps:5 after_commits:2 after_steps:40; do
   db="$T/crash-${fault/:/-}.db"

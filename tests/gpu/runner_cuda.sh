@@ -2,8 +2,10 @@
 # tests/gpu/runner_cuda.sh BIN_DIR: the job pipeline on a GPU: a 40-item job on a tiny
 # model file with backend cuda through submit -> run -> export, compared with the same
 # job on the CPU (greedy; bf16 GEMM inputs can flip a near-tie, so identical outputs are
-# counted and reported, and at least 36 of 40 are required). Ends with
-# "N passed, N failed, N skipped".
+# counted and reported, and at least 36 of 40 are required); the same job sampled
+# (temperature, top_k, top_p, min_p, a seed: tokens picked on the device) twice, whose
+# exports must be identical; and the job on worker processes through the spec's devices.
+# Ends with "N passed, N failed, N skipped".
 set -u
 bin=${1:-build}
 BIN="$bin/nightshift"
@@ -43,6 +45,21 @@ same=$(paste <(grep -o '"output":"[^"]*"' "$T/cpu.jsonl") <(grep -o '"output":"[
        awk -F'\t' '$1 == $2' | wc -l)
 echo "     $same of 40 outputs identical between cpu and cuda"
 check "cpu vs cuda: at least 36 of 40 outputs identical" test "$same" -ge 36
+# sampled on the device, twice: the same seed gives the same outputs (a high temperature:
+# the tiny model's logits are steep)
+sed -e 's/  temperature: 0/  temperature: 25\n  top_k: 40\n  top_p: 0.9\n  min_p: 0.02\n  seed: 7/' \
+  "$T/job-cuda.yaml" > "$T/job-sampled.yaml"
+for k in 1 2; do
+  "$BIN" submit "$T/job-sampled.yaml" --db "$T/s$k.db" >/dev/null 2>&1 && "$BIN" run --db "$T/s$k.db" 2>/dev/null >/dev/null &&
+    "$BIN" export 1 --db "$T/s$k.db" -o "$T/s$k.jsonl" 2>/dev/null
+  rc=$?
+  check "sampled run $k: exit 0, 40 results" test $rc = 0 -a "$(grep -c custom_id "$T/s$k.jsonl" 2>/dev/null)" = 40
+done
+check "sampled: two runs, identical outputs" test -s "$T/s1.jsonl" -a -s "$T/s2.jsonl" -a \
+  "$(grep -o '"output":"[^"]*"' "$T/s1.jsonl" 2>/dev/null | md5sum)" = "$(grep -o '"output":"[^"]*"' "$T/s2.jsonl" 2>/dev/null | md5sum)"
+differ=$(paste <(grep -o '"output":"[^"]*"' "$T/s1.jsonl") <(grep -o '"output":"[^"]*"' "$T/cuda.jsonl") |
+         awk -F'\t' '$1 != $2' | wc -l)
+check "sampled: outputs differ from greedy ($differ of 40)" test -s "$T/s1.jsonl" -a "$differ" -ge 10
 # two worker processes through the spec's devices, both on device 0 where only one GPU exists
 n_dev=$(nvidia-smi -L 2>/dev/null | grep -c GPU)
 devs="[0, 1]"; [ "$n_dev" -lt 2 ] && devs="[0]"
