@@ -143,7 +143,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(CUDAMOCK_BIN)
 	@bash tests/run.sh $(BUILD)
 
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
@@ -153,6 +153,18 @@ test-cuda: all
 ## bench-gpu: on a GPU machine, the GPU benchmarks (1B/8B throughput, MFU, HF transformers side by side)
 bench-gpu: all gpu-tools
 	bash tests/gpu/run.sh bench
+
+# The CUDA backend's host code on a CPU stand-in for the device (tests/cudamock): the
+# runtime, cuBLAS and the ns_cuda_* kernels as CPU references, linked instead of the real
+# ones. Needs the CUDA headers, so it is built where the CUDA backend is.
+ifeq ($(strip $(HAVE_CUDA)),1)
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock
+endif
+CUDAMOCK_SRCS := tests/cudamock/cudamock.c tests/cudamock/test_cudamock.c tests/unit/test_cuda.c tests/unit/main.c \
+                 tests/unit/tiny_model.c tests/unit/tp_run.c
+$(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ \
+	    -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
 
 # The CUDA row-sampling kernel compiled for the host, one thread per CUDA thread, against
 # its CPU reference (tests/gpu/emu_sample_rows.cpp): the kernel's logic checked without a

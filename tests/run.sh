@@ -34,6 +34,10 @@ if [ -x "$build/unit-asan-parsers" ]; then
   echo "== parser tests under AddressSanitizer ($build/unit-asan-parsers)" >&2
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 run "$build/unit-asan-parsers"
 fi
+if [ -x "$build/unit-cudamock" ]; then
+  echo "== the CUDA backend's host code on a CPU stand-in for the device ($build/unit-cudamock)" >&2
+  run "$build/unit-cudamock"
+fi
 if [ -x "$build/emu-sample-rows" ]; then
   echo "== the CUDA row-sampling kernel, emulated on the CPU ($build/emu-sample-rows)" >&2
   run "$build/emu-sample-rows"

@@ -220,8 +220,12 @@ static __attribute__((unused)) void *nccl_rank_main(void *arg) {
     return NULL;
 }
 
+/* Defined only in build/unit-cudamock, whose "device" is the CPU stand-in. */
+int ns_cudamock_active(void) __attribute__((weak));
+
 NS_TEST(test_cuda_tp_nccl_equals_tp1) {
     if (cuda_devices() == 0) SKIP("no CUDA device (or a build without CUDA)");
+    if (ns_cudamock_active) SKIP("the device is the CPU stand-in (tests/cudamock): NCCL needs a real one");
 #ifdef NS_HAVE_CUDA
     ns_tiny_cfg c;
     ns_tiny_cfg_default(&c);

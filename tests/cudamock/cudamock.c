@@ -1,0 +1,628 @@
+/* cudamock.c: a CPU stand-in for the CUDA device under the CUDA backend's host code. It
+ * defines the CUDA runtime and cuBLAS functions that engine/backend_cuda.c calls, and the
+ * ns_cuda_* kernels (kernels/cuda/ops_cuda.h) as their CPU references, so that the
+ * backend's own logic (batch layout, padded decode batches, CUDA graph recording and
+ * replay, sampling plumbing, out-of-memory mapping) runs in `make test` on machines
+ * without a GPU. It is linked instead of libcudart, libcublas and libnightshift_cuda.a
+ * into build/unit-cudamock only; it says nothing about the kernels themselves (those are
+ * checked on a GPU by tests/gpu/run.sh).
+ *
+ * What it models:
+ * - Device memory is host memory, one mapping per cudaMalloc. New memory holds garbage
+ *   (real device memory is not zeroed); past NS_CUDAMOCK_MEM bytes (default 64 GiB)
+ *   cudaMalloc fails with cudaErrorMemoryAllocation. cudaFree makes the pages
+ *   inaccessible and never maps them again, so that anything still pointing into freed
+ *   memory (a recording, say) crashes the test instead of passing by luck.
+ * - Work runs at once, in order (one stream). Events and synchronization are no-ops.
+ * - Stream capture: between cudaStreamBeginCapture and cudaStreamEndCapture every
+ *   kernel, GEMM, copy and memset is recorded, not run; cudaGraphLaunch runs the record
+ *   with the pointers and scalars it was recorded with, reading memory as it is then.
+ *   Calls a real capture refuses (cudaMalloc, cudaFree, synchronization) return
+ *   cudaErrorStreamCaptureUnsupported and invalidate the capture; a GEMM recorded before
+ *   cublasSetWorkspace is refused the same way (cuBLAS would allocate). With
+ *   NS_CUDAMOCK_CAPTURE_FAIL=1 the first GEMM of every capture is refused.
+ * - Counters for the tests: ns_cudamock_stats.
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "ops.h"
+#include "ops_cuda.h"
+#include "sample_rule.h"
+#include "cudamock.h"
+
+/* ---- state ---------------------------------------------------------------------- */
+
+typedef struct tape_entry {
+    void (*run)(const void *args);
+    _Alignas(16) unsigned char args[192];
+} tape_entry;
+
+typedef struct mock_graph {
+    tape_entry *e;
+    int n, cap;
+} mock_graph;
+
+static struct {
+    int capturing, invalidated, gemms_in_capture;
+    mock_graph *cur;
+    int workspace_set;
+    size_t allocated, limit;
+    cudaError_t last_error;
+    ns_cudamock_counters n;
+} M;
+
+int ns_cudamock_active(void) { return 1; }
+
+void ns_cudamock_stats(ns_cudamock_counters *out) { *out = M.n; }
+size_t ns_cudamock_allocated(void) { return M.allocated; }
+void ns_cudamock_set_mem_limit(size_t bytes) { M.limit = bytes; }
+
+static size_t mem_limit(void) {
+    if (!M.limit) {
+        const char *s = getenv("NS_CUDAMOCK_MEM");
+        char *end = NULL;
+        unsigned long long v = s && *s ? strtoull(s, &end, 10) : 0;
+        M.limit = end && *end == '\0' && v > 0 ? (size_t)v : (size_t)64 << 30;
+    }
+    return M.limit;
+}
+
+static cudaError_t refuse_in_capture(void) {
+    if (!M.capturing) return cudaSuccess;
+    M.invalidated = 1;
+    return cudaErrorStreamCaptureUnsupported;
+}
+
+/* Runs run(args) now, or records it while capturing. */
+static cudaError_t launch(void (*run)(const void *), const void *args, size_t n) {
+    if (n > sizeof(((tape_entry *)0)->args)) {
+        fprintf(stderr, "cudamock: launch arguments of %zu bytes\n", n);
+        abort();
+    }
+    if (!M.capturing) {
+        run(args);
+        M.n.launches++;
+        return cudaSuccess;
+    }
+    mock_graph *g = M.cur;
+    if (g->n == g->cap) {
+        int cap = g->cap ? 2 * g->cap : 256;
+        tape_entry *e = realloc(g->e, (size_t)cap * sizeof *e);
+        if (!e) abort();
+        g->e = e, g->cap = cap;
+    }
+    g->e[g->n].run = run;
+    memcpy(g->e[g->n].args, args, n);
+    g->n++;
+    return cudaSuccess;
+}
+#define LAUNCH(fn, a) launch(fn, &(a), sizeof(a))
+
+/* ---- runtime: memory ------------------------------------------------------------ */
+
+/* Each block: a mapping of its own, its size in the first 64 bytes. */
+typedef struct { size_t n, map; size_t pad[6]; } mem_head;
+
+cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = NULL;
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    if (M.allocated + n > mem_limit()) {
+        M.n.alloc_failures++;
+        return M.last_error = cudaErrorMemoryAllocation;
+    }
+    const size_t map = (sizeof(mem_head) + n + 4095) & ~(size_t)4095;
+    mem_head *h = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (h == MAP_FAILED) return M.last_error = cudaErrorMemoryAllocation;
+    h->n = n, h->map = map;
+    memset(h + 1, 0xa5, n); /* not zeroed, as on a device */
+    M.allocated += n;
+    *p = h + 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    mem_head *h = (mem_head *)p - 1;
+    M.allocated -= h->n;
+    M.n.frees++;
+    /* kept mapped, inaccessible: the addresses are never handed out again */
+    if (mprotect(h, h->map, PROT_NONE) != 0) return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void **p, size_t n) {
+    *p = malloc(n ? n : 1);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
+    *total = mem_limit();
+    *free_b = mem_limit() - M.allocated;
+    return cudaSuccess;
+}
+
+typedef struct { void *dst; const void *src; size_t n; } copy_args;
+static void run_copy(const void *a) {
+    const copy_args *c = a;
+    memmove(c->dst, c->src, c->n);
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
+    (void)kind, (void)s;
+    copy_args a = {dst, src, n};
+    return LAUNCH(run_copy, a);
+}
+
+typedef struct { void *dst; int v; size_t n; } set_args;
+static void run_set(const void *a) {
+    const set_args *c = a;
+    memset(c->dst, c->v, c->n);
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int v, size_t n, cudaStream_t s) {
+    (void)s;
+    set_args a = {dst, v, n};
+    return LAUNCH(run_set, a);
+}
+
+/* ---- runtime: devices, streams, events, errors ---------------------------------- */
+
+static int n_devices(void) {
+    const char *s = getenv("NS_CUDAMOCK_DEVICES");
+    char *end = NULL;
+    long n = s && *s ? strtol(s, &end, 10) : 1;
+    return end && *end ? 1 : (int)n;
+}
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = n_devices();
+    return *n > 0 ? cudaSuccess : cudaErrorNoDevice;
+}
+
+cudaError_t cudaSetDevice(int d) { return d >= 0 && d < n_devices() ? cudaSuccess : cudaErrorInvalidDevice; }
+
+static int dummy_object;
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    (void)flags;
+    *s = (cudaStream_t)&dummy_object;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    (void)s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    (void)s;
+    return refuse_in_capture();
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = (cudaEvent_t)&dummy_object;
+    return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
+    (void)flags;
+    return cudaEventCreate(e);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    (void)e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    (void)e, (void)s;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    (void)e;
+    return refuse_in_capture();
+}
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    (void)a, (void)b;
+    *ms = 0.0f;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = M.last_error;
+    M.last_error = cudaSuccess;
+    return e;
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    default: return "cudamock: some error";
+    }
+}
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    default: return "cudaErrorUnknown";
+    }
+}
+
+/* ---- runtime: capture and graphs ------------------------------------------------- */
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+    (void)s, (void)mode;
+    if (M.capturing) return cudaErrorIllegalState;
+    M.cur = calloc(1, sizeof *M.cur);
+    if (!M.cur) return cudaErrorMemoryAllocation;
+    M.capturing = 1, M.invalidated = 0, M.gemms_in_capture = 0;
+    M.n.captures++;
+    return cudaSuccess;
+}
+
+static void graph_free(mock_graph *g) {
+    if (!g) return;
+    free(g->e);
+    free(g);
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
+    (void)s;
+    *graph = NULL;
+    if (!M.capturing) return cudaErrorIllegalState;
+    M.capturing = 0;
+    if (M.invalidated) {
+        graph_free(M.cur);
+        M.cur = NULL;
+        M.n.captures_failed++;
+        return cudaErrorStreamCaptureInvalidated;
+    }
+    *graph = (cudaGraph_t)M.cur;
+    M.cur = NULL;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags) {
+    (void)flags;
+    const mock_graph *g = (const mock_graph *)graph;
+    mock_graph *x = calloc(1, sizeof *x);
+    if (!x || !g) return cudaErrorInvalidValue;
+    x->e = malloc((size_t)(g->n ? g->n : 1) * sizeof *x->e);
+    if (!x->e) return cudaErrorMemoryAllocation;
+    memcpy(x->e, g->e, (size_t)g->n * sizeof *x->e);
+    x->n = x->cap = g->n;
+    *exec = (cudaGraphExec_t)x;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    (void)s;
+    if (M.capturing) return refuse_in_capture();
+    const mock_graph *x = (const mock_graph *)exec;
+    for (int i = 0; i < x->n; i++) x->e[i].run(x->e[i].args);
+    M.n.graph_launches++;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    graph_free((mock_graph *)g);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) {
+    graph_free((mock_graph *)x);
+    return cudaSuccess;
+}
+
+/* ---- cuBLAS --------------------------------------------------------------------- */
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *h) {
+    *h = (cublasHandle_t)&dummy_object;
+    M.workspace_set = 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h) {
+    (void)h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
+    (void)h, (void)s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void *ws, size_t n) {
+    (void)h;
+    M.workspace_set = ws != NULL && n > 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+const char *cublasGetStatusString(cublasStatus_t s) {
+    return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "cudamock: cuBLAS error";
+}
+
+/* C (m, n; column-major, ldc) = alpha A^T B + beta C with A (k, m; lda) and B (k, n; ldb)
+ * in bf16, C fp32: the one form backend_cuda.c uses (row-major y = x W^T). */
+typedef struct {
+    int m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const uint16_t *A, *B;
+    float *C;
+} gemm_args;
+
+static void run_gemm(const void *p) {
+    const gemm_args *g = p;
+    for (int j = 0; j < g->n; j++)
+        for (int i = 0; i < g->m; i++) {
+            double acc = 0.0;
+            for (int l = 0; l < g->k; l++)
+                acc += (double)ns_bf16_to_fp32(g->A[l + (size_t)i * g->lda]) * ns_bf16_to_fp32(g->B[l + (size_t)j * g->ldb]);
+            float *c = &g->C[i + (size_t)j * g->ldc];
+            *c = g->alpha * (float)acc + (g->beta != 0.0f ? g->beta * *c : 0.0f);
+        }
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+    (void)h, (void)algo;
+    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || Atype != CUDA_R_16BF || Btype != CUDA_R_16BF || Ctype != CUDA_R_32F ||
+        compute != CUBLAS_COMPUTE_32F || m < 0 || n < 0 || k < 0 || lda < k || ldb < k || ldc < m)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (M.capturing) {
+        const char *f = getenv("NS_CUDAMOCK_CAPTURE_FAIL");
+        if (!M.workspace_set || (f && !strcmp(f, "1") && M.gemms_in_capture == 0)) {
+            M.invalidated = 1;
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+        }
+        M.gemms_in_capture++;
+    }
+    gemm_args a = {m, n, k, lda, ldb, ldc, *(const float *)alpha, *(const float *)beta, A, B, C};
+    return LAUNCH(run_gemm, a) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+/* ---- kernels: the CPU references behind the ns_cuda_* launchers ------------------ */
+
+static void store_row(void *dst, int dst_type, size_t i, float v) {
+    if (dst_type == NS_CUDA_TYPE_BF16) ((uint16_t *)dst)[i] = ns_fp32_to_bf16(v);
+    else ((float *)dst)[i] = v;
+}
+
+static void shadow(uint16_t *out_bf16, const float *out, size_t n) {
+    if (out_bf16)
+        for (size_t i = 0; i < n; i++) out_bf16[i] = ns_fp32_to_bf16(out[i]);
+}
+
+typedef struct { int type, dst_type; const uint8_t *src; size_t rb; void *dst; int64_t n_rows, n; } dq_args;
+static void run_dequant(const void *p) {
+    const dq_args *a = p;
+    float *tmp = malloc((size_t)a->n * sizeof *tmp);
+    for (int64_t r = 0; r < a->n_rows && tmp; r++) {
+        ns_cpu_dequant_row_ref(a->type, a->src + (size_t)r * a->rb, tmp, a->n);
+        for (int64_t i = 0; i < a->n; i++) store_row(a->dst, a->dst_type, (size_t)(r * a->n + i), tmp[i]);
+    }
+    free(tmp);
+}
+cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes, void *dst, int dst_type,
+                                int64_t n_rows, int64_t n, cudaStream_t s) {
+    (void)s;
+    if (dst_type != NS_CUDA_TYPE_F32 && dst_type != NS_CUDA_TYPE_BF16) return cudaErrorInvalidValue;
+    dq_args a = {type, dst_type, src, src_row_bytes, dst, n_rows, n};
+    return LAUNCH(run_dequant, a);
+}
+
+typedef struct { uint16_t *hi, *lo; const float *src; int64_t n; } cvt_args;
+static void run_cvt(const void *p) {
+    const cvt_args *a = p;
+    for (int64_t i = 0; i < a->n; i++) {
+        a->hi[i] = ns_fp32_to_bf16(a->src[i]);
+        if (a->lo) a->lo[i] = ns_fp32_to_bf16(a->src[i] - ns_bf16_to_fp32(a->hi[i]));
+    }
+}
+cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, cudaStream_t s) {
+    (void)s;
+    cvt_args a = {dst, NULL, src, n};
+    return LAUNCH(run_cvt, a);
+}
+cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n, cudaStream_t s) {
+    (void)s;
+    cvt_args a = {hi, lo, src, n};
+    return LAUNCH(run_cvt, a);
+}
+
+typedef struct { float *out; uint16_t *out_bf16; const float *x, *w; int n_rows, n; float eps; } rms_args;
+static void run_rms(const void *p) {
+    const rms_args *a = p;
+    ns_cpu_rmsnorm_ref(a->out, a->x, a->w, a->n_rows, a->n, a->eps);
+    shadow(a->out_bf16, a->out, (size_t)a->n_rows * a->n);
+}
+cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, const float *w, int n_rows, int n,
+                            float eps, cudaStream_t s) {
+    (void)s;
+    rms_args a = {out, out_bf16, x, w, n_rows, n, eps};
+    return LAUNCH(run_rms, a);
+}
+
+typedef struct { float *x; const int32_t *pos; int n_tokens, n_head, head_dim, n_rot, is_neox; const float *inv; } rope_args;
+static void run_rope(const void *p) {
+    const rope_args *a = p;
+    ns_cpu_rope_ref(a->x, a->pos, a->n_tokens, a->n_head, a->head_dim, a->n_rot, a->inv, a->is_neox);
+}
+cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim, int n_rot,
+                         const float *inv_freq, int is_neox, cudaStream_t s) {
+    (void)s;
+    rope_args a = {x, pos, n_tokens, n_head, head_dim, n_rot, is_neox, inv_freq};
+    return LAUNCH(run_rope, a);
+}
+
+typedef struct { float *out; uint16_t *out_bf16; const float *a, *b; int64_t n; int kind; int M, N; } ew_args;
+static void run_ew(const void *p) {
+    const ew_args *a = p;
+    if (a->kind == 0) {
+        ns_cpu_swiglu_ref(a->out, a->a, a->b, a->n);
+        shadow(a->out_bf16, a->out, (size_t)a->n);
+    } else if (a->kind == 1) {
+        ns_cpu_add_ref(a->out, a->a, a->n);
+    } else {
+        for (int r = 0; r < a->M; r++) ns_cpu_add_ref(a->out + (size_t)r * a->N, a->a, a->N);
+    }
+}
+cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
+                           cudaStream_t s) {
+    (void)s;
+    ew_args a = {out, out_bf16, gate, up, n, 0, 0, 0};
+    return LAUNCH(run_ew, a);
+}
+cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t s) {
+    (void)s;
+    ew_args a = {y, NULL, x, NULL, n, 1, 0, 0};
+    return LAUNCH(run_ew, a);
+}
+cudaError_t ns_cuda_add_bias(float *y, const float *bias, int Mr, int N, cudaStream_t s) {
+    (void)s;
+    ew_args a = {y, NULL, bias, NULL, 0, 2, Mr, N};
+    return LAUNCH(run_ew, a);
+}
+
+typedef struct { float *out; const void *table; int type; const int32_t *ids; int n_tokens, n_embd; } embed_args;
+static void run_embed(const void *p) {
+    const embed_args *a = p;
+    ns_cpu_embed(a->out, a->table, a->type, a->ids, a->n_tokens, a->n_embd);
+}
+cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t *ids, int n_tokens, int n_embd,
+                          cudaStream_t s) {
+    (void)s;
+    embed_args a = {out, table, type, ids, n_tokens, n_embd};
+    return LAUNCH(run_embed, a);
+}
+
+typedef struct { float *out; const float *x; const int32_t *rows; int n_rows, width; } gather_args;
+static void run_gather(const void *p) {
+    const gather_args *a = p;
+    for (int i = 0; i < a->n_rows; i++)
+        memcpy(a->out + (size_t)i * a->width, a->x + (size_t)a->rows[i] * a->width, (size_t)a->width * sizeof(float));
+}
+cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int32_t *rows, int n_rows, int width,
+                                cudaStream_t s) {
+    (void)s;
+    gather_args a = {out, x, rows, n_rows, width};
+    return LAUNCH(run_gather, a);
+}
+
+typedef struct { void *k_pool, *v_pool; int kv_type; const float *k, *v; const int32_t *slot; int n_tokens, row; } kvs_args;
+static void run_kv_store(const void *p) {
+    const kvs_args *a = p;
+    for (int t = 0; t < a->n_tokens; t++)
+        for (int i = 0; i < a->row; i++) {
+            const size_t dst = (size_t)a->slot[t] * a->row + i, src = (size_t)t * a->row + i;
+            store_row(a->k_pool, a->kv_type, dst, a->k[src]);
+            store_row(a->v_pool, a->kv_type, dst, a->v[src]);
+        }
+}
+cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
+                             const int32_t *slot, int n_tokens, int row, cudaStream_t s) {
+    (void)s;
+    kvs_args a = {k_pool, v_pool, kv_type, k, v, slot, n_tokens, row};
+    return LAUNCH(run_kv_store, a);
+}
+
+typedef struct {
+    float *out;
+    uint16_t *out_bf16;
+    const float *q;
+    const int32_t *q_pos, *tok_seq, *groups, *block_table;
+    int n_groups, max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim;
+    const void *k_pool, *v_pool;
+    float scale;
+} attn_args;
+
+static float pool_at(const void *pool, int kv_type, size_t i) {
+    return kv_type == NS_CUDA_TYPE_BF16 ? ns_bf16_to_fp32(((const uint16_t *)pool)[i]) : ((const float *)pool)[i];
+}
+
+/* Each token of each group over its sequence's blocks, copied to fp32 in table order. */
+static void run_attention(const void *p) {
+    const attn_args *a = p;
+    const size_t row = (size_t)a->n_head_kv * a->head_dim, q_row = (size_t)a->n_head * a->head_dim;
+    for (int g = 0; g < a->n_groups; g++)
+        for (int j = 0; j < a->groups[2 * g + 1]; j++) {
+            const int t = a->groups[2 * g] + j, n_kv = a->q_pos[t] + 1;
+            const int nb = (n_kv + a->block_size - 1) / a->block_size;
+            const int32_t *tab = a->block_table + (size_t)a->tok_seq[t] * a->max_blocks_per_seq;
+            const size_t blk = (size_t)a->block_size * row;
+            float *k = malloc((size_t)nb * blk * sizeof *k), *v = malloc((size_t)nb * blk * sizeof *v);
+            int32_t *local = malloc((size_t)nb * sizeof *local);
+            float *scratch = malloc((size_t)(n_kv + 16) * sizeof *scratch);
+            if (!k || !v || !local || !scratch) abort();
+            for (int b = 0; b < nb; b++) {
+                local[b] = b;
+                for (size_t i = 0; i < blk; i++) {
+                    k[(size_t)b * blk + i] = pool_at(a->k_pool, a->kv_type, (size_t)tab[b] * blk + i);
+                    v[(size_t)b * blk + i] = pool_at(a->v_pool, a->kv_type, (size_t)tab[b] * blk + i);
+                }
+            }
+            const int32_t pos = a->q_pos[t];
+            ns_cpu_attention_paged_ref(a->out + (size_t)t * q_row, a->q + (size_t)t * q_row, &pos, 1, k, v, local, n_kv,
+                                       a->block_size, a->n_head, a->n_head_kv, a->head_dim, a->scale, 0, a->n_head,
+                                       scratch);
+            shadow(a->out_bf16 ? a->out_bf16 + (size_t)t * q_row : NULL, a->out + (size_t)t * q_row, q_row);
+            free(scratch), free(local), free(v), free(k);
+        }
+}
+cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                    const int32_t *tok_seq, const int32_t *groups, int n_groups, int single,
+                                    const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                    const void *v_pool, int kv_type, int block_size, int n_head, int n_head_kv,
+                                    int head_dim, float scale, cudaStream_t s) {
+    (void)s, (void)single;
+    if (head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM || n_head % n_head_kv) return cudaErrorInvalidValue;
+    attn_args a = {out,      out_bf16, q,        q_pos,      tok_seq,   groups,    block_table, n_groups,
+                   max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool, scale};
+    return LAUNCH(run_attention, a);
+}
+
+typedef struct { int32_t *ids; const float *logits; int n_rows, n_vocab; const ns_row_sampling *params; } samp_args;
+static void run_greedy(const void *p) {
+    const samp_args *a = p;
+    for (int r = 0; r < a->n_rows; r++) {
+        const float *l = a->logits + (size_t)r * a->n_vocab;
+        int best = -1;
+        for (int i = 0; i < a->n_vocab; i++)
+            if (l[i] > -INFINITY && (best < 0 || l[i] > l[best])) best = i;
+        a->ids[r] = best;
+    }
+}
+cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab, cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n_vocab < 1) return cudaErrorInvalidValue;
+    samp_args a = {out_ids, logits, n_rows, n_vocab, NULL};
+    return LAUNCH(run_greedy, a);
+}
+static void run_rows(const void *p) {
+    const samp_args *a = p;
+    uint64_t *scratch = malloc(2 * (size_t)a->n_vocab * sizeof *scratch);
+    if (!scratch) abort();
+    ns_cpu_sample_rows_ref(a->ids, a->logits, a->n_rows, a->n_vocab, a->params, scratch);
+    free(scratch);
+}
+cudaError_t ns_cuda_sample_rows(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
+                                const struct ns_row_sampling *params, cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n_vocab < 1 || n_vocab > NS_SAMPLE_MAX_VOCAB) return cudaErrorInvalidValue;
+    samp_args a = {out_ids, logits, n_rows, n_vocab, params};
+    M.n.sample_rows_calls++;
+    return LAUNCH(run_rows, a);
+}

@@ -1,0 +1,26 @@
+/* cudamock.h: what the CPU stand-in for the CUDA device (tests/cudamock/cudamock.c)
+ * tells the tests about itself. */
+#ifndef NS_CUDAMOCK_H
+#define NS_CUDAMOCK_H
+
+typedef struct ns_cudamock_counters {
+    long launches;         /* kernels, GEMMs, copies run outside a graph */
+    long captures;         /* cudaStreamBeginCapture calls */
+    long captures_failed;  /* captures that ended invalidated */
+    long graph_launches;   /* cudaGraphLaunch calls */
+    long alloc_failures;   /* cudaMalloc refused past NS_CUDAMOCK_MEM */
+    long frees;
+    long sample_rows_calls;
+} ns_cudamock_counters;
+
+/* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */
+#include <stddef.h>
+
+int ns_cudamock_active(void);
+void ns_cudamock_stats(ns_cudamock_counters *out);
+/* Device bytes allocated now; the limit past which cudaMalloc fails (0: back to
+ * NS_CUDAMOCK_MEM, default 64 GiB). */
+size_t ns_cudamock_allocated(void);
+void ns_cudamock_set_mem_limit(size_t bytes);
+
+#endif

@@ -1,0 +1,278 @@
+/* test_cudamock.c: the CUDA backend's host code (engine/backend_cuda.c) through the
+ * engine, on the CPU stand-in for the device (tests/cudamock/cudamock.c): padded decode
+ * batches and CUDA graph recording and replay, device sampling plumbing, recordings
+ * dropped when a buffer they point into moves, a recording that fails, and out of memory
+ * in a step. Built into build/unit-cudamock with tests/unit/test_cuda.c (whose device
+ * tests then run on the stand-in) where nvcc's headers exist. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../test.h"
+#include "../unit/tiny_model.h"
+#include "backend.h"
+#include "cudamock.h"
+#include "engine.h"
+#include "ops.h"
+#include "sample_rule.h"
+
+enum { N_REQ = 6, N_TOK = 10 };
+
+typedef struct run_out {
+    int32_t tok[N_REQ][N_TOK];
+    float lp[N_REQ][N_TOK]; /* the chosen token's logprob (request 5 asks for them) */
+    int n_done, n_failed;
+    int64_t n_oom_retries;
+    ns_cudamock_counters mock; /* during the run */
+} run_out;
+
+static const char *model_path(void) {
+    static char path[512];
+    if (!path[0]) {
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.wtype = NS_GGML_BF16; /* the device's weight format: precise mode then matches the CPU */
+        c.n_ctx = 512;
+        snprintf(path, sizeof path, "%s/tiny_cudamock.gguf", ns_test_tmpdir());
+        ns_error err;
+        CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    }
+    return path;
+}
+
+/* Request r: prompt of 4 + 3r tokens (one long one with long_prompt), N_TOK - r % 4
+ * tokens; greedy, or hot
+ * sampling with cuts (the tiny model's logits are steep), request 5 with logprobs. */
+static void make_request(int r, bool sampled, bool long_prompt, ns_request *req, int32_t *prompt) {
+    memset(req, 0, sizeof *req);
+    req->id = (uint64_t)r;
+    req->n_prompt = long_prompt ? 90 : 4 + 3 * r;
+    for (int i = 0; i < req->n_prompt; i++) prompt[i] = (int32_t)((i * 31 + r * 7 + 3) % NS_TINY_N_VOCAB);
+    req->prompt = prompt;
+    ns_sampling_default(&req->sampling);
+    req->sampling.max_tokens = N_TOK - r % 4; /* they finish at different steps: batches of 6, 5, 4, 3 */
+    req->sampling.ignore_eos = true;
+    req->sampling.seed = 40 + (uint64_t)r;
+    if (sampled) {
+        req->sampling.temperature = 20.0f + (float)r;
+        req->sampling.top_k = r % 2 ? 30 : 0;
+        req->sampling.top_p = r % 3 ? 0.9f : 1.0f;
+        req->sampling.min_p = r == 4 ? 0.05f : 0.0f;
+    }
+    if (r == 5) req->sampling.n_logprobs = 0;
+}
+
+typedef struct run_cfg {
+    const char *backend;
+    bool precise, graphs, sampled, cpu_row_rule;
+    bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
+    size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
+} run_cfg;
+
+static void run(const run_cfg *rc, run_out *out) {
+    memset(out, 0, sizeof *out);
+    memset(out->tok, 0xff, sizeof out->tok);
+    setenv("NS_CUDA_PRECISE", rc->precise ? "1" : "0", 1);
+    setenv("NS_CUDA_GRAPHS", rc->graphs ? "1" : "0", 1);
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = model_path();
+    cfg.backend = rc->backend;
+    cfg.n_threads = 2;
+    cfg.max_seqs = N_REQ + 2; /* room to pad: decode batches become 8 rows */
+    cfg.max_batch_tokens = 96;
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    unsetenv("NS_CUDA_PRECISE");
+    unsetenv("NS_CUDA_GRAPHS");
+    CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
+    if (st) return;
+    if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
+    if (rc->mem_slack) ns_cudamock_set_mem_limit(ns_cudamock_allocated() + rc->mem_slack);
+    ns_cudamock_counters before;
+    ns_cudamock_stats(&before);
+    int32_t prompts[N_REQ][96];
+    const int waves = rc->second_wave_long ? 3 : 1;
+    for (int w = 0; w < waves; w++) {
+        for (int r = 0; r < N_REQ; r++) {
+            if (w == 1 && r > 0) break; /* the second wave: one long request, id 0 again */
+            ns_request req;
+            make_request(r, rc->sampled, w == 1, &req, prompts[r]);
+            CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+        }
+        for (int guard = 0; !ns_engine_idle(e) && guard < 10000; guard++) {
+            ns_step_stats s;
+            st = ns_engine_step(e, &s, &err);
+            CHECK_MSG(st == NS_OK, "step: %s", err.msg);
+            if (st) break;
+            out->n_oom_retries = s.n_oom_retries;
+            ns_completion *c;
+            while (ns_engine_collect(e, &c, 1) == 1) {
+                out->n_done++;
+                if (c->finish == NS_FINISH_ERROR) out->n_failed++;
+                for (int i = 0; i < c->n_tokens && i < N_TOK && c->id < N_REQ && w != 1; i++) {
+                    out->tok[c->id][i] = c->tokens[i];
+                    out->lp[c->id][i] = c->logprobs ? c->logprobs[i].logprob : 0.0f;
+                }
+                ns_completion_free(c);
+            }
+            if (st) break;
+        }
+    }
+    ns_cudamock_counters after;
+    ns_cudamock_stats(&after);
+    out->mock.captures = after.captures - before.captures;
+    out->mock.captures_failed = after.captures_failed - before.captures_failed;
+    out->mock.graph_launches = after.graph_launches - before.graph_launches;
+    out->mock.alloc_failures = after.alloc_failures - before.alloc_failures;
+    out->mock.sample_rows_calls = after.sample_rows_calls - before.sample_rows_calls;
+    ns_engine_close(e);
+    ns_cudamock_set_mem_limit(0);
+}
+
+static int n_same_requests(const run_out *a, const run_out *b) {
+    int n = 0;
+    for (int r = 0; r < N_REQ; r++) n += memcmp(a->tok[r], b->tok[r], sizeof a->tok[r]) == 0;
+    return n;
+}
+
+/* Greedy on the stand-in device: the CPU backend's tokens (precise mode: all; bf16
+ * GEMM inputs: the tiny model's steep logits leave no near-tie to flip). */
+NS_TEST(test_cudamock_greedy_matches_cpu) {
+    run_out cpu, precise, plain;
+    run(&(run_cfg){.backend = "cpu"}, &cpu);
+    run(&(run_cfg){.backend = "cuda", .precise = true}, &precise);
+    run(&(run_cfg){.backend = "cuda"}, &plain);
+    CHECK_EQ_INT(cpu.n_done, N_REQ);
+    CHECK_EQ_INT(precise.n_done, N_REQ);
+    CHECK_EQ_INT(n_same_requests(&cpu, &precise), N_REQ);
+    CHECK_EQ_INT(n_same_requests(&cpu, &plain), N_REQ);
+    CHECK_EQ_INT(precise.mock.captures, 0); /* graphs are off by default */
+}
+
+/* Where request r's tokens first differ between a and b (or N_TOK), and how far, as a
+ * fraction of the total weight, request r's draw at that token fell from the part of
+ * the id-ordered weights that b's token owns, by the rule on the CPU's logits there. */
+static double draw_distance(const run_out *a, const run_out *b, int r, int *at) {
+    int i = 0;
+    while (i < N_TOK && a->tok[r][i] == b->tok[r][i]) i++;
+    *at = i;
+    if (i == N_TOK) return 0.0;
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = model_path();
+    cfg.backend = "cpu";
+    cfg.n_threads = 2;
+    ns_engine *e = NULL;
+    ns_error err;
+    CHECK_STATUS_OK(ns_engine_open(&cfg, &e, NULL, &err), &err);
+    double dist = INFINITY;
+    ns_request req;
+    int32_t seq[96 + N_TOK];
+    make_request(r, true, false, &req, seq);
+    memcpy(seq + req.n_prompt, a->tok[r], (size_t)i * sizeof(int32_t));
+    float logits[NS_TINY_N_VOCAB];
+    uint64_t w[2 * NS_TINY_N_VOCAB];
+    ns_sampler *s = ns_sampler_create(&req.sampling, NS_TINY_N_VOCAB);
+    ns_row_sampling rp;
+    for (int d = 0; d <= i && s; d++) ns_sampler_row_params(s, &rp);
+    if (e && s && !ns_engine_prompt_logits(e, seq, req.n_prompt + i, logits, &err)) {
+        const uint64_t S = ns_cpu_sample_weights_ref(logits, NS_TINY_N_VOCAB, &rp, w, w + NS_TINY_N_VOCAB);
+        const int32_t c = b->tok[r][i];
+        if (S > 0 && c >= 0 && c < NS_TINY_N_VOCAB && w[c] > 0) {
+            const uint64_t x = ns_sample_draw_r(rp.u, S);
+            uint64_t lo = 0;
+            for (int v = 0; v < c; v++) lo += w[v];
+            const uint64_t hi = lo + w[c];
+            dist = x < lo ? (double)(lo - x) / (double)S : x >= hi ? (double)(x - hi + 1) / (double)S : 0.0;
+        }
+    }
+    ns_sampler_free(s);
+    ns_engine_close(e);
+    return dist;
+}
+
+/* Sampled requests picked by the device's sample_rows: the CPU engine picking by the same
+ * rule gives the same tokens, except where precise mode's logits (not bit-identical to
+ * the CPU's) move a boundary past the draw: allowed only within 1e-3 of the total weight;
+ * the requests with logprobs go through the host sampler. */
+NS_TEST(test_cudamock_sampled_matches_cpu_rule) {
+    run_out cpu, dev, host;
+    run(&(run_cfg){.backend = "cpu", .sampled = true, .cpu_row_rule = true}, &cpu);
+    run(&(run_cfg){.backend = "cuda", .precise = true, .sampled = true}, &dev);
+    run(&(run_cfg){.backend = "cpu", .sampled = true}, &host);
+    CHECK_EQ_INT(dev.n_done, N_REQ);
+    CHECK_MSG(dev.mock.sample_rows_calls > 0, "the device sampler was not used");
+    for (int r = 0; r < N_REQ; r++) {
+        int at;
+        const double dist = draw_distance(&cpu, &dev, r, &at);
+        CHECK_MSG(dist <= 1e-3, "request %d, token %d: device %d, cpu %d; the draw is %.3g of the weight away", r, at,
+                  at < N_TOK ? dev.tok[r][at] : -1, at < N_TOK ? cpu.tok[r][at] : -1, dist);
+        if (at < N_TOK) printf("  request %d differs at token %d, at a draw boundary (%.2g)\n", r, at, dist);
+    }
+    CHECK(n_same_requests(&cpu, &dev) >= N_REQ - 1);
+    CHECK(memcmp(host.tok[5], dev.tok[5], sizeof host.tok[5]) == 0); /* logprobs: the host sampler */
+    CHECK_MSG(n_same_requests(&host, &dev) < N_REQ, "the row rule and the host sampler agree everywhere: "
+                                                     "the test does not sample");
+}
+
+/* CUDA graphs: padded decode batches recorded and replayed give the tokens and the
+ * logprobs of the plain run, bit for bit (padding rows touch nothing of the real rows). */
+NS_TEST(test_cudamock_graphs_same_outputs) {
+    for (int sampled = 0; sampled < 2; sampled++) {
+        run_out plain, graphs;
+        run(&(run_cfg){.backend = "cuda", .sampled = sampled}, &plain);
+        run(&(run_cfg){.backend = "cuda", .graphs = true, .sampled = sampled}, &graphs);
+        CHECK_EQ_INT(graphs.n_done, N_REQ);
+        CHECK_EQ_INT(graphs.n_failed, 0);
+        CHECK_EQ_INT(n_same_requests(&plain, &graphs), N_REQ);
+        CHECK(memcmp(plain.lp, graphs.lp, sizeof plain.lp) == 0);
+        CHECK_MSG(graphs.mock.captures > 0 && graphs.mock.graph_launches > 0,
+                  "sampled %d: %ld recordings, %ld replays", sampled, graphs.mock.captures, graphs.mock.graph_launches);
+        CHECK_EQ_INT(graphs.mock.captures_failed, 0);
+        CHECK_EQ_INT(plain.mock.captures, 0);
+    }
+}
+
+/* A long prompt between two waves regrows the batch layout and the bf16 matmul input:
+ * recordings pointing into the old buffers (poisoned by the stand-in's cudaFree) must be
+ * dropped and made again, not replayed. */
+NS_TEST(test_cudamock_graphs_dropped_when_buffers_move) {
+    run_out plain, graphs;
+    run(&(run_cfg){.backend = "cuda", .second_wave_long = true}, &plain);
+    run(&(run_cfg){.backend = "cuda", .graphs = true, .second_wave_long = true}, &graphs);
+    CHECK_EQ_INT(plain.n_done, 2 * N_REQ + 1);
+    CHECK_EQ_INT(graphs.n_done, 2 * N_REQ + 1);
+    CHECK_EQ_INT(graphs.n_failed, 0);
+    CHECK_EQ_INT(n_same_requests(&plain, &graphs), N_REQ);
+    CHECK(memcmp(plain.lp, graphs.lp, sizeof plain.lp) == 0);
+    CHECK(graphs.mock.graph_launches > 0);
+}
+
+/* A pass that cannot be recorded (the stand-in refuses the first GEMM of every capture)
+ * runs eagerly at once, and its size stays eager: same outputs, no replay. */
+NS_TEST(test_cudamock_graphs_failed_recording_runs_eagerly) {
+    run_out plain, graphs;
+    run(&(run_cfg){.backend = "cuda"}, &plain);
+    setenv("NS_CUDAMOCK_CAPTURE_FAIL", "1", 1);
+    run(&(run_cfg){.backend = "cuda", .graphs = true}, &graphs);
+    unsetenv("NS_CUDAMOCK_CAPTURE_FAIL");
+    CHECK_EQ_INT(graphs.n_done, N_REQ);
+    CHECK_EQ_INT(n_same_requests(&plain, &graphs), N_REQ);
+    CHECK(graphs.mock.captures_failed > 0);
+    CHECK_EQ_INT(graphs.mock.graph_launches, 0);
+}
+
+/* Out of device memory when a large batch grows the backend's buffers: the engine
+ * discards the step and goes on with smaller batches; the outputs do not change. */
+NS_TEST(test_cudamock_oom_in_step_shrinks_the_batch) {
+    run_out plain, tight;
+    run(&(run_cfg){.backend = "cuda", .second_wave_long = true}, &plain);
+    /* the first wave's largest step fits; the 90-token prompt of the second does not */
+    run(&(run_cfg){.backend = "cuda", .second_wave_long = true, .mem_slack = 24 * 1024}, &tight);
+    CHECK_EQ_INT(tight.n_done, 2 * N_REQ + 1);
+    CHECK_EQ_INT(tight.n_failed, 0);
+    CHECK_MSG(tight.mock.alloc_failures > 0 && tight.n_oom_retries > 0, "%ld refused allocations, %lld retries",
+              tight.mock.alloc_failures, (long long)tight.n_oom_retries);
+    CHECK_EQ_INT(n_same_requests(&plain, &tight), N_REQ);
+}
