@@ -201,7 +201,8 @@ bench: bench-engine bench-sched bench-pipeline
 
 ## asan: unit tests under AddressSanitizer + UBSan (a few minutes)
 asan:
-	$(MAKE) BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" $(BUILD_ASAN_ARGS) build/asan/unit build/asan/nightshift
+	$(MAKE) BUILD=build/asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" $(BUILD_ASAN_ARGS) build/asan/unit build/asan/nightshift \
+	    $(if $(CUDAMOCK_BIN),build/asan/unit-cudamock)
 	ASAN_OPTIONS=detect_leaks=1 bash tests/run.sh build/asan
 
 ## fuzz: libFuzzer on the GGUF and tokenizer parsers, 60 s each (needs clang)
