@@ -158,13 +158,20 @@ bench-gpu: all gpu-tools
 # runtime, cuBLAS and the ns_cuda_* kernels as CPU references, linked instead of the real
 # ones. Needs the CUDA headers, so it is built where the CUDA backend is.
 ifeq ($(strip $(HAVE_CUDA)),1)
-  CUDAMOCK_BIN := $(BUILD)/unit-cudamock
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift
 endif
 CUDAMOCK_SRCS := tests/cudamock/cudamock.c tests/cudamock/test_cudamock.c tests/unit/test_cuda.c tests/unit/main.c \
                  tests/unit/tiny_model.c tests/unit/tp_run.c
+CUDAMOCK_LIBS := -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
 $(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h $(BUILD)/libnightshift.a
-	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ \
-	    -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
+	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
+# the nightshift binary on the stand-in, for tests/gpu/runner_cuda.sh in make test (with
+# the stand-in's unit binary beside it, which writes the tiny model)
+$(BUILD)/cudamock/nightshift: $(CLI_OBJS) tests/cudamock/cudamock.c tests/cudamock/cudamock.h $(BUILD)/libnightshift.a \
+                              $(BUILD)/unit-cudamock
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/cudamock $(CLI_OBJS) tests/cudamock/cudamock.c $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
+	cp $(BUILD)/unit-cudamock $(BUILD)/cudamock/unit
 
 # The CUDA row-sampling kernel compiled for the host, one thread per CUDA thread, against
 # its CPU reference (tests/gpu/emu_sample_rows.cpp): the kernel's logic checked without a

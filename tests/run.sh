@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
-# input, CLI through NS_BIN), the parser tests under AddressSanitizer and the CUDA
-# row-sampling kernel emulated on the CPU when those binaries were built, and the job
-# pipeline end to end; ends with one line "N passed, N failed, N skipped" summed over all.
+# input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
+# host code and the job pipeline with backend cuda on the CPU stand-in for the device
+# (tests/cudamock), and the CUDA row-sampling kernel emulated on the CPU, when those
+# binaries were built; then the job pipeline end to end; ends with one line
+# "N passed, N failed, N skipped" summed over all.
 set -u
 build=${1:-build}
 mode=${2:-}
@@ -37,6 +39,12 @@ fi
 if [ -x "$build/unit-cudamock" ]; then
   echo "== the CUDA backend's host code on a CPU stand-in for the device ($build/unit-cudamock)" >&2
   run "$build/unit-cudamock"
+fi
+if [ -x "$build/cudamock/nightshift" ]; then
+  echo "== the job pipeline with backend cuda on the CPU stand-in (tests/gpu/runner_cuda.sh)" >&2
+  run bash tests/gpu/runner_cuda.sh "$build/cudamock"
+  echo "== the same with CUDA graphs (NS_CUDA_GRAPHS=1)" >&2
+  run env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$build/cudamock"
 fi
 if [ -x "$build/emu-sample-rows" ]; then
   echo "== the CUDA row-sampling kernel, emulated on the CPU ($build/emu-sample-rows)" >&2
