@@ -276,3 +276,36 @@ NS_TEST(test_cudamock_oom_in_step_shrinks_the_batch) {
               tight.mock.alloc_failures, (long long)tight.n_oom_retries);
     CHECK_EQ_INT(n_same_requests(&plain, &tight), N_REQ);
 }
+
+/* Out of device memory while loading (the cuBLAS workspace fits, the model does not):
+ * the error names what was being allocated, how much it needed and how much was free. */
+NS_TEST(test_cudamock_oom_at_load_says_what) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = model_path();
+    cfg.backend = "cuda";
+    ns_cudamock_set_mem_limit(ns_cudamock_allocated() + (32u << 20) + 100000); /* the tiny model needs more */
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    ns_cudamock_set_mem_limit(0);
+    CHECK(st == NS_ERR_NOMEM);
+    CHECK_MSG(strstr(err.msg, "out of device memory for") && strstr(err.msg, "needed") && strstr(err.msg, "free of") &&
+                  !strstr(err.msg, "cuBLAS workspace"),
+              "message: %s", err.msg);
+    printf("  %s\n", err.msg);
+    ns_engine_close(e);
+}
+
+/* NS_CUDA_PROFILE=1 times ops one by one: no recording then, the same outputs, and the
+ * report at exit comes out (its times are the stand-in's zeros). */
+NS_TEST(test_cudamock_profile_turns_graphs_off) {
+    run_out plain, prof;
+    run(&(run_cfg){.backend = "cuda"}, &plain);
+    setenv("NS_CUDA_PROFILE", "1", 1);
+    run(&(run_cfg){.backend = "cuda", .graphs = true}, &prof);
+    unsetenv("NS_CUDA_PROFILE");
+    CHECK_EQ_INT(prof.n_done, N_REQ);
+    CHECK_EQ_INT(n_same_requests(&plain, &prof), N_REQ);
+    CHECK_EQ_INT(prof.mock.captures, 0);
+}
