@@ -52,5 +52,7 @@ if [ -x "$build/emu-sample-rows" ]; then
 fi
 echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
 run bash tests/e2e/pipeline.sh "$build"
+echo "== the same with the queue's calls inline (NS_QUEUE_THREAD=0)" >&2
+run env NS_QUEUE_THREAD=0 bash tests/e2e/pipeline.sh "$build"
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ] && [ $rc -eq 0 ]

@@ -35,11 +35,12 @@ limits:
   max_seqs: 8
 YAML
   "$BIN" submit "$T/job-$be.yaml" --db "$T/$be.db" >/dev/null 2>"$T/err-$be" &&
-    "$BIN" run --db "$T/$be.db" 2>>"$T/err-$be" >/dev/null &&
+    "$BIN" run --db "$T/$be.db" --stats 2>>"$T/err-$be" >/dev/null &&
     "$BIN" export 1 --db "$T/$be.db" -o "$T/$be.jsonl" 2>>"$T/err-$be"
   check "backend $be: submit, run, export exit 0" test $? = 0
 done
 grep -i "backend\|cuda" "$T/err-cuda" | head -3
+grep -h "bookkeeping" "$T/err-cpu" "$T/err-cuda" | sed 's/^/     /' # the share of queue work in the run (informational)
 check "backend cuda: 40 results" test "$(grep -c custom_id "$T/cuda.jsonl" 2>/dev/null)" = 40
 same=$(paste <(grep -o '"output":"[^"]*"' "$T/cpu.jsonl") <(grep -o '"output":"[^"]*"' "$T/cuda.jsonl") |
        awk -F'\t' '$1 == $2' | wc -l)
