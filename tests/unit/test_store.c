@@ -724,8 +724,11 @@ NS_TEST(test_store_truncated) {
 }
 
 /* One worker process: claims in small groups until nothing is left, commits each group
- * done with its owner name as body, writes the claimed ids to fd. Returns the exit code. */
-static int worker(const char *path, const char *owner, int fd, int go_fd) {
+ * done with its owner name as body, writes the claimed ids to fd. After its first claim
+ * it tells the other worker (met_w) and waits for the other's first claim (met_r), so
+ * that a slow start (under a sanitizer, on a loaded machine) cannot let one worker take
+ * everything. Returns the exit code. */
+static int worker(const char *path, const char *owner, int fd, int go_fd, int met_w, int met_r) {
     char go;
     if (read(go_fd, &go, 1) < 0) return 6; /* wait until both workers exist */
     close(go_fd);
@@ -746,7 +749,16 @@ static int worker(const char *path, const char *owner, int fd, int go_fd) {
             code = 3;
             break;
         }
-        if (n == 0) break;
+        if (met_w >= 0) { /* the first claim: meet the other worker */
+            char one = 1;
+            if (write(met_w, &one, 1) != 1 || read(met_r, &one, 1) != 1) code = 7;
+            close(met_w), close(met_r);
+            met_w = met_r = -1;
+        }
+        if (n == 0 || code) {
+            ns_store_claimed_free(it, n);
+            break;
+        }
         ns_result rs[7];
         for (int i = 0; i < n; i++) rs[i] = done_result(it[i].id, body);
         int64_t skipped = 0;
@@ -791,8 +803,9 @@ NS_TEST(test_store_two_processes) {
     int fds[2][2];
     pid_t pid[2];
     const char *owners[2] = {"proc-a", "proc-b"};
-    int go[2];
+    int go[2], met[2][2];
     CHECK(pipe(go) == 0);
+    CHECK(pipe(met[0]) == 0 && pipe(met[1]) == 0); /* met[w]: worker w -> the other */
     fflush(NULL);
     for (int w = 0; w < 2; w++) {
         CHECK(pipe(fds[w]) == 0);
@@ -800,12 +813,14 @@ NS_TEST(test_store_two_processes) {
         if (pid[w] == 0) {
             close(fds[w][0]);
             close(go[1]);
-            _exit(worker(path, owners[w], fds[w][1], go[0])); /* _exit: skip our atexit */
+            close(met[w][0]), close(met[1 - w][1]);
+            _exit(worker(path, owners[w], fds[w][1], go[0], met[w][1], met[1 - w][0])); /* _exit: skip our atexit */
         }
         close(fds[w][1]);
     }
     close(go[0]);
     close(go[1]); /* both start now */
+    for (int w = 0; w < 2; w++) close(met[w][0]), close(met[w][1]);
     static int seen[N_ITEMS + 1];
     static int by[N_ITEMS + 1];
     memset(seen, 0, sizeof seen);
