@@ -58,6 +58,8 @@ else
   HAVE_CUDA := $(if $(NVCC_PATH),1,0)
 endif
 ifeq ($(strip $(HAVE_CUDA)),1)
+  # the CUDA backend's host code on a CPU stand-in for the device (tests/cudamock, below)
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
   CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
   LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
@@ -157,9 +159,6 @@ bench-gpu: all gpu-tools
 # The CUDA backend's host code on a CPU stand-in for the device (tests/cudamock): the
 # runtime, cuBLAS and the ns_cuda_* kernels as CPU references, linked instead of the real
 # ones. Needs the CUDA headers, so it is built where the CUDA backend is.
-ifeq ($(strip $(HAVE_CUDA)),1)
-  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift
-endif
 CUDAMOCK_SRCS := tests/cudamock/cudamock.c tests/cudamock/test_cudamock.c tests/unit/test_cuda.c tests/unit/main.c \
                  tests/unit/tiny_model.c tests/unit/tp_run.c
 CUDAMOCK_LIBS := -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
