@@ -317,8 +317,15 @@ static ns_status queue_start(queue_thread *q, bool threaded, ns_store *caller_st
     }
     ns_status st = ns_store_open(db_path, &q->store, err);
     if (st) return st;
-    if (pthread_create(&q->th, NULL, queue_main, q) != 0)
-        return ns_error_set(err, NS_ERR_IO, "run: cannot start the queue thread");
+    /* SIGINT/SIGTERM go to the engine's thread: the queue thread starts with them blocked */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rc = pthread_create(&q->th, NULL, queue_main, q);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) return ns_error_set(err, NS_ERR_IO, "run: cannot start the queue thread");
     q->started = true;
     return NS_OK;
 }
