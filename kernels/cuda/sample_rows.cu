@@ -20,7 +20,8 @@
  * bits, 8 at a time from the top: each pass histograms the weights of the tokens whose
  * higher bits match the prefix found so far (integer atomics in shared memory: exact, so
  * the result does not depend on the order threads add in), and one thread walks the 256
- * bins. Each pass recomputes e from the logits rather than storing it. */
+ * bins; the first pass's bins also give the total weight that top_p's target and the
+ * draw are taken from. Each pass recomputes e from the logits rather than storing it. */
 
 #define SR_THREADS 512
 
@@ -82,16 +83,28 @@ struct sr_shared {
     float val[SR_THREADS]; /* the argmax reduction */
     int idx[SR_THREADS];
     unsigned long long hist[256];
-    unsigned long long sum[SR_THREADS / 32];
     uint64_t prefix, rem;
     int found;
 };
 
+/* What a selection's target is: given, or made from the total weight T that the first
+ * pass's histogram sums (so that no separate pass sums it): top_p's mass of T, or the
+ * draw's r + 1 of T. */
+enum { SR_TARGET_GIVEN, SR_TARGET_TOP_P, SR_TARGET_DRAW };
+struct sr_target {
+    int kind;
+    uint64_t given;
+    float top_p;
+    double u;
+};
+
 /* The key of the token at which the cumulative weight, in descending key order, first
- * reaches target (>= 1); false when the total is below target. Keys below 2^nbits. */
+ * reaches the target (>= 1); false when the total is below it (or is 0). Keys below
+ * 2^nbits. */
 template <class F>
-static __device__ bool sr_select(const sr_row &r, F f, int nbits, uint64_t target, uint64_t *out, sr_shared &sh) {
-    uint64_t prefix = 0, rem = target;
+static __device__ bool sr_select(const sr_row &r, F f, int nbits, sr_target tg, uint64_t *out, sr_shared &sh) {
+    uint64_t prefix = 0, rem = tg.given;
+    bool first = true;
     for (int shift = (nbits + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
         for (int d = threadIdx.x; d < 256; d += blockDim.x) sh.hist[d] = 0;
         __syncthreads();
@@ -103,6 +116,13 @@ static __device__ bool sr_select(const sr_row &r, F f, int nbits, uint64_t targe
         }
         __syncthreads();
         if (threadIdx.x == 0) {
+            if (first && tg.kind != SR_TARGET_GIVEN) {
+                uint64_t total = 0;
+                for (int d = 0; d < 256; d++) total += sh.hist[d];
+                rem = total == 0                     ? 1 /* nothing to select: not found below */
+                      : tg.kind == SR_TARGET_TOP_P ? ns_sample_top_p_target(tg.top_p, total)
+                                                   : ns_sample_draw_r(tg.u, total) + 1;
+            }
             int d = 255;
             for (; d >= 0 && sh.hist[d] < rem; d--) rem -= sh.hist[d];
             sh.found = d >= 0;
@@ -113,22 +133,12 @@ static __device__ bool sr_select(const sr_row &r, F f, int nbits, uint64_t targe
         const bool found = sh.found;
         prefix = sh.prefix;
         rem = sh.rem;
+        first = false;
         __syncthreads(); /* everyone has read sh before the next pass writes it */
         if (!found) return false;
     }
     *out = prefix;
     return true;
-}
-
-/* Sum over the block (exact: integers); every thread gets it. */
-static __device__ uint64_t sr_block_sum(uint64_t v, sr_shared &sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) sh.sum[threadIdx.x >> 5] = v;
-    __syncthreads();
-    uint64_t s = 0;
-    for (int k = 0; k < (int)(blockDim.x >> 5); k++) s += sh.sum[k];
-    __syncthreads();
-    return s;
 }
 
 static __global__ void sample_rows_kernel(int32_t *out_ids, const float *logits, int n_vocab,
@@ -171,23 +181,15 @@ static __global__ void sample_rows_kernel(int32_t *out_ids, const float *logits,
     r.p_min = 0;
 
     uint64_t key;
-    if (p.top_k > 0 && p.top_k < n_vocab && sr_select(r, sr_by_logit(), NS_SAMPLE_KEY_LOGIT_BITS, (uint64_t)p.top_k, &key, sh))
+    if (p.top_k > 0 && p.top_k < n_vocab &&
+        sr_select(r, sr_by_logit(), NS_SAMPLE_KEY_LOGIT_BITS, sr_target{SR_TARGET_GIVEN, (uint64_t)p.top_k, 0.0f, 0.0},
+                  &key, sh))
         r.k_min = key;
-    if (p.top_p < 1.0f) {
-        uint64_t w = 0;
-        float e;
-        for (int i = threadIdx.x; i < n_vocab; i += blockDim.x)
-            if (sr_candidate(r, i, e)) w += ns_sample_w(e);
-        const uint64_t W = sr_block_sum(w, sh);
-        if (sr_select(r, sr_by_e(), NS_SAMPLE_KEY_E_BITS, ns_sample_top_p_target(p.top_p, W), &key, sh)) r.p_min = key;
-    }
-    uint64_t w = 0;
-    float e;
-    for (int i = threadIdx.x; i < n_vocab; i += blockDim.x)
-        if (sr_kept(r, i, e)) w += ns_sample_w(e);
-    const uint64_t S = sr_block_sum(w, sh);
-    int32_t pick = -1;
-    if (S > 0 && sr_select(r, sr_by_id(), NS_SAMPLE_KEY_ID_BITS, ns_sample_draw_r(p.u, S) + 1, &key, sh))
+    if (p.top_p < 1.0f &&
+        sr_select(r, sr_by_e(), NS_SAMPLE_KEY_E_BITS, sr_target{SR_TARGET_TOP_P, 0, p.top_p, 0.0}, &key, sh))
+        r.p_min = key;
+    int32_t pick = -1; /* none when nothing has weight (not reached: the best token is kept) */
+    if (sr_select(r, sr_by_id(), NS_SAMPLE_KEY_ID_BITS, sr_target{SR_TARGET_DRAW, 0, 0.0f, p.u}, &key, sh))
         pick = (int32_t)(NS_SAMPLE_ID_MASK - key);
     if (threadIdx.x == 0) out_ids[blockIdx.x] = pick;
 }

@@ -4,8 +4,7 @@
  * machine without a GPU; tests/gpu/parity.c checks the real thing on a GPU.
  *
  * The emulation: __syncthreads is a barrier of the block's threads; __shared__ variables
- * are statics (one block runs at a time); __shfl_down_sync goes through an array and a
- * barrier of the warp's 32 threads; atomicAdd is an atomic add; the __f*_rn intrinsics are
+ * are statics (one block runs at a time); atomicAdd is an atomic add; the __f*_rn intrinsics are
  * the plain IEEE operations (this file is compiled with -ffp-contract=off). A missing
  * __syncthreads can go unnoticed here (the threads are scheduled differently), a wrong
  * selection cannot.
@@ -25,8 +24,6 @@ struct emu_dim { unsigned x = 0, y = 0, z = 0; };
 static thread_local emu_dim threadIdx, blockIdx;
 static emu_dim blockDim;
 static std::barrier<> *emu_block_barrier;
-static std::barrier<> *emu_warp_barrier[32];
-static uint64_t emu_shfl[1024];
 
 #define __global__
 #define __device__
@@ -46,15 +43,6 @@ static inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f
 static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
-static inline uint64_t __shfl_down_sync(unsigned, uint64_t v, int o) {
-    const unsigned t = threadIdx.x, lane = t & 31;
-    emu_shfl[t] = v;
-    emu_warp_barrier[t >> 5]->arrive_and_wait();
-    const uint64_t r = lane + o < 32 ? emu_shfl[t + o] : v;
-    emu_warp_barrier[t >> 5]->arrive_and_wait();
-    return r;
-}
-
 #include "../../kernels/cuda/sample_rows.cu"
 
 extern "C" {
@@ -68,7 +56,6 @@ static void emu_sample_rows(int32_t *ids, const float *logits, int n_rows, int n
     blockDim.x = SR_THREADS;
     std::barrier<> block(SR_THREADS);
     emu_block_barrier = &block;
-    for (int w = 0; w < SR_THREADS / 32; w++) emu_warp_barrier[w] = new std::barrier<>(32);
     std::vector<std::thread> th;
     for (unsigned t = 0; t < SR_THREADS; t++)
         th.emplace_back([=] {
@@ -80,7 +67,6 @@ static void emu_sample_rows(int32_t *ids, const float *logits, int n_rows, int n
             }
         });
     for (auto &x : th) x.join();
-    for (int w = 0; w < SR_THREADS / 32; w++) delete emu_warp_barrier[w];
 }
 
 int main() {
