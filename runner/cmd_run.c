@@ -205,7 +205,7 @@ static const char *const book_names[BOOK_N] = {"waiting for claims", "result JSO
  * more items before the slots run dry, and for lease renewals; each has one request in
  * flight. The thread has its own connection (connections are not shared across threads)
  * and serves commits first, then claims, then renewals. Measured on 2 cores (README, "Job
- * pipeline numbers"): a tiny-model job 8% faster, the demo model unchanged.
+ * pipeline numbers"): a tiny-model job 7% faster, the demo model unchanged.
  * NS_QUEUE_THREAD=0 serves every request at once on the caller's thread and connection
  * instead ("inline"; the loop is the same): for tests and comparisons. */
 

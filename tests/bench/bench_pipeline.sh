@@ -10,8 +10,10 @@
 #   1. submit of BENCH_BIG_N (1,000,000) and BENCH_SMALL_N (100,000) short JSONL items,
 #      raw template "Q: {{text}}" (tokenizer only): items/s, peak RSS, db size
 #   2. status --json JOB and export JOB -o FILE on both pending queues: wall, peak RSS
-#   3. run --stats --quiet: bookkeeping share of the run wall time, on
-#      examples/summarize (20 items) and a synthetic 200-item job, max_tokens 8
+#   3. run --stats --quiet: the share of the run wall time the engine's thread spends on
+#      queue work, on examples/summarize (20 items) and a synthetic 200-item job,
+#      max_tokens 8; and on a 2,000-item job on the tiny test model, with the queue thread
+#      and with NS_QUEUE_THREAD=0 (inline), side by side
 #   4. result compression: sum(raw_bytes) vs sum(length(body)) (per-item zstd frames as
 #      stored), exported JSONL and its whole-file zstd, and per-item zstd with a
 #      dictionary trained on the first 100 bodies (applied to the rest), on the jobs of 3.
@@ -156,19 +158,21 @@ for N in "$BIG_N" "$SMALL_N"; do
 done
 
 # --- 3: run bookkeeping share --------------------------------------------------------
-# run_job NAME SPEC REPS: fresh db per rep; leaves the last db at $T/NAME.db
+# run_job NAME SPEC REPS [QUEUE_THREAD]: fresh db per rep; leaves the last db at
+# $T/NAME.db. QUEUE_THREAD 0: the run loop's database calls inline (NS_QUEUE_THREAD=0).
+# The share is the engine's thread's (the queue thread's own time is not in it).
 run_job() {
-    local name=$1 spec=$2 reps=$3 db=$T/$1.db
+    local name=$1 spec=$2 reps=$3 qmode=${4:-1} db=$T/$1.db
     local bks=() bkss=() walls=() rsss=() toks=() line
     for r in $(seq "$reps"); do
         fresh_db "$db"
         "$NS" submit "$spec" --db "$db" >/dev/null 2>"$T/submit.err" || { cat "$T/submit.err" >&2; exit 1; }
-        measure "$NS" run --db "$db" --stats --quiet
+        measure env NS_QUEUE_THREAD="$qmode" "$NS" run --db "$db" --stats --quiet
         line=$(grep -m1 'bookkeeping' "$T/m.err") || die "no bookkeeping line from run --stats: $(cat "$T/m.err")"
         bks+=("$(sed -E 's/.*= *([0-9.]+)%.*/\1/' <<<"$line")")
-        bkss+=("$(sed -E 's/.*\) *([0-9.]+) s = .*/\1/' <<<"$line")")
+        bkss+=("$(sed -E "s/.*engine's thread ([0-9.]+) s = .*/\1/" <<<"$line")")
         walls+=("$(sed -E 's/.*wall ([0-9.]+) s.*/\1/' <<<"$line")")
-        toks+=("$(sed -E 's/.*, ([0-9]+) tokens through.*/\1/' <<<"$line")")
+        toks+=("$(sed -E 's/.*[,;] ([0-9]+) tokens through.*/\1/' <<<"$line")")
         rsss+=("$RSS")
     done
     local bk bs w m tk
@@ -196,6 +200,32 @@ short_items 200 "$T/short200/in.jsonl"
 raw_spec "$T/short200/job.yaml" bench-short200 in.jsonl 8
 log "run: 200 short items, max_tokens 8 x $REPS"
 run_job short200 "$T/short200/job.yaml" "$REPS"
+
+# the queue thread against inline database calls, on the tiny test model (2,000 items of
+# 24 tokens: the case where queue work weighs most against the engine's)
+mkdir -p "$T/tiny"
+"$BUILD/unit" --write-tiny-model "$T/tiny/tiny.gguf" || die "cannot write the tiny model"
+short_items 2000 "$T/tiny/in.jsonl"
+raw_spec "$T/tiny/job.yaml" bench-tiny in.jsonl 24
+sed -i -E "s|^model:.*|model: $T/tiny/tiny.gguf|" "$T/tiny/job.yaml"
+log "run: tiny model, 2000 items, queue thread and inline alternately x $((3 * REPS))"
+tiny_walls=("" "") tiny_share=("" "")
+for r in $(seq $((3 * REPS))); do # alternated, so that the machine's drift hits both alike
+    for q in 1 0; do
+        fresh_db "$T/tiny.db"
+        "$NS" submit "$T/tiny/job.yaml" --db "$T/tiny.db" >/dev/null 2>"$T/submit.err" || { cat "$T/submit.err" >&2; exit 1; }
+        measure env NS_QUEUE_THREAD="$q" "$NS" run --db "$T/tiny.db" --stats --quiet
+        line=$(grep -m1 'bookkeeping' "$T/m.err") || die "no bookkeeping line from run --stats"
+        tiny_walls[$q]+=" $(sed -E 's/.*wall ([0-9.]+) s.*/\1/' <<<"$line")"
+        tiny_share[$q]+=" $(sed -E 's/.*= *([0-9.]+)%.*/\1/' <<<"$line")"
+    done
+done
+# shellcheck disable=SC2086
+for q in 1 0; do
+    row "run tiny, 2000 items (NS_QUEUE_THREAD=$q)" "engine's thread on queue work, median" "$(median ${tiny_share[$q]})" "%"
+    row "run tiny, 2000 items (NS_QUEUE_THREAD=$q)" "run wall, median of $((3 * REPS))" "$(median ${tiny_walls[$q]})" "s"
+    emit "\"metric\":\"run_queue_thread\",\"queue_thread\":$q,\"walls\":[$(tr ' ' ',' <<<"${tiny_walls[$q]# }")]"
+done
 
 mkdir -p "$T/raw$COMP_N" "$T/chat$CHAT_N"
 short_items "$COMP_N" "$T/raw$COMP_N/in.jsonl"
@@ -239,7 +269,12 @@ compress_report() { # compress_report NAME
         # the stored frames, named by input position, decompressed by the zstd CLI
         sqlite3 "$db" "SELECT writefile('$C/bodies/' || printf('%08d', i.idx) || '.json.zst', r.body)
                        FROM results r JOIN items i ON i.id = r.item_id" >/dev/null
-        zstd -q -d --rm "$C"/bodies/*.zst
+        # frames after the job adopted its own dictionary (schemas/002) need it to decode
+        local jdict=()
+        sqlite3 "$db" "SELECT writefile('$C/job.zdict', zstd_dict) FROM jobs
+                       WHERE zstd_dict_state = 1 AND zstd_dict IS NOT NULL LIMIT 1" >/dev/null
+        [ -s "$C/job.zdict" ] && jdict=(-D "$C/job.zdict")
+        zstd -q -d --rm "${jdict[@]}" "$C"/bodies/*.zst
         local files train rest
         files=$(find "$C/bodies" -type f -printf '%f\n' | sort)
         train=$(head -n $TRAIN_N <<<"$files" | sed "s|^|$C/bodies/|")
