@@ -529,10 +529,14 @@ fail:
     return st;
 }
 
-ns_status ns_store_open(const char *path, ns_store **out, ns_error *err) {
+/* check_magic reads the file through a descriptor of its own: closing it drops every
+ * POSIX lock this process holds on the file, those of its open SQLite connections too
+ * (SQLite's "How To Corrupt" 2.2). So it runs only for a process's first connection;
+ * ns_store_open_again skips it. */
+static ns_status store_open(const char *path, bool check, ns_store **out, ns_error *err) {
     *out = NULL;
     if (!path || !*path) return ns_error_set(err, NS_ERR_INVALID, "store: empty database path");
-    ns_status st = check_magic(path, err);
+    ns_status st = check ? check_magic(path, err) : NS_OK;
     if (st != NS_OK) return st;
 
     ns_store *s = calloc(1, sizeof *s);
@@ -599,6 +603,12 @@ ns_status ns_store_open(const char *path, ns_store **out, ns_error *err) {
 fail:
     ns_store_close(s);
     return st;
+}
+
+ns_status ns_store_open(const char *path, ns_store **out, ns_error *err) { return store_open(path, true, out, err); }
+
+ns_status ns_store_open_again(const ns_store *s, ns_store **out, ns_error *err) {
+    return store_open(s->path, false, out, err);
 }
 
 void ns_store_close(ns_store *s) {

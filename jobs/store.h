@@ -22,6 +22,10 @@ typedef struct ns_store ns_store;
  * timeout. Errors: NS_ERR_IO (cannot open), NS_ERR_FORMAT (not a nightshift database,
  * or a newer schema version than this binary knows: the message says both versions). */
 ns_status ns_store_open(const char *path, ns_store **out, ns_error *err);
+/* A second connection to s's database, for another thread of this process (a connection
+ * is used by one thread at a time). Unlike ns_store_open it does not read the file
+ * itself, which would drop the locks of the connections already open. */
+ns_status ns_store_open_again(const ns_store *s, ns_store **out, ns_error *err);
 void ns_store_close(ns_store *s); /* NULL-tolerant */
 
 /* Explicit transactions for bulk inserts (submit). begin is BEGIN IMMEDIATE. */

@@ -301,10 +301,10 @@ static void queue_posted(queue_thread *q) {
     else pthread_cond_broadcast(&q->cv);
 }
 
-/* Starts the queue thread with its own connection to db_path, or (threaded false) sets
- * up inline service on the caller's store. */
-static ns_status queue_start(queue_thread *q, bool threaded, ns_store *caller_store, const char *db_path,
-                             int64_t job_id, const char *owner, double lease, ns_error *err) {
+/* Starts the queue thread with its own connection to the caller's database, or
+ * (threaded false) sets up inline service on the caller's store. */
+static ns_status queue_start(queue_thread *q, bool threaded, ns_store *caller_store, int64_t job_id,
+                             const char *owner, double lease, ns_error *err) {
     memset(q, 0, sizeof *q);
     q->owner = owner, q->job_id = job_id, q->lease = lease;
     pthread_mutex_init(&q->mu, NULL);
@@ -315,7 +315,7 @@ static ns_status queue_start(queue_thread *q, bool threaded, ns_store *caller_st
         q->store = caller_store;
         return NS_OK;
     }
-    ns_status st = ns_store_open(db_path, &q->store, err);
+    ns_status st = ns_store_open_again(caller_store, &q->store, err);
     if (st) return st;
     /* SIGINT/SIGTERM go to the engine's thread: the queue thread starts with them blocked */
     sigset_t block, old;
@@ -567,7 +567,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
                    .failed = info.n_failed};
     const char *qmode = getenv("NS_QUEUE_THREAD");
     const bool threaded = !(qmode && !strcmp(qmode, "0"));
-    if (queue_start(&qt, threaded, store, o->db_path, job_id, owner, o->lease, &err)) {
+    if (queue_start(&qt, threaded, store, job_id, owner, o->lease, &err)) {
         fprintf(stderr, "nightshift run: %s\n", err.msg);
         goto done;
     }

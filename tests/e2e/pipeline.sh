@@ -133,6 +133,19 @@ check "two runners both exit 0" test $r1 = 0 -a $r2 = 0
 check "two runners: 40 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(*) FROM results')" = 40
 "$BIN" export 1 --db "$db" -o "$T/out.jsonl" 2>/dev/null
 check "two runners: same outputs" cmp -s "$T/out.jsonl" "$T/ref.jsonl"
+# again on 400 items, three times: many commits and claims of two processes (and each
+# one's queue thread) interleave; the database must stay whole
+sed 's/path: in.jsonl/path: in-term.jsonl/' "$T/job.yaml" > "$T/two400.yaml"
+for k in 1 2 3; do
+  db="$T/two400-$k.db"
+  "$BIN" submit "$T/two400.yaml" --db "$db" >/dev/null 2>&1
+  "$BIN" run --db "$db" --quiet --threads 1 >/dev/null 2>"$T/two-e1" & p1=$!
+  "$BIN" run --db "$db" --quiet --threads 1 >/dev/null 2>"$T/two-e2" & p2=$!
+  wait $p1; r1=$?; wait $p2; r2=$?
+  check "two runners, 400 items ($k): both exit 0 ($(cat "$T/two-e1" "$T/two-e2" | head -c 300))" test $r1 = 0 -a $r2 = 0
+  check "two runners, 400 items ($k): 400 results, integrity_check ok" \
+    test "$(sqlite3 "$db" 'SELECT COUNT(*) FROM results')" = 400 -a "$(sqlite3 "$db" 'PRAGMA integrity_check')" = ok
+done
 
 # --- data parallel: --devices starts one worker process per device on the same queue
 # (backend cpu here, so "devices" are just workers; on GPUs each gets its own device)
