@@ -162,7 +162,7 @@ bench-gpu: all gpu-tools
 CUDAMOCK_SRCS := tests/cudamock/cudamock.c tests/cudamock/test_cudamock.c tests/unit/test_cuda.c tests/unit/main.c \
                  tests/unit/tiny_model.c tests/unit/tp_run.c
 CUDAMOCK_LIBS := -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
-$(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h $(BUILD)/libnightshift.a
+$(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h tests/gpu/sample_cases.h $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
 # the nightshift binary on the stand-in, for tests/gpu/runner_cuda.sh in make test (with
 # the stand-in's unit binary beside it, which writes the tiny model)
@@ -184,7 +184,7 @@ $(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/sample_cases.h
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
 gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench
 
-$(BUILD)/gpu-parity: tests/gpu/parity.c tests/unit/tiny_model.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a
+$(BUILD)/gpu-parity: tests/gpu/parity.c tests/gpu/sample_cases.h tests/unit/tiny_model.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a
 	$(CC) $(CFLAGS) -Itests/unit tests/gpu/parity.c tests/unit/tiny_model.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS)
 
 $(BUILD)/gpu-bench: tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a

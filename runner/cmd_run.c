@@ -235,7 +235,6 @@ typedef struct queue_thread {
     ns_status st;
     ns_error err;
     double seconds[3]; /* spent committing, claiming, renewing */
-    int64_t n_groups;
 } queue_thread;
 
 /* Serves one request (commits first, then claims, then renewals), with mu held (it is
@@ -252,7 +251,7 @@ static bool queue_serve(queue_thread *q) {
         st = ns_store_results_commit(q->store, q->owner, q->group.r, q->group.n, NULL, &err);
         if (!st && q->stats[0]) st = ns_store_job_set_run_stats(q->store, q->job_id, q->stats, &err);
         pthread_mutex_lock(&q->mu);
-        if (!st) g_committed += q->group.n, q->n_groups++;
+        if (!st) g_committed += q->group.n;
         pending_clear(&q->group);
         q->commit_busy = false;
     } else if (q->claim == CLAIM_ASKED) {

@@ -87,7 +87,6 @@ static cudaError_t launch(void (*run)(const void *), const void *args, size_t n)
     }
     if (!M.capturing) {
         run(args);
-        M.n.launches++;
         return cudaSuccess;
     }
     mock_graph *g = M.cur;
@@ -131,7 +130,6 @@ cudaError_t cudaFree(void *p) {
     if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
     mem_head *h = (mem_head *)p - 1;
     M.allocated -= h->n;
-    M.n.frees++;
     /* kept mapped, inaccessible: the addresses are never handed out again */
     if (mprotect(h, h->map, PROT_NONE) != 0) return cudaErrorInvalidValue;
     return cudaSuccess;

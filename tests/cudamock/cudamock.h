@@ -4,12 +4,10 @@
 #define NS_CUDAMOCK_H
 
 typedef struct ns_cudamock_counters {
-    long launches;         /* kernels, GEMMs, copies run outside a graph */
     long captures;         /* cudaStreamBeginCapture calls */
     long captures_failed;  /* captures that ended invalidated */
     long graph_launches;   /* cudaGraphLaunch calls */
     long alloc_failures;   /* cudaMalloc refused past NS_CUDAMOCK_MEM */
-    long frees;
     long sample_rows_calls;
 } ns_cudamock_counters;
 

@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "ops.h"
 #include "sample_rule.h"
+#include "../gpu/sample_cases.h"
 
 enum { N_REQ = 6, N_TOK = 10 };
 
@@ -178,14 +179,7 @@ static double draw_distance(const run_out *a, const run_out *b, int r, int *at) 
     for (int d = 0; d <= i && s; d++) ns_sampler_row_params(s, &rp);
     if (e && s && !ns_engine_prompt_logits(e, seq, req.n_prompt + i, logits, &err)) {
         const uint64_t S = ns_cpu_sample_weights_ref(logits, NS_TINY_N_VOCAB, &rp, w, w + NS_TINY_N_VOCAB);
-        const int32_t c = b->tok[r][i];
-        if (S > 0 && c >= 0 && c < NS_TINY_N_VOCAB && w[c] > 0) {
-            const uint64_t x = ns_sample_draw_r(rp.u, S);
-            uint64_t lo = 0;
-            for (int v = 0; v < c; v++) lo += w[v];
-            const uint64_t hi = lo + w[c];
-            dist = x < lo ? (double)(lo - x) / (double)S : x >= hi ? (double)(x - hi + 1) / (double)S : 0.0;
-        }
+        dist = ns_sample_draw_distance(w, NS_TINY_N_VOCAB, S, rp.u, b->tok[r][i]);
     }
     ns_sampler_free(s);
     ns_engine_close(e);

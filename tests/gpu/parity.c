@@ -722,14 +722,7 @@ static void synth_sampled(const char *shape, const ns_hparams *hp) {
             for (int d = 0; d <= j && s; d++) ns_sampler_row_params(s, &rp);
             if (s && !ns_engine_prompt_logits(cpu, pre, len + j, logits, &err)) {
                 const uint64_t S = ns_cpu_sample_weights_ref(logits, hp->n_vocab, &rp, w, w + hp->n_vocab);
-                const int32_t c = tok[1][i * n_tok + j];
-                if (S > 0 && c >= 0 && c < hp->n_vocab && w[c] > 0) {
-                    const uint64_t r = ns_sample_draw_r(rp.u, S);
-                    uint64_t lo = 0;
-                    for (int v = 0; v < c; v++) lo += w[v];
-                    const uint64_t hi = lo + w[c]; /* the CUDA token owns [lo, hi) */
-                    dist = r < lo ? (double)(lo - r) / (double)S : r >= hi ? (double)(r - hi + 1) / (double)S : 0.0;
-                }
+                dist = ns_sample_draw_distance(w, hp->n_vocab, S, rp.u, tok[1][i * n_tok + j]);
             }
             ns_sampler_free(s);
             printf("     %s sampled request %d: cuda precise differs at token %d (%d vs cpu %d), the draw is %.3g of "

@@ -58,4 +58,17 @@ static inline int32_t ns_sample_case_expect(int i, int n) {
     return -2;
 }
 
+/* How far, as a fraction of the total weight S, the draw u fell from the part of the
+ * id-ordered weights w (n) that token c owns (0 inside it); INFINITY when c has no
+ * weight (it was cut) or S is 0. For judging a token that differs from the rule's pick
+ * on slightly different logits: a draw near a boundary may fall either side. */
+static inline double ns_sample_draw_distance(const uint64_t *w, int n, uint64_t S, double u, int32_t c) {
+    if (S == 0 || c < 0 || c >= n || w[c] == 0) return INFINITY;
+    const uint64_t r = ns_sample_draw_r(u, S);
+    uint64_t lo = 0;
+    for (int v = 0; v < c; v++) lo += w[v];
+    const uint64_t hi = lo + w[c]; /* c owns [lo, hi) */
+    return r < lo ? (double)(lo - r) / (double)S : r >= hi ? (double)(r - hi + 1) / (double)S : 0.0;
+}
+
 #endif
