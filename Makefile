@@ -145,7 +145,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(CUDAMOCK_BIN)
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(CUDAMOCK_BIN)
 	@bash tests/run.sh $(BUILD)
 
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
@@ -176,10 +176,17 @@ $(BUILD)/cudamock/nightshift: $(CLI_OBJS) tests/cudamock/cudamock.c tests/cudamo
 # its CPU reference (tests/gpu/emu_sample_rows.cpp): the kernel's logic checked without a
 # GPU. No fused multiply-add, as in the kernel and the ISO C11 reference.
 CXX ?= g++
-$(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/sample_cases.h kernels/cuda/sample_rows.cu \
-                          kernels/cpu/sample_rule.h $(BUILD)/libnightshift.a
+$(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/emu_cuda.h tests/gpu/sample_cases.h \
+                          kernels/cuda/sample_rows.cu kernels/cpu/sample_rule.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O1 -ffp-contract=off -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_sample_rows.cpp $(BUILD)/libnightshift.a -o $@ -lm
+
+# The same for the tensor-core attention kernel (wmma and cp.async emulated), against the
+# CPU attention reference.
+$(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h kernels/cuda/attention_tc.cu \
+                           $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu \
+	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
 gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench

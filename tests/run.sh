@@ -2,7 +2,8 @@
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
-# (tests/cudamock), and the CUDA row-sampling kernel emulated on the CPU, when those
+# (tests/cudamock), and the CUDA row-sampling and tensor-core attention kernels emulated
+# on the CPU (tests/gpu/emu_cuda.h), when those
 # binaries were built; then the job pipeline end to end; ends with one line
 # "N passed, N failed, N skipped" summed over all.
 set -u
@@ -49,6 +50,10 @@ fi
 if [ -x "$build/emu-sample-rows" ]; then
   echo "== the CUDA row-sampling kernel, emulated on the CPU ($build/emu-sample-rows)" >&2
   run "$build/emu-sample-rows"
+fi
+if [ -x "$build/emu-attention-tc" ]; then
+  echo "== the CUDA tensor-core attention kernel, emulated on the CPU ($build/emu-attention-tc)" >&2
+  run "$build/emu-attention-tc"
 fi
 echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
 run bash tests/e2e/pipeline.sh "$build"

@@ -16,8 +16,8 @@
  * All arithmetic in fp32. The score matrix is never formed; nothing is written but out.
  * K rows in shared memory are padded to an odd number of 4-byte words, so the 32 lanes
  * reading 32 different rows at the same column hit 32 different banks.
- * Not yet: tensor cores for long prompt chunks (each query token re-reads its sequence's
- * K/V from L2), split-K over very long contexts.
+ * Tensor cores: attention_tc.cu (NS_CUDA_ATTN_TC). Not yet: split-K over very long
+ * contexts.
  */
 #include <stdlib.h>
 
@@ -245,15 +245,6 @@ static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf
  * chunks at position chunk ^ (row & 7): lane j reading row j, chunk c as one 16-byte load
  * then touches 8 different chunk positions per quarter-warp, all 32 banks. Each lane owns
  * HD/32 consecutive dims of the output. */
-static __device__ __forceinline__ void cp_async16(void *smem_dst, const void *gmem_src) {
-    unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem_src));
-}
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 /* Issues the copies of the K/V rows of keys k0 .. k0 + ATTN_TILE - 1 (those < n_seen) into
  * stage `stage` of the shared tiles, and commits them as one group. */
 template <int HD>
@@ -268,10 +259,10 @@ static __device__ __forceinline__ void fast_load_tile(__nv_bfloat16 *sk, __nv_bf
         if (key >= n_seen) break; /* i grows with j: this thread's later rows are past the end too */
         size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
         size_t src = r * row_stride + kv_off + (size_t)c * 8;
-        cp_async16(dk + j * HD + ((c ^ (j & 7)) * 8), k_pool + src);
-        cp_async16(dv + j * HD + c * 8, v_pool + src);
+        ns_cp_async16(dk + j * HD + ((c ^ (j & 7)) * 8), k_pool + src);
+        ns_cp_async16(dv + j * HD + c * 8, v_pool + src);
     }
-    cp_async_commit();
+    ns_cp_async_commit();
 }
 
 template <int HD, int QT>
@@ -309,9 +300,9 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
         if (it + 1 < n_tiles) {
             fast_load_tile<HD>(sk, sv, (it + 1) & 1, k0 + ATTN_TILE, n_seen_max, table, block_size, k_pool, v_pool,
                                row_stride, kv_off);
-            cp_async_wait<1>(); /* this tile's copies are done, the next may still fly */
+            ns_cp_async_wait<1>(); /* this tile's copies are done, the next may still fly */
         } else {
-            cp_async_wait<0>();
+            ns_cp_async_wait<0>();
         }
         __syncthreads();
         const __nv_bfloat16 *ck = sk + (it & 1) * ATTN_TILE * HD, *cv = sv + (it & 1) * ATTN_TILE * HD;
@@ -435,11 +426,19 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
     if (kv_type == NS_CUDA_TYPE_BF16) {
         /* the fast path needs 16-byte aligned rows; NS_CUDA_ATTN_SLOW=1 picks the plain kernel
          * (for comparisons) */
-        static int slow = -1;
+        static int slow = -1, tc = -1;
         if (slow < 0) {
             const char *e = getenv("NS_CUDA_ATTN_SLOW");
             slow = e && e[0] == '1';
+            /* tensor cores (attention_tc.cu): 1 for prompt groups, 2 for every group */
+            e = getenv("NS_CUDA_ATTN_TC");
+            tc = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
         }
+        if (!slow && (tc == 2 || (tc == 1 && !single)) &&
+            ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim))
+            return ns_cuda_attention_tc(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, single ? 1 : ATTN_QT,
+                                        block_table, max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
+                                        n_head_kv, head_dim, scale, stream);
         bool aligned = ((uintptr_t)k_pool % 16 == 0) && ((uintptr_t)v_pool % 16 == 0) && n_head_kv * head_dim % 8 == 0;
 #define NS_FAST_ARGS                                                                                           \
     out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, block_size, \

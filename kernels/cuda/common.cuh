@@ -87,6 +87,21 @@ static __device__ __forceinline__ float ns_block_sum(float v, float *shared) {
     return ns_warp_sum(v);
 }
 
+/* Asynchronous 16-byte copies from global to shared memory (sm_80+): dst and src 16-byte
+ * aligned; commit closes a group of copies, wait<N> returns when at most N groups are still
+ * in flight. tests/gpu/emu_cuda.h has host versions (NS_CUDA_EMU). */
+static __device__ __forceinline__ void ns_cp_async16(void *smem_dst, const void *gmem_src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem_src));
+}
+static __device__ __forceinline__ void ns_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void ns_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* The block's dynamic shared memory (the launch's third argument), 128-byte aligned. */
+#define NS_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+
 /* Grid size for n elements at `threads` per block, capped for grid-stride loops. */
 static inline unsigned ns_grid_for(int64_t n, int threads) {
     int64_t g = (n + threads - 1) / threads;

@@ -3,46 +3,13 @@
  * kernel's logic (the radix selections, the reductions, the barriers' placement) on a
  * machine without a GPU; tests/gpu/parity.c checks the real thing on a GPU.
  *
- * The emulation: __syncthreads is a barrier of the block's threads; __shared__ variables
- * are statics (one block runs at a time); atomicAdd is an atomic add; the __f*_rn intrinsics are
- * the plain IEEE operations (this file is compiled with -ffp-contract=off). A missing
- * __syncthreads can go unnoticed here (the threads are scheduled differently), a wrong
- * selection cannot.
+ * The emulation is tests/gpu/emu_cuda.h's (this file is compiled with -ffp-contract=off,
+ * so that the __f*_rn intrinsics are the plain IEEE operations). A missing __syncthreads
+ * can go unnoticed here (the threads are scheduled differently), a wrong selection
+ * cannot.
  * Built and run by `make test` (tests/run.sh) when a C++20 compiler is present.
  */
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <thread>
-#include <vector>
-
-struct emu_dim { unsigned x = 0, y = 0, z = 0; };
-static thread_local emu_dim threadIdx, blockIdx;
-static emu_dim blockDim;
-static std::barrier<> *emu_block_barrier;
-
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __shared__ static
-#define __CUDACC__ 1
-#define __CUDA_ARCH__ 900
-#define NS_CUDA_EMU 1
-
-static inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __int_as_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
-static inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
-    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-}
+#include "emu_cuda.h"
 #include "../../kernels/cuda/sample_rows.cu"
 
 extern "C" {
@@ -53,20 +20,7 @@ extern "C" {
 /* Runs sample_rows_kernel over n_rows blocks of SR_THREADS threads, one block at a time
  * (the __shared__ statics are the block's). */
 static void emu_sample_rows(int32_t *ids, const float *logits, int n_rows, int n_vocab, const ns_row_sampling *p) {
-    blockDim.x = SR_THREADS;
-    std::barrier<> block(SR_THREADS);
-    emu_block_barrier = &block;
-    std::vector<std::thread> th;
-    for (unsigned t = 0; t < SR_THREADS; t++)
-        th.emplace_back([=] {
-            threadIdx.x = t;
-            for (int b = 0; b < n_rows; b++) {
-                blockIdx.x = (unsigned)b;
-                sample_rows_kernel(ids, logits, n_vocab, p);
-                emu_block_barrier->arrive_and_wait(); /* the block is done */
-            }
-        });
-    for (auto &x : th) x.join();
+    emu_launch((unsigned)n_rows, 1, SR_THREADS, 0, [=] { sample_rows_kernel(ids, logits, n_vocab, p); });
 }
 
 int main() {

@@ -392,6 +392,27 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
         free(all1);
         CU(cudaFree(done));
     }
+    /* the tensor-core kernel (bf16 pools, head_dim 64 or 128): the backend's groups, then
+     * one token per group. Q and the softmax weights are rounded to bf16 there: an output
+     * moves by at most 2^-8 max |v| (|v| <= 1 here) from P, less from Q */
+    if (bf16 && ns_cuda_attention_tc_fits(dq, dk, dv, n_head, n_head_kv, hd)) {
+        int32_t singles[2 * 64];
+        for (int t = 0; t < T; t++) singles[2 * t] = t, singles[2 * t + 1] = 1;
+        int32_t *dsingles = dev_copy(singles, sizeof(int32_t) * 2 * T);
+        float *all2 = malloc(qn * 4);
+        for (int pass = 0; pass < 2; pass++) {
+            float *dout2 = dev_canary(qn);
+            CU(ns_cuda_attention_tc(dout2, NULL, dq, dpos, dseq, pass ? dsingles : dgroups, pass ? T : n_groups,
+                                    pass ? 1 : NS_CUDA_ATTN_QT, dtab, MB, dk, dv, bs, n_head, n_head_kv, hd,
+                                    1.0f / sqrtf((float)hd), 0));
+            char w2[144];
+            snprintf(w2, sizeof w2, "%s, tensor cores, %s", what, pass ? "one token per group" : "the backend's groups");
+            ok = fetch(w2, all2, dout2, qn);
+            result(ok && allclose(w2, all2, ref, qn, 6e-3, 0, 1e-4));
+        }
+        free(all2);
+        CU(cudaFree(dsingles));
+    }
     CU(cudaFree(dgroups));
     /* the pools after kv_store: equal to the CPU's stores, canaries intact */
     float *pool_got = malloc(pool_n * 4);

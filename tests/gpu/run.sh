@@ -19,6 +19,8 @@
 #   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload
 #   3g-5g. steps 3-5 again with NS_CUDA_GRAPHS=1 (decode steps replayed as CUDA graphs),
 #          and the 1B/8B benchmarks with it, and the 1B at 64 sequences both ways
+#   4t.    step 4 with NS_CUDA_ATTN_TC=2 (attention on the tensor cores), and the 1B/8B
+#          benchmarks with it for prompt groups (1) and for every group (2)
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
@@ -100,6 +102,10 @@ if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "3g. greedy, CUDA graphs" 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-parity" greedy
   step "4g. synthetic, CUDA graphs" 120 env NS_CUDA_GRAPHS=1 "$bin/gpu-parity" synthetic
   step "5g. nightshift run, CUDA graphs" 120 env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$bin"
+  # tensor-core attention for every group (NS_CUDA_ATTN_TC=2, off by default until this
+  # passes and the benchmarks below show it faster; its kernel parity is in step 1; the
+  # tiny model of step 5 has head_dim 16, which it does not take)
+  step "4t. synthetic, tensor-core attn" 120 env NS_CUDA_ATTN_TC=2 "$bin/gpu-parity" synthetic
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
@@ -111,11 +117,18 @@ if [ "$mode" != profile ]; then # side by side: CUDA graphs, at the full batch a
   bench gen-1b-b64 60 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
   bench gen-1b-b64-graphs 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
 fi
+# side by side: tensor-core attention for prompt groups (1) and for every group (2)
+for tc in 1 2; do
+  bench gen-1b-tc$tc 90 env NS_CUDA_ATTN_TC=$tc "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench gen-8b-tc$tc 150 env NS_CUDA_ATTN_TC=$tc "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+done
 if [ "$mode" = profile ]; then
   bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench slow-attn-1b 90 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench slow-attn-8b 150 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench prof-1b-tc2 90 env NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench prof-8b-tc2 150 env NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
 elif python3 -c 'import torch, transformers' 2>/dev/null; then
   bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
 else

@@ -1,0 +1,147 @@
+/* emu_attention_tc.cpp: the tensor-core attention kernel (kernels/cuda/attention_tc.cu)
+ * run on the CPU through tests/gpu/emu_cuda.h (one std::thread per CUDA thread, wmma
+ * fragments and cp.async emulated), against ns_cpu_attention_paged_ref. It checks the
+ * kernel's logic on a machine without a GPU: the row mapping (tokens x query heads of a
+ * KV head), the causal cut per row, the online softmax across tiles, paging through
+ * shuffled block tables, the fragment layouts and alignments, the cp.async waits, and
+ * that nothing outside out is written. tests/gpu/parity.c checks the real kernel on a GPU.
+ * Built and run by `make test` (tests/run.sh).
+ */
+#include "emu_cuda.h"
+#include "../../kernels/cuda/attention_tc.cu"
+
+extern "C" {
+#include "ops.h"
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float rnd(float amp) { /* uniform in [-amp, amp) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return amp * ((float)(rng_state >> 40) / (float)(1u << 24) * 2.0f - 1.0f);
+}
+static float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+struct attn_case {
+    int n_head, n_head_kv, hd, bs;
+    float q_amp; /* large: peaked softmax rows, the running max moves between tiles */
+};
+
+/* Sequences of the batch: tokens already cached and new tokens (a prompt chunk, a decode
+ * token, a chunk from position 0, a chunk across a tile edge, a long context). */
+static const int SEQ_PAST[] = {37, 100, 0, 31, 140};
+static const int SEQ_NEW[] = {9, 1, 23, 2, 5};
+enum { N_SEQ = 5, MAX_BLOCKS = 160 };
+static const size_t CANARY = 64;
+static const float CANARY_VAL = 12345.0f;
+
+/* One case with groups of up to qt tokens; returns 1 if it passed. */
+static int run_case(const attn_case &c, int qt) {
+    const int G = c.n_head / c.n_head_kv, hd = c.hd, bs = c.bs;
+    int T = 0, tok_start[N_SEQ];
+    for (int s = 0; s < N_SEQ; s++) tok_start[s] = T, T += SEQ_NEW[s];
+    const int n_blocks = N_SEQ * MAX_BLOCKS;
+    const size_t row = (size_t)c.n_head_kv * hd, pool_n = (size_t)n_blocks * bs * row;
+    std::vector<float> kp(pool_n), vp(pool_n);
+    for (size_t i = 0; i < pool_n; i++) kp[i] = round_bf16(rnd(1.0f)), vp[i] = round_bf16(rnd(1.0f));
+    std::vector<__nv_bfloat16> kb(pool_n), vb(pool_n);
+    for (size_t i = 0; i < pool_n; i++) kb[i] = __float2bfloat16_rn(kp[i]), vb[i] = __float2bfloat16_rn(vp[i]);
+    /* every table entry a distinct block, shuffled */
+    std::vector<int32_t> perm(n_blocks), table((size_t)N_SEQ * MAX_BLOCKS);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+        std::swap(perm[i], perm[(int)((rng_state >> 33) % (uint64_t)(i + 1))]);
+    }
+    for (size_t i = 0; i < table.size(); i++) table[i] = perm[i];
+    std::vector<int32_t> pos(T), tok_seq(T), groups;
+    for (int s = 0; s < N_SEQ; s++) {
+        for (int i = 0; i < SEQ_NEW[s]; i++) pos[tok_start[s] + i] = SEQ_PAST[s] + i, tok_seq[tok_start[s] + i] = s;
+        for (int i = 0; i < SEQ_NEW[s]; i += qt) groups.push_back(tok_start[s] + i), groups.push_back(min(qt, SEQ_NEW[s] - i));
+    }
+    const int n_groups = (int)groups.size() / 2;
+    const size_t qn = (size_t)T * c.n_head * hd;
+    /* two references: with q as given, and with q rounded to bf16 as the kernel rounds it
+     * (then only the rounding of P and the order of the sums are left) */
+    std::vector<float> q(qn), q16(qn), ref(qn), ref16(qn), scratch(4096);
+    for (size_t i = 0; i < qn; i++) q[i] = rnd(c.q_amp), q16[i] = round_bf16(q[i]);
+    for (int s = 0; s < N_SEQ; s++) {
+        const size_t off = (size_t)tok_start[s] * c.n_head * hd;
+        for (int pass = 0; pass < 2; pass++)
+            ns_cpu_attention_paged_ref((pass ? ref16 : ref).data() + off, (pass ? q16 : q).data() + off,
+                                       pos.data() + tok_start[s], SEQ_NEW[s], kp.data(), vp.data(),
+                                       table.data() + (size_t)s * MAX_BLOCKS, SEQ_PAST[s] + SEQ_NEW[s], bs, c.n_head,
+                                       c.n_head_kv, hd, 1.0f / std::sqrt((float)hd), 0, c.n_head, scratch.data());
+    }
+    std::vector<float> out(qn + 2 * CANARY, CANARY_VAL);
+    std::vector<__nv_bfloat16> out16(qn + 2 * CANARY, __float2bfloat16_rn(CANARY_VAL));
+    float *o = out.data() + CANARY;
+    __nv_bfloat16 *o16 = out16.data() + CANARY;
+    const int n_warps = tc_warps(qt, G);
+    const float scale = 1.0f / std::sqrt((float)hd);
+    auto body = [&] {
+        if (hd == 64)
+            attention_tc_kernel<64>(o, o16, q.data(), pos.data(), tok_seq.data(), groups.data(), table.data(),
+                                    MAX_BLOCKS, kb.data(), vb.data(), bs, c.n_head, c.n_head_kv, scale);
+        else
+            attention_tc_kernel<128>(o, o16, q.data(), pos.data(), tok_seq.data(), groups.data(), table.data(),
+                                     MAX_BLOCKS, kb.data(), vb.data(), bs, c.n_head, c.n_head_kv, scale);
+    };
+    emu_launch((unsigned)n_groups, (unsigned)c.n_head_kv, 32u * n_warps,
+               hd == 64 ? tc_smem_bytes<64>(n_warps) : tc_smem_bytes<128>(n_warps), body);
+
+    char what[128];
+    std::snprintf(what, sizeof what, "emu attention_tc H%d/%d hd%d bs%d qt%d |q|<%g T%d", c.n_head, c.n_head_kv, hd,
+                  bs, qt, (double)c.q_amp, T);
+    for (size_t i = 0; i < CANARY; i++)
+        if (out[i] != CANARY_VAL || out[CANARY + qn + i] != CANARY_VAL ||
+            out16[i].bits != __float2bfloat16_rn(CANARY_VAL).bits ||
+            out16[CANARY + qn + i].bits != __float2bfloat16_rn(CANARY_VAL).bits) {
+            std::printf("FAIL %s: a write outside out\n", what);
+            return 0;
+        }
+    /* against the reference with q in bf16: NMSE, and every element within 4.5e-3 (P in
+     * bf16 moves an output by at most 2^-9 max |v_j - out| <= 2^-8, |v| <= 1 here, plus fp32
+     * sums); against the plain reference: NMSE only (q in bf16 moves peaked rows) */
+    double num = 0, den = 0, num0 = 0, den0 = 0, worst = 0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < qn; i++) {
+        if (!std::isfinite(o[i])) {
+            std::printf("FAIL %s: element %zu not finite (%g)\n", what, i, (double)o[i]);
+            return 0;
+        }
+        if (o16[i].bits != __float2bfloat16_rn(o[i]).bits) {
+            std::printf("FAIL %s: bf16 copy of element %zu is not out rounded\n", what, i);
+            return 0;
+        }
+        double d = (double)o[i] - ref16[i], e = std::fabs(d) / 4.5e-3;
+        num += d * d, den += (double)ref16[i] * ref16[i];
+        num0 += ((double)o[i] - ref[i]) * ((double)o[i] - ref[i]), den0 += (double)ref[i] * ref[i];
+        if (e > worst) worst = e, worst_i = i;
+    }
+    const double nmse = num / den, nmse0 = num0 / den0;
+    if (!(nmse <= 1e-5) || !(nmse0 <= 1e-4) || worst > 1.0) {
+        std::printf("FAIL %s: NMSE %.3g (bound 1e-5), %.3g against q unrounded (bound 1e-4); element %zu: %.7g vs "
+                    "ref %.7g\n",
+                    what, nmse, nmse0, worst_i, (double)o[worst_i], (double)ref16[worst_i]);
+        return 0;
+    }
+    std::printf("ok   %s (NMSE %.3g; %.3g against q unrounded)\n", what, nmse, nmse0);
+    return 1;
+}
+
+int main() {
+    const attn_case cases[] = {
+        {8, 2, 64, 16, 1.0f},   /* G 4, as Llama-3.2-1B */
+        {12, 3, 64, 5, 8.0f},   /* G 4, blocks of 5, peaked rows */
+        {4, 4, 64, 7, 1.0f},    /* G 1: 8 rows of 16 used */
+        {16, 2, 128, 16, 1.0f}, /* G 8, head_dim 128 */
+        {8, 2, 128, 1, 8.0f},   /* G 4 as Llama-3.1-8B, one key per block */
+        {32, 2, 128, 16, 1.0f}, /* G 16: 128 rows, 8 warps */
+    };
+    int n_pass = 0, n_fail = 0;
+    for (const attn_case &c : cases)
+        for (int qt : {8, 1, 3}) /* 8: the backend's prompt groups (NS_CUDA_ATTN_QT); 1: decode */
+            run_case(c, qt) ? n_pass++ : n_fail++;
+    std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
