@@ -38,7 +38,10 @@ typedef struct ns_kv_shape {
 typedef struct ns_fwd_batch {
     int n_tokens;
     int n_seqs;
-    const int32_t *tokens;       /* (n_tokens) token ids, checked < n_vocab */
+    /* (n_tokens) token ids, checked < n_vocab; with a backend that has pick_launch, a token
+     * -1 - i is the id in row i of the last launched pick (still on the device: the host
+     * need not know it yet), read as token 0 if that row picked nothing (-1) */
+    const int32_t *tokens;
     const int32_t *pos;          /* (n_tokens) position of each token */
     const int32_t *tok_start;    /* (n_seqs) first token of each sequence in the batch */
     const int32_t *n_seq_tokens; /* (n_seqs) */
@@ -117,6 +120,18 @@ typedef struct ns_backend_ops {
     ns_status (*sample_rows)(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
                              const ns_row_sampling *params, ns_error *err);
 
+    /* Optional, both or neither (NULL: each step's tokens reach the host before the next
+     * step is built). Picking without waiting, so that the host handles step k's tokens
+     * while the device runs step k + 1: pick_launch enqueues the pick of n_rows rows of
+     * logits (n_rows <= the current batch's n_logits), greedy (params NULL, argmax_rows'
+     * rule) or by sample_rows' rule (params host memory, copied), and returns at once;
+     * pick_wait waits for the oldest launched pick not yet waited for and writes its ids.
+     * At most two picks are outstanding. The next batch may name the ids of the last
+     * launched pick as its tokens (ns_fwd_batch.tokens). */
+    ns_status (*pick_launch)(ns_backend *b, const float *logits, int n_rows, int n_vocab,
+                             const ns_row_sampling *params, ns_error *err);
+    ns_status (*pick_wait)(ns_backend *b, int32_t *ids_host, int n_rows, ns_error *err);
+
     /* Optional (NULL: every op runs as it is called). A recorded forward pass (CUDA
      * graphs). Called after batch_set: *n_rows receives the rows the ops run on, the
      * batch's n_tokens, or more when the backend padded a decode batch (every sequence one
@@ -168,6 +183,10 @@ void ns_backend_cpu_set_row_sampling(ns_backend *b, bool on);
  * recorded passes (ns_backend_pad_rows, graph_begin reporting the padded rows; nothing is
  * recorded), so that the forward pass and the engine run padded batches without a GPU. */
 void ns_backend_cpu_set_padding(ns_backend *b, bool on);
+
+/* Tests: gives a CPU backend pick_launch and pick_wait (run at once, on
+ * ns_cpu_sample_rows_ref), so that the engine's overlapped steps run without a GPU. */
+void ns_backend_cpu_set_overlap(ns_backend *b, bool on);
 
 /* "cpu", "cuda" or "auto". auto picks CUDA when it is built and a device is present,
  * else the CPU (and says so in *note, a static string, when note is not NULL). */

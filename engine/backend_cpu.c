@@ -56,6 +56,12 @@ typedef struct cpu_backend {
      * (2 * n_vocab) uint64_t, grown on first use */
     uint64_t *samp_scratch;
     size_t samp_cap;
+    /* tests (ns_backend_cpu_set_overlap): picks run at launch into a ring of two, waited
+     * for in order; the batch's tokens with the last pick's ids put in (tok_buf) */
+    struct { int32_t *ids; int cap, n; } pick[2];
+    int pick_head, pick_count, pick_last; /* the oldest not waited for, how many, the newest */
+    int32_t *tok_buf;
+    size_t tok_cap;
     ns_backend_ops ops; /* this backend's copy of cpu_ops (the tests may add sample_rows) */
 } cpu_backend;
 
@@ -243,8 +249,31 @@ static ns_status cpu_batch_set(ns_backend *b, const ns_fwd_batch *batch, ns_erro
      * unchanged until the step's forward pass returns (engine contract). */
     cpu_backend *c = cpu(b);
     c->batch = *batch;
-    const int P = c->pad_on ? ns_backend_pad_rows(batch) : 0;
-    if (P > batch->n_tokens) return pad_batch(c, batch, P, err);
+    bool refs = false;
+    for (int t = 0; t < batch->n_tokens && !refs; t++) refs = batch->tokens[t] < 0;
+    if (refs) { /* tokens from the last pick (ns_backend_cpu_set_overlap: a test path, it may allocate) */
+        const int n_last = c->pick[c->pick_last].n; /* 0 before the first pick */
+        if ((size_t)batch->n_tokens > c->tok_cap) {
+            free(c->tok_buf);
+            c->tok_cap = 0;
+            if (!(c->tok_buf = ns_malloc_array((size_t)batch->n_tokens, sizeof(int32_t))))
+                return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory for the batch tokens");
+            c->tok_cap = (size_t)batch->n_tokens;
+        }
+        for (int t = 0; t < batch->n_tokens; t++) {
+            int32_t tok = batch->tokens[t];
+            if (tok < 0) {
+                if (-1 - tok >= n_last)
+                    return ns_error_set(err, NS_ERR_INVALID, "cpu backend: batch row %d names row %d of the last pick, "
+                                        "which has %d rows", t, -1 - tok, n_last);
+                tok = NS_MAX(c->pick[c->pick_last].ids[-1 - tok], 0);
+            }
+            c->tok_buf[t] = tok;
+        }
+        c->batch.tokens = c->tok_buf;
+    }
+    const int P = c->pad_on ? ns_backend_pad_rows(&c->batch) : 0;
+    if (P > batch->n_tokens) return pad_batch(c, &c->batch, P, err);
     return NS_OK;
 }
 
@@ -457,9 +486,54 @@ static ns_status cpu_sample_rows(ns_backend *b, int32_t *ids_host, const float *
     return NS_OK;
 }
 
+/* ns_backend_cpu_set_overlap: the pick runs now, by the row rule (greedy rows for params
+ * NULL), into the next slot of the ring; pick_wait hands the slots out in order. */
+static ns_status cpu_pick_launch(ns_backend *b, const float *logits, int n_rows, int n_vocab,
+                                 const ns_row_sampling *params, ns_error *err) {
+    cpu_backend *c = cpu(b);
+    if (c->pick_count == 2) return ns_error_set(err, NS_ERR_INVALID, "cpu backend: a third pick outstanding");
+    const int slot = (c->pick_head + c->pick_count) % 2;
+    if (n_rows > c->pick[slot].cap) {
+        free(c->pick[slot].ids);
+        c->pick[slot].cap = 0;
+        if (!(c->pick[slot].ids = ns_malloc_array((size_t)n_rows, sizeof(int32_t))))
+            return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory for picked ids");
+        c->pick[slot].cap = n_rows;
+    }
+    ns_row_sampling *greedy = NULL;
+    if (!params) {
+        if (!(greedy = ns_malloc_array((size_t)NS_MAX(n_rows, 1), sizeof *greedy)))
+            return ns_error_set(err, NS_ERR_NOMEM, "cpu backend: out of memory for picked ids");
+        for (int i = 0; i < n_rows; i++) greedy[i] = (ns_row_sampling){0.0f, 0, 1.0f, 0.0f, 0.0};
+    }
+    ns_status st = cpu_sample_rows(b, c->pick[slot].ids, logits, n_rows, n_vocab, params ? params : greedy, err);
+    free(greedy);
+    if (st) return st;
+    c->pick[slot].n = n_rows;
+    c->pick_last = slot;
+    c->pick_count++;
+    return NS_OK;
+}
+
+static ns_status cpu_pick_wait(ns_backend *b, int32_t *ids_host, int n_rows, ns_error *err) {
+    cpu_backend *c = cpu(b);
+    if (c->pick_count == 0) return ns_error_set(err, NS_ERR_INVALID, "cpu backend: pick_wait with no pick launched");
+    const int slot = c->pick_head;
+    if (n_rows != c->pick[slot].n)
+        return ns_error_set(err, NS_ERR_INVALID, "cpu backend: pick_wait for %d rows, the pick has %d", n_rows,
+                            c->pick[slot].n);
+    memcpy(ids_host, c->pick[slot].ids, (size_t)n_rows * sizeof(int32_t));
+    c->pick_head = (slot + 1) % 2;
+    c->pick_count--;
+    return NS_OK;
+}
+
 static void cpu_destroy(ns_backend *b) {
     if (!b) return;
     cpu_backend *c = cpu(b);
+    free(c->pick[0].ids);
+    free(c->pick[1].ids);
+    free(c->tok_buf);
     free(c->samp_scratch);
     free(c->bt_buf);
     free_kv(c);
@@ -502,6 +576,12 @@ void ns_backend_cpu_set_padding(ns_backend *b, bool on) {
 void ns_backend_cpu_set_row_sampling(ns_backend *b, bool on) {
     if (!b || b->ops->destroy != cpu_destroy) return;
     cpu(b)->ops.sample_rows = on ? cpu_sample_rows : NULL;
+}
+
+void ns_backend_cpu_set_overlap(ns_backend *b, bool on) {
+    if (!b || b->ops->destroy != cpu_destroy) return;
+    cpu(b)->ops.pick_launch = on ? cpu_pick_launch : NULL;
+    cpu(b)->ops.pick_wait = on ? cpu_pick_wait : NULL;
 }
 
 ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) {

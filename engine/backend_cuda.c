@@ -104,10 +104,20 @@ typedef struct cuda_backend {
     uint16_t *x_bf16, *x_lo;
     size_t x_bf16_cap; /* elements */
     bool precise;      /* NS_CUDA_PRECISE=1: each matmul as W.hi + W.lo (tests against the CPU) */
-    /* sampled ids and per-row sampling parameters: device (cap) and pinned host copies */
-    int32_t *d_ids, *h_ids;
-    ns_row_sampling *d_samp, *h_samp;
+    /* picked ids and per-row sampling parameters on the device (ids_cap rows); picks
+     * launched and not yet waited for (pick_launch / pick_wait): a ring of two, each with
+     * pinned host copies of its ids and parameters and the event of its copy back */
+    int32_t *d_ids;
+    ns_row_sampling *d_samp;
     int ids_cap;
+    struct {
+        int32_t *h_ids;
+        ns_row_sampling *h_samp;
+        int cap, n;
+        cudaEvent_t done;
+    } pick[2];
+    int pick_head, pick_count; /* the oldest pick not waited for; how many */
+    int pick_last_n;           /* rows of the last launched pick, whose ids a batch may name */
     int64_t max_k;     /* widest weight row seen at load */
     /* the matmul input most recently converted to bf16 (reused by the next matmul of the same
      * input, e.g. q/k/v or gate/up; any other op clears it, since it might write there) */
@@ -423,12 +433,17 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
 
 static void free_ids(cuda_backend *c) {
     if (c->d_ids) cudaFree(c->d_ids);
-    if (c->h_ids) cudaFreeHost(c->h_ids);
     if (c->d_samp) cudaFree(c->d_samp);
-    if (c->h_samp) cudaFreeHost(c->h_samp);
-    c->d_ids = c->h_ids = NULL;
-    c->d_samp = c->h_samp = NULL;
+    c->d_ids = NULL;
+    c->d_samp = NULL;
     c->ids_cap = 0;
+    for (int i = 0; i < 2; i++) {
+        if (c->pick[i].h_ids) cudaFreeHost(c->pick[i].h_ids);
+        if (c->pick[i].h_samp) cudaFreeHost(c->pick[i].h_samp);
+        c->pick[i].h_ids = NULL;
+        c->pick[i].h_samp = NULL;
+        c->pick[i].cap = 0;
+    }
 }
 
 /* The row count a recording runs this batch at (ns_backend_pad_rows), or 0: graphs off,
@@ -473,6 +488,14 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
         if (bt->logit_rows[i] < 0 || bt->logit_rows[i] >= T)
             return ns_error_set(err, NS_ERR_INVALID, "cuda backend: logit row %d is %d, not in [0, %d)", i,
                                 bt->logit_rows[i], T);
+    bool refs = false; /* tokens that are ids of the last pick, still on the device */
+    for (int t = 0; t < T; t++) {
+        if (bt->tokens[t] >= 0) continue;
+        if (-1 - bt->tokens[t] >= c->pick_last_n)
+            return ns_error_set(err, NS_ERR_INVALID, "cuda backend: batch row %d names row %d of the last pick, which "
+                                "has %d rows", t, -1 - bt->tokens[t], c->pick_last_n);
+        refs = true;
+    }
     /* a decode batch that a recording can run: padded to its row count (P rows: T real) */
     const int P = graph_rows_for(c, bt);
     c->graph_rows = P;
@@ -498,15 +521,23 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     }
     if ((st = ensure_x_cap(c, (size_t)NS_MAX(T, L) * (size_t)c->max_k, err))) return st;
     if (L > c->ids_cap) {
-        free_ids(c);
-        CUDA_TRY(cudaMallocHost((void **)&c->h_ids, (size_t)L * sizeof(int32_t)), "batch_set (cudaMallocHost ids)");
-        CUDA_TRY(cudaMallocHost((void **)&c->h_samp, (size_t)L * sizeof(ns_row_sampling)),
-                 "batch_set (cudaMallocHost sampling)");
-        if ((st = dev_alloc(c, (size_t)L * sizeof(int32_t), "the sampled ids", (void **)&c->d_ids, err))) return st;
-        if ((st = dev_alloc(c, (size_t)L * sizeof(ns_row_sampling), "the sampling parameters", (void **)&c->d_samp,
-                            err)))
+        /* the last pick's ids move to the larger buffer (this batch may name them) */
+        int32_t *ids = NULL;
+        ns_row_sampling *samp = NULL;
+        if ((st = dev_alloc(c, (size_t)L * sizeof(int32_t), "the sampled ids", (void **)&ids, err))) return st;
+        if ((st = dev_alloc(c, (size_t)L * sizeof(ns_row_sampling), "the sampling parameters", (void **)&samp, err))) {
+            cudaFree(ids);
             return st;
+        }
+        cudaError_t e = c->pick_last_n ? cudaMemcpyAsync(ids, c->d_ids, (size_t)c->pick_last_n * sizeof(int32_t),
+                                                         cudaMemcpyDeviceToDevice, c->stream)
+                                       : cudaSuccess;
+        if (c->d_ids) cudaFree(c->d_ids); /* synchronizes: the copy above is done */
+        if (c->d_samp) cudaFree(c->d_samp);
+        c->d_ids = ids;
+        c->d_samp = samp;
         c->ids_cap = L;
+        CUDA_TRY(e, "batch_set (cudaMemcpyAsync ids)");
     }
     int32_t *h = c->h_batch;
     int32_t *tokens = h, *pos = h + T, *tok_seq = h + 2 * (size_t)T, *slot = h + 3 * (size_t)T;
@@ -552,6 +583,9 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     CUDA_TRY(cudaMemcpyAsync(c->d_batch, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
              "batch_set (cudaMemcpyAsync)");
     CUDA_TRY(cudaEventRecord(c->batch_copied, c->stream), "batch_set (cudaEventRecord)");
+    if (refs)
+        CUDA_TRY(ns_cuda_tokens_from_ids(c->d_batch, T_real, c->d_ids, c->pick_last_n, c->stream),
+                 "batch_set (tokens_from_ids)");
     const int32_t *d = c->d_batch;
     c->d_tokens = d;
     c->d_pos = d + T;
@@ -689,47 +723,91 @@ static void cuda_gather_logit_rows(ns_backend *b, float *out, const float *x, in
     op_check(c, ns_cuda_gather_rows(out, x, c->d_logit_rows, c->n_logits, width, c->stream), "gather_logit_rows");
 }
 
-static ns_status cuda_argmax_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
-                                  ns_error *err) {
-    cuda_backend *c = cb(b);
-    ns_status st = sticky_status(c, err);
-    if (st) return st;
-    if (n_rows > c->ids_cap)
-        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: argmax of %d rows, batch_set allowed %d", n_rows,
-                            c->ids_cap);
-    if (n_rows == 0) return NS_OK;
-    prof_mark(c, P_ARGMAX);
-    CUDA_TRY(ns_cuda_sample_greedy(c->d_ids, logits, n_rows, n_vocab, c->stream), "argmax_rows (sample_greedy)");
-    CUDA_TRY(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
-             "argmax_rows (cudaMemcpyAsync)");
-    CUDA_TRY(prof_sync(c), "argmax_rows (cudaStreamSynchronize)");
-    memcpy(ids_host, c->h_ids, (size_t)n_rows * sizeof(int32_t));
-    return sticky_status(c, err);
-}
-
-static ns_status cuda_sample_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+/* pick_launch: the pick into d_ids, its copy back into the next slot of the ring, and
+ * the slot's event; nothing waits. */
+static ns_status cuda_pick_launch(ns_backend *b, const float *logits, int n_rows, int n_vocab,
                                   const ns_row_sampling *params, ns_error *err) {
     cuda_backend *c = cb(b);
     ns_status st = sticky_status(c, err);
     if (st) return st;
-    if (n_rows > c->ids_cap)
-        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: sampling of %d rows, batch_set allowed %d", n_rows,
+    if (n_rows < 0 || n_rows > c->ids_cap)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: a pick of %d rows, batch_set allowed %d", n_rows,
                             c->ids_cap);
-    if (n_vocab > NS_SAMPLE_MAX_VOCAB)
+    if (params && n_vocab > NS_SAMPLE_MAX_VOCAB)
         return ns_error_set(err, NS_ERR_INVALID, "cuda backend: device sampling supports n_vocab <= %d, not %d",
                             NS_SAMPLE_MAX_VOCAB, n_vocab);
-    if (n_rows == 0) return NS_OK;
-    prof_mark(c, P_SAMPLE);
-    /* the pinned copy is free: the previous step's sampling synchronized */
-    memcpy(c->h_samp, params, (size_t)n_rows * sizeof *params);
-    CUDA_TRY(cudaMemcpyAsync(c->d_samp, c->h_samp, (size_t)n_rows * sizeof *params, cudaMemcpyHostToDevice, c->stream),
-             "sample_rows (cudaMemcpyAsync params)");
-    CUDA_TRY(ns_cuda_sample_rows(c->d_ids, logits, n_rows, n_vocab, c->d_samp, c->stream), "sample_rows");
-    CUDA_TRY(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
-             "sample_rows (cudaMemcpyAsync ids)");
-    CUDA_TRY(prof_sync(c), "sample_rows (cudaStreamSynchronize)");
-    memcpy(ids_host, c->h_ids, (size_t)n_rows * sizeof(int32_t));
+    if (c->pick_count == 2) return ns_error_set(err, NS_ERR_INVALID, "cuda backend: a third pick outstanding");
+    const int slot = (c->pick_head + c->pick_count) % 2;
+    if (n_rows > c->pick[slot].cap) { /* the slot is free: its last copy was waited for */
+        if (c->pick[slot].h_ids) cudaFreeHost(c->pick[slot].h_ids);
+        if (c->pick[slot].h_samp) cudaFreeHost(c->pick[slot].h_samp);
+        c->pick[slot].h_ids = NULL;
+        c->pick[slot].h_samp = NULL;
+        c->pick[slot].cap = 0;
+        CUDA_TRY(cudaMallocHost((void **)&c->pick[slot].h_ids, (size_t)n_rows * sizeof(int32_t)),
+                 "pick_launch (cudaMallocHost ids)");
+        CUDA_TRY(cudaMallocHost((void **)&c->pick[slot].h_samp, (size_t)n_rows * sizeof(ns_row_sampling)),
+                 "pick_launch (cudaMallocHost sampling)");
+        c->pick[slot].cap = n_rows;
+    }
+    if (n_rows > 0) {
+        if (params) {
+            prof_mark(c, P_SAMPLE);
+            memcpy(c->pick[slot].h_samp, params, (size_t)n_rows * sizeof *params);
+            CUDA_TRY(cudaMemcpyAsync(c->d_samp, c->pick[slot].h_samp, (size_t)n_rows * sizeof *params,
+                                     cudaMemcpyHostToDevice, c->stream),
+                     "pick_launch (cudaMemcpyAsync params)");
+            CUDA_TRY(ns_cuda_sample_rows(c->d_ids, logits, n_rows, n_vocab, c->d_samp, c->stream),
+                     "pick_launch (sample_rows)");
+        } else {
+            prof_mark(c, P_ARGMAX);
+            CUDA_TRY(ns_cuda_sample_greedy(c->d_ids, logits, n_rows, n_vocab, c->stream), "pick_launch (sample_greedy)");
+        }
+        CUDA_TRY(cudaMemcpyAsync(c->pick[slot].h_ids, c->d_ids, (size_t)n_rows * sizeof(int32_t),
+                                 cudaMemcpyDeviceToHost, c->stream),
+                 "pick_launch (cudaMemcpyAsync ids)");
+    }
+    CUDA_TRY(cudaEventRecord(c->pick[slot].done, c->stream), "pick_launch (cudaEventRecord)");
+    c->pick[slot].n = n_rows;
+    c->pick_count++;
+    c->pick_last_n = n_rows;
+    if (c->prof.on) CUDA_TRY(prof_sync(c), "pick_launch (cudaStreamSynchronize)"); /* ops timed one by one */
+    return NS_OK;
+}
+
+static ns_status cuda_pick_wait(ns_backend *b, int32_t *ids_host, int n_rows, ns_error *err) {
+    cuda_backend *c = cb(b);
+    if (c->pick_count == 0) return ns_error_set(err, NS_ERR_INVALID, "cuda backend: pick_wait with no pick launched");
+    const int slot = c->pick_head;
+    if (n_rows != c->pick[slot].n)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: pick_wait for %d rows, the pick has %d", n_rows,
+                            c->pick[slot].n);
+    c->pick_head = (slot + 1) % 2;
+    c->pick_count--;
+    const double t0 = ns_time_now();
+    CUDA_TRY(cudaEventSynchronize(c->pick[slot].done), "pick_wait (cudaEventSynchronize)");
+    c->prof.host_wait_s += ns_time_now() - t0;
+    if (n_rows > 0) memcpy(ids_host, c->pick[slot].h_ids, (size_t)n_rows * sizeof(int32_t));
     return sticky_status(c, err);
+}
+
+/* argmax_rows and sample_rows: a pick waited for at once (none may be outstanding). */
+static ns_status pick_now(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                          const ns_row_sampling *params, ns_error *err) {
+    if (cb(b)->pick_count)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: a waiting pick with a launched one outstanding");
+    ns_status st = cuda_pick_launch(b, logits, n_rows, n_vocab, params, err);
+    return st ? st : cuda_pick_wait(b, ids_host, n_rows, err);
+}
+
+static ns_status cuda_argmax_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                                  ns_error *err) {
+    return pick_now(b, ids_host, logits, n_rows, n_vocab, NULL, err);
+}
+
+static ns_status cuda_sample_rows(ns_backend *b, int32_t *ids_host, const float *logits, int n_rows, int n_vocab,
+                                  const ns_row_sampling *params, ns_error *err) {
+    return pick_now(b, ids_host, logits, n_rows, n_vocab, params, err);
 }
 
 /* ---- CUDA graphs ----
@@ -817,6 +895,8 @@ static void cuda_destroy(ns_backend *b) {
     for (int i = 0; i < NS_CUDA_MAX_GRAPHS; i++) graph_drop(c, i);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    for (int i = 0; i < 2; i++)
+        if (c->pick[i].done) cudaEventDestroy(c->pick[i].done);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -846,6 +926,8 @@ static const ns_backend_ops cuda_ops = {
     .gather_logit_rows = cuda_gather_logit_rows,
     .argmax_rows = cuda_argmax_rows,
     .sample_rows = cuda_sample_rows,
+    .pick_launch = cuda_pick_launch,
+    .pick_wait = cuda_pick_wait,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
 };
@@ -905,7 +987,9 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
         st = cuda_fail(err, e, "cudaStreamCreateWithFlags");
         goto fail;
     }
-    if ((e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming)) != cudaSuccess) {
+    if ((e = cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->pick[0].done, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->pick[1].done, cudaEventDisableTiming)) != cudaSuccess) {
         st = cuda_fail(err, e, "cudaEventCreateWithFlags");
         goto fail;
     }

@@ -47,6 +47,12 @@ typedef struct seq {
     void *user;
     double t_admit;
     int logit_row;        /* row in this step's logits, or -1 */
+    /* overlapped steps (can_overlap): the row of its token in the pick on its way (its
+     * value not known here yet: the next batch names it), and in the pick launched this
+     * step; -1: none. draining: finished while a launched step still writes its KV blocks,
+     * which are kept (and the slot taken) until that step's pick is waited for. */
+    int fl_row, nx_row;
+    bool draining;
 } seq;
 
 struct ns_engine {
@@ -75,6 +81,11 @@ struct ns_engine {
     int32_t *b_ids;                   /* (max_seqs) tokens chosen on the device */
     ns_row_sampling *b_samp;          /* (max_seqs) each logit row's parameters for sample_rows */
     bool *b_on_host;                  /* (max_seqs) logit rows sampled on the host in such a step */
+    /* overlapped steps: the pick on its way (launched by the previous step) */
+    bool fl_on;
+    int fl_n;                         /* its rows */
+    int *fl_slot;                     /* (max_seqs) the slot of each of its rows */
+    bool overlap;                     /* NS_ENGINE_OVERLAP=1 */
     uint64_t *hash_scratch;           /* (max_blocks_per_seq) prefix chain hashes */
     uint64_t n_admitted;
     int64_t stat_prefix_hit, stat_prompt_admitted, stat_preempted, stat_oom;
@@ -117,6 +128,7 @@ static void seq_clear(ns_engine *e, seq *s) {
     free(s->text);
     free(s->lps);
     memset(s, 0, sizeof *s);
+    s->fl_row = s->nx_row = -1;
 }
 
 ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const char **note, ns_error *err) {
@@ -127,6 +139,8 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if (!e) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
     e->cfg = *cfg_in;
     ns_engine_config *cfg = &e->cfg;
+    const char *ov = getenv("NS_ENGINE_OVERLAP");
+    e->overlap = ov && !strcmp(ov, "1");
     if (!cfg->model_path && !cfg->synthetic) {
         st = ns_error_set(err, NS_ERR_INVALID, "engine: no model path given");
         goto fail;
@@ -221,12 +235,13 @@ model_ready:;
     e->b_ids = ns_malloc_array(S, sizeof(int32_t));
     e->b_samp = ns_malloc_array(S, sizeof(ns_row_sampling));
     e->b_on_host = ns_malloc_array(S, sizeof(bool));
+    e->fl_slot = ns_malloc_array(S, sizeof(int));
     e->hash_scratch = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(uint64_t));
     e->done_cap = (int)S * 2;
     e->done = ns_calloc_array((size_t)e->done_cap, sizeof(ns_completion *));
     if (!e->seqs || !e->b_tokens || !e->b_pos || !e->b_tok_start || !e->b_n_tok || !e->b_n_past ||
         !e->b_logit_rows || !e->b_seq_of || !e->b_block_table || !e->logits || !e->b_ids || !e->done ||
-        !e->hash_scratch || !e->b_samp || !e->b_on_host) {
+        !e->hash_scratch || !e->b_samp || !e->b_on_host || !e->fl_slot) {
         st = ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory for batch arrays");
         goto fail;
     }
@@ -265,6 +280,7 @@ void ns_engine_close(ns_engine *e) {
     free(e->b_ids);
     free(e->b_samp);
     free(e->b_on_host);
+    free(e->fl_slot);
     free(e->hash_scratch);
     if (e->model) ns_fwd_scratch_free(e->model, &e->scratch);
     ns_kv_blocks_destroy(e->kv);
@@ -283,7 +299,7 @@ const char *ns_engine_chat_template(const ns_engine *e) { return e->chat_templat
 int ns_engine_n_ctx(const ns_engine *e) { return e->n_ctx; }
 bool ns_engine_add_bos(const ns_engine *e) { return e->tok && ns_tokenizer_add_bos(e->tok); }
 
-bool ns_engine_idle(const ns_engine *e) { return e->n_waiting == 0 && e->n_running == 0; }
+bool ns_engine_idle(const ns_engine *e) { return e->n_waiting == 0 && e->n_running == 0 && !e->fl_on; }
 
 ns_status ns_engine_submit(ns_engine *e, const ns_request *req, ns_error *err) {
     const ns_hparams *hp = &e->model->hp;
@@ -379,6 +395,7 @@ static ns_status admit(ns_engine *e, seq *s, bool *admitted, ns_error *err) {
     const ns_request *r = &p->req;
     int max_gen = NS_MIN(r->sampling.max_tokens, e->n_ctx - r->n_prompt);
     memset(s, 0, sizeof *s);
+    s->fl_row = s->nx_row = -1;
     s->tokens = ns_malloc_array((size_t)(r->n_prompt + max_gen), sizeof(int32_t));
     s->blocks = ns_malloc_array((size_t)e->max_blocks_per_seq, sizeof(int32_t));
     if (!s->tokens || !s->blocks) {
@@ -505,7 +522,10 @@ static ns_status finish(ns_engine *e, seq *s, ns_finish why, ns_error *err) {
     c->logprobs = s->lps;
     s->lps = NULL;
     e->done[e->n_done++] = c;
-    seq_clear(e, s);
+    if (s->nx_row >= 0)
+        s->draining = true; /* a launched step still writes its blocks: cleared when its pick is in */
+    else
+        seq_clear(e, s);
     e->n_running--;
     return NS_OK;
 }
@@ -575,6 +595,46 @@ static ns_status pick_rows(ns_engine *e, int n_seq, int n_logits, ns_error *err)
         const size_t off = (size_t)i * (size_t)n_vocab;
         st = e->backend->ops->download(e->backend, e->logits + off, e->scratch.logits + off,
                                        (size_t)n_vocab * sizeof(float), err);
+    }
+    return st;
+}
+
+/* Steps overlap (the host takes in step k's tokens while the device runs step k + 1)
+ * with NS_ENGINE_OVERLAP=1 (off by default until measured on a GPU), when the backend
+ * picks without waiting (pick_launch), outside optimistic mode (whose preemption would
+ * free blocks a launched step writes). */
+static bool can_overlap(const ns_engine *e) {
+    const ns_backend_ops *ops = e->backend->ops;
+    return e->overlap && ops->pick_launch && ops->pick_wait && !e->cfg.optimistic;
+}
+
+/* Every row of the step is picked on the device (no penalties, no logprobs). */
+static bool all_rows_on_device(const ns_engine *e, int n_seq, pick_mode pick) {
+    if (pick == PICK_ARGMAX) return true;
+    if (pick != PICK_ROWS) return false;
+    for (int k = 0; k < n_seq; k++) {
+        const seq *s = &e->seqs[e->b_seq_of[k]];
+        if (s->logit_row >= 0 && !backend_can_pick(s)) return false;
+    }
+    return true;
+}
+
+static ns_status accept_token(ns_engine *e, seq *s, int32_t tok, ns_error *err);
+
+/* Waits for the pick on its way and takes in its tokens, in row order; a sequence that
+ * finished meanwhile (draining) drops its token and gives its slot back. */
+static ns_status complete_picks(ns_engine *e, ns_error *err) {
+    e->fl_on = false;
+    ns_status st = e->backend->ops->pick_wait(e->backend, e->b_ids, e->fl_n, err);
+    for (int i = 0; i < e->fl_n && !st; i++) {
+        seq *s = &e->seqs[e->fl_slot[i]];
+        NS_ASSERT(s->active && s->fl_row == i);
+        s->fl_row = -1;
+        if (s->draining) {
+            if (s->nx_row < 0) seq_clear(e, s);
+            continue;
+        }
+        st = accept_token(e, s, e->b_ids[i], err);
     }
     return st;
 }
@@ -658,7 +718,9 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         if ((st = admit(e, &e->seqs[i], &ok, err))) return st;
         if (!ok) break; /* KV full: keep submission order, wait for blocks */
     }
-    /* 2. the batch: single tokens first (decode), then chunks within the budget */
+    /* 2. the batch: single tokens first (decode), then chunks within the budget. A
+     * sequence whose last token is still on its way (fl_row) decodes it by naming its row
+     * in the pick on its way; one whose token on its way is its last waits for it. */
     int n_tok = 0, n_seq = 0, n_prompt_tok = 0, n_decode = 0;
     const bool capped = e->budget_seqs < S;
     for (int pass = 0; pass < 2; pass++) {
@@ -666,8 +728,10 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
             /* a cut-down batch starts at a rotating slot, so every sequence gets its turn */
             int i = capped ? (k + e->rr_start) % S : k;
             seq *s = &e->seqs[i];
-            if (!s->active || s->n_blocks == 0) continue;
-            int total = s->n_prompt + s->n_gen;
+            if (!s->active || s->n_blocks == 0 || s->draining) continue;
+            const int known = s->n_prompt + s->n_gen, coming = s->fl_row >= 0;
+            if (coming && s->n_gen + 1 >= s->max_gen) continue;
+            int total = known + coming;
             int remaining = total - s->n_cached;
             NS_ASSERT(remaining >= 1);
             if ((pass == 0) != (remaining == 1)) continue;
@@ -679,15 +743,16 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
             memcpy(e->b_block_table + (size_t)n_seq * e->max_blocks_per_seq, s->blocks,
                    (size_t)s->n_blocks * sizeof(int32_t));
             for (int j = 0; j < n; j++) {
-                e->b_tokens[n_tok + j] = s->tokens[s->n_cached + j];
-                e->b_pos[n_tok + j] = s->n_cached + j;
+                const int at = s->n_cached + j;
+                e->b_tokens[n_tok + j] = at < known ? s->tokens[at] : -1 - s->fl_row;
+                e->b_pos[n_tok + j] = at;
             }
             s->logit_row = -1;
             if (s->n_cached + n == total) s->logit_row = n_tok + n - 1; /* needs the next token */
             e->b_seq_of[n_seq] = i;
             n_tok += n;
             n_seq++;
-            if (s->n_gen > 0 && remaining == 1) n_decode++;
+            if ((s->n_gen > 0 || coming) && remaining == 1) n_decode++;
             else n_prompt_tok += n;
         }
     }
@@ -713,7 +778,7 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         stats->batch_token_limit = e->budget_tokens;
         stats->note = NULL;
     }
-    if (n_tok == 0) return NS_OK;
+    if (n_tok == 0) return e->fl_on ? complete_picks(e, err) : NS_OK;
 
     ns_fwd_batch batch = {
         .n_tokens = n_tok, .n_seqs = n_seq, .tokens = e->b_tokens, .pos = e->b_pos,
@@ -722,13 +787,14 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         .logit_rows = e->b_logit_rows, .n_logits = n_logits,
     };
     const pick_mode pick = choose_pick(e, n_seq, n_logits);
+    /* this step's picks stay on the device while the host handles the previous step's */
+    const bool overlap = can_overlap(e) && n_logits > 0 && all_rows_on_device(e, n_seq, pick);
     if (capped) e->rr_start = (e->rr_start + n_seq) % S;
     st = ns_forward(e->model, &e->scratch, &batch, pick == PICK_HOST ? e->logits : NULL, err);
-    if (!st && pick == PICK_ARGMAX)
-        st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err);
     if (st == NS_ERR_NOMEM && n_tok > 1) {
-        /* discard the step (nothing below ran: no token was cached or sampled) and go on
-         * with half the batch */
+        /* discard the step (nothing of it ran: no token was cached or sampled) and go on
+         * with half the batch; the previous step's picks are taken in first */
+        if (e->fl_on && (st = complete_picks(e, err))) return st;
         e->budget_tokens = NS_MAX(1, n_tok / 2);
         e->budget_seqs = NS_MIN(e->budget_seqs, e->budget_tokens); /* a decode batch: n_seq == n_tok */
         e->stat_oom++;
@@ -741,11 +807,9 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         }
         return NS_OK;
     }
-    if (!st && pick == PICK_ROWS) st = pick_rows(e, n_seq, n_logits, err);
     if (st) return st;
 
-    /* 3. sampling, in batch order (each request has its own random stream) */
-    const int n_vocab = e->model->hp.n_vocab;
+    /* 3. the batch's tokens are in the cache (or on their way there, in stream order) */
     int i_logit = 0;
     for (int k = 0; k < n_seq; k++) {
         seq *s = &e->seqs[e->b_seq_of[k]];
@@ -753,14 +817,59 @@ ns_status ns_engine_step(ns_engine *e, ns_step_stats *stats, ns_error *err) {
         for (int b = s->n_cached / bs; b < (s->n_cached + e->b_n_tok[k]) / bs; b++)
             ns_kv_blocks_set_ready(e->kv, s->blocks[b]); /* full now: sharers may read it */
         s->n_cached += e->b_n_tok[k];
+        if (s->logit_row >= 0) s->nx_row = i_logit++;
+    }
+    if (overlap) {
+        /* each row's parameters (drawing the request's random number for the step), then
+         * the pick, which is not waited for here */
+        i_logit = 0;
+        for (int k = 0; k < n_seq && pick == PICK_ROWS; k++) {
+            seq *s = &e->seqs[e->b_seq_of[k]];
+            if (s->logit_row < 0) continue;
+            const bool on_device = ns_sampler_row_params(s->sampler, &e->b_samp[i_logit++]);
+            NS_ASSERT(on_device); /* all_rows_on_device: no penalties */
+        }
+        st = e->backend->ops->pick_launch(e->backend, e->scratch.logits, n_logits, e->model->hp.n_vocab,
+                                          pick == PICK_ROWS ? e->b_samp : NULL, err);
+        if (st) return st;
+    }
+    /* 4. the previous step's tokens (that step and this one were built without them) */
+    if (e->fl_on && (st = complete_picks(e, err))) return st;
+    if (overlap) {
+        e->fl_on = true;
+        e->fl_n = n_logits;
+        for (int k = 0; k < n_seq; k++) {
+            seq *s = &e->seqs[e->b_seq_of[k]];
+            if (s->logit_row < 0) continue;
+            e->fl_slot[s->nx_row] = e->b_seq_of[k];
+            s->fl_row = s->nx_row;
+            s->nx_row = -1;
+        }
+        return NS_OK;
+    }
+    /* 5. this step's tokens now, in batch order (each request has its own random stream) */
+    if (pick == PICK_ARGMAX)
+        st = e->backend->ops->argmax_rows(e->backend, e->b_ids, e->scratch.logits, n_logits, e->model->hp.n_vocab, err);
+    if (pick == PICK_ROWS) st = pick_rows(e, n_seq, n_logits, err);
+    if (st) return st;
+    const int n_vocab = e->model->hp.n_vocab;
+    i_logit = 0;
+    for (int k = 0; k < n_seq; k++) {
+        seq *s = &e->seqs[e->b_seq_of[k]];
         if (s->logit_row < 0) continue;
+        const int row = i_logit++;
+        s->nx_row = -1;
+        if (s->draining) { /* finished by the previous step's tokens */
+            seq_clear(e, s);
+            continue;
+        }
         int32_t tok;
-        if (pick == PICK_ARGMAX || (pick == PICK_ROWS && !e->b_on_host[i_logit])) {
-            tok = e->b_ids[i_logit++];
+        if (pick == PICK_ARGMAX || (pick == PICK_ROWS && !e->b_on_host[row])) {
+            tok = e->b_ids[row];
         } else {
-            float *row = e->logits + (size_t)i_logit++ * n_vocab;
+            float *lrow = e->logits + (size_t)row * n_vocab;
             ns_logprob *lp = s->lps ? s->lps + (size_t)s->n_gen * (size_t)(1 + s->n_top) : NULL;
-            tok = ns_sampler_sample(s->sampler, row, lp, lp && s->n_top > 0 ? lp + 1 : NULL);
+            tok = ns_sampler_sample(s->sampler, lrow, lp, lp && s->n_top > 0 ? lp + 1 : NULL);
         }
         if ((st = accept_token(e, s, tok, err))) return st;
     }

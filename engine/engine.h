@@ -9,6 +9,14 @@
  * every step runs one mixed batch: one decode token for each generating sequence, then
  * prompt chunks up to the token budget. A finished sequence frees its slot and blocks at
  * once, so the next step can admit a waiting request (continuous batching).
+ * Overlapped steps (NS_ENGINE_OVERLAP=1; off by default until measured on a GPU), on a
+ * backend that picks tokens without waiting (pick_launch: CUDA):
+ * a step launches its forward pass and its picks, then takes in the previous step's
+ * tokens (detokenizing, stop checks, completions) while the device works; the next
+ * step's batch names those tokens by their rows on the device. So a completion is
+ * collected one step after its last token was picked, and a sequence that stops has
+ * one extra row computed and dropped. A step with a row the host samples (penalties,
+ * logprobs) waits for its own tokens; so does optimistic mode.
  * Threads: one thread drives an engine; the backend uses its own worker threads inside.
  */
 #ifndef NS_ENGINE_H

@@ -101,8 +101,8 @@ ns_status ns_forward_tp(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch
     if (T < 1 || T > s->max_tokens || batch->n_logits > s->max_logits)
         return ns_error_set(err, NS_ERR_INVALID, "forward: batch of %d tokens / %d logit rows exceeds %d / %d", T,
                             batch->n_logits, s->max_tokens, s->max_logits);
-    for (int i = 0; i < T; i++)
-        if (batch->tokens[i] < 0 || batch->tokens[i] >= hp->n_vocab)
+    for (int i = 0; i < T; i++) /* below 0: a pick's id on the device (the backend checks the row) */
+        if ((batch->tokens[i] < 0 && !op->pick_launch) || batch->tokens[i] >= hp->n_vocab)
             return ns_error_set(err, NS_ERR_INVALID, "forward: token id %d at batch row %d is out of range [0, %d)",
                                 batch->tokens[i], i, hp->n_vocab);
     /* a recorded pass (graph_begin) may pad a decode batch up to what the buffers hold;

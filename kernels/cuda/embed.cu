@@ -1,5 +1,6 @@
-/* embed.cu: the token embedding gather (rows of a table in any storage type, to fp32) and
- * the gather of batch rows for the output head. One thread per output element. */
+/* embed.cu: the token embedding gather (rows of a table in any storage type, to fp32), the
+ * gather of batch rows for the output head (one thread per output element), and the batch
+ * tokens that name a pick's ids. */
 #include "common.cuh"
 
 static __global__ void embed_kernel(float *out, const uint8_t *table, size_t row_bytes, int type,
@@ -36,5 +37,22 @@ extern "C" cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int
     if (n_rows < 0 || width < 1) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
     gather_rows_kernel<<<ns_grid_for((int64_t)n_rows * width, 256), 256, 0, stream>>>(out, x, rows, n_rows, width);
+    return cudaGetLastError();
+}
+
+static __global__ void tokens_from_ids_kernel(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids) {
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n_tokens; t += gridDim.x * blockDim.x) {
+        const int32_t v = tokens[t];
+        if (v >= 0) continue;
+        const int32_t id = -1 - v < n_ids ? ids[-1 - v] : 0;
+        tokens[t] = id < 0 ? 0 : id;
+    }
+}
+
+extern "C" cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids,
+                                               cudaStream_t stream) {
+    if (n_tokens < 0 || n_ids < 0) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    tokens_from_ids_kernel<<<ns_grid_for(n_tokens, 256), 256, 0, stream>>>(tokens, n_tokens, ids, n_ids);
     return cudaGetLastError();
 }

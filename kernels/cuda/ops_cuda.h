@@ -118,6 +118,11 @@ static inline int ns_cuda_attention_tc_fits(const void *q, const void *k_pool, c
            (uintptr_t)v_pool % 16 == 0;
 }
 
+/* In place: every token t (n_tokens) below 0 becomes ids[-1 - t] (a pick's output, rows
+ * n_ids), or 0 where that row picked nothing (-1) or is past n_ids. */
+cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids,
+                                    cudaStream_t stream);
+
 /* ---- sampling ----
  * out_ids (n_rows) = argmax of each row of logits (n_rows, n_vocab), lowest id on ties
  * (the CPU sampler's greedy rule); NaN never wins; a row whose best value is -inf or

@@ -13,7 +13,15 @@
  *   cudaMalloc fails with cudaErrorMemoryAllocation. cudaFree makes the pages
  *   inaccessible and never maps them again, so that anything still pointing into freed
  *   memory (a recording, say) crashes the test instead of passing by luck.
- * - Work runs at once, in order (one stream). Events and synchronization are no-ops.
+ * - One stream, and work on it is late: kernels, GEMMs, copies and memsets are queued and
+ *   run, in order, only when the host synchronizes: cudaStreamSynchronize (everything),
+ *   cudaEventSynchronize (up to where the event was recorded), cudaFree and cudaFreeHost
+ *   (everything, as the real ones do). So the host reads a pinned buffer before the copy
+ *   into it has run, or rewrites one before the copy out of it has run, only if it skipped
+ *   the wait it needs, and then it reads or sends stale data. A copy from pageable host
+ *   memory to the device takes its source at once (as CUDA stages it); a copy to
+ *   pageable host memory synchronizes first (as in CUDA). Pinned memory is what
+ *   cudaMallocHost returned.
  * - Stream capture: between cudaStreamBeginCapture and cudaStreamEndCapture every
  *   kernel, GEMM, copy and memset is recorded, not run; cudaGraphLaunch runs the record
  *   with the pointers and scalars it was recorded with, reading memory as it is then.
@@ -26,6 +34,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +56,19 @@ typedef struct mock_graph {
     tape_entry *e;
     int n, cap;
 } mock_graph;
+
+/* The stream's queue: entries [done, n) not run yet; base: how many ran before e[0]
+ * (positions are absolute, so events stay valid when the queue empties). */
+static struct {
+    tape_entry *e;
+    size_t n, cap, done, base;
+} Q;
+
+/* Pinned host blocks (cudaMallocHost). */
+static struct {
+    struct { const char *p; size_t n; } *b;
+    int n, cap;
+} PIN;
 
 static struct {
     int capturing, invalidated, gemms_in_capture;
@@ -79,14 +101,36 @@ static cudaError_t refuse_in_capture(void) {
     return cudaErrorStreamCaptureUnsupported;
 }
 
-/* Runs run(args) now, or records it while capturing. */
+static void q_push(const tape_entry *t) {
+    if (Q.n == Q.cap) {
+        size_t cap = Q.cap ? 2 * Q.cap : 1024;
+        tape_entry *e = realloc(Q.e, cap * sizeof *e);
+        if (!e) abort();
+        Q.e = e, Q.cap = cap;
+    }
+    Q.e[Q.n++] = *t;
+}
+
+/* Runs the queued work up to absolute position upto (everything: SIZE_MAX). */
+static void q_run_to(size_t upto) {
+    while (Q.done < Q.n && Q.base + Q.done < upto) {
+        const tape_entry *t = &Q.e[Q.done++];
+        t->run(t->args);
+    }
+    if (Q.done == Q.n) Q.base += Q.n, Q.n = Q.done = 0;
+}
+static void q_run_all(void) { q_run_to((size_t)-1); }
+
+/* Queues run(args) on the stream, or records it while capturing. */
 static cudaError_t launch(void (*run)(const void *), const void *args, size_t n) {
     if (n > sizeof(((tape_entry *)0)->args)) {
         fprintf(stderr, "cudamock: launch arguments of %zu bytes\n", n);
         abort();
     }
+    tape_entry t = {.run = run};
+    memcpy(t.args, args, n);
     if (!M.capturing) {
-        run(args);
+        q_push(&t);
         return cudaSuccess;
     }
     mock_graph *g = M.cur;
@@ -96,9 +140,7 @@ static cudaError_t launch(void (*run)(const void *), const void *args, size_t n)
         if (!e) abort();
         g->e = e, g->cap = cap;
     }
-    g->e[g->n].run = run;
-    memcpy(g->e[g->n].args, args, n);
-    g->n++;
+    g->e[g->n++] = t;
     return cudaSuccess;
 }
 #define LAUNCH(fn, a) launch(fn, &(a), sizeof(a))
@@ -128,6 +170,7 @@ cudaError_t cudaMalloc(void **p, size_t n) {
 cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
     if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    q_run_all(); /* cudaFree synchronizes */
     mem_head *h = (mem_head *)p - 1;
     M.allocated -= h->n;
     /* kept mapped, inaccessible: the addresses are never handed out again */
@@ -137,10 +180,28 @@ cudaError_t cudaFree(void *p) {
 
 cudaError_t cudaMallocHost(void **p, size_t n) {
     *p = malloc(n ? n : 1);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (!*p) return cudaErrorMemoryAllocation;
+    if (PIN.n == PIN.cap) {
+        int cap = PIN.cap ? 2 * PIN.cap : 16;
+        void *b = realloc(PIN.b, (size_t)cap * sizeof *PIN.b);
+        if (!b) abort();
+        PIN.b = b, PIN.cap = cap;
+    }
+    PIN.b[PIN.n].p = *p, PIN.b[PIN.n].n = n;
+    PIN.n++;
+    return cudaSuccess;
+}
+
+static bool pinned(const void *p, size_t n) {
+    for (int i = 0; i < PIN.n; i++)
+        if ((const char *)p >= PIN.b[i].p && (const char *)p + n <= PIN.b[i].p + PIN.b[i].n) return true;
+    return false;
 }
 
 cudaError_t cudaFreeHost(void *p) {
+    q_run_all(); /* synchronizes */
+    for (int i = 0; i < PIN.n; i++)
+        if (PIN.b[i].p == p) PIN.b[i] = PIN.b[--PIN.n];
     free(p);
     return cudaSuccess;
 }
@@ -151,15 +212,26 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
     return cudaSuccess;
 }
 
-typedef struct { void *dst; const void *src; size_t n; } copy_args;
+typedef struct { void *dst; const void *src; size_t n; void *staged; } copy_args;
 static void run_copy(const void *a) {
     const copy_args *c = a;
     memmove(c->dst, c->src, c->n);
+    free(c->staged);
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
-    (void)kind, (void)s;
-    copy_args a = {dst, src, n};
+    (void)s;
+    copy_args a = {dst, src, n, NULL};
+    if (!M.capturing && kind == cudaMemcpyDeviceToHost && !pinned(dst, n)) { /* synchronous, as in CUDA */
+        q_run_all();
+        memmove(dst, src, n);
+        return cudaSuccess;
+    }
+    if (!M.capturing && kind == cudaMemcpyHostToDevice && !pinned(src, n)) { /* staged now, as in CUDA */
+        if (!(a.staged = malloc(n ? n : 1))) return cudaErrorMemoryAllocation;
+        memcpy(a.staged, src, n);
+        a.src = a.staged;
+    }
     return LAUNCH(run_copy, a);
 }
 
@@ -204,27 +276,34 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     (void)s;
-    return refuse_in_capture();
-}
-cudaError_t cudaEventCreate(cudaEvent_t *e) {
-    *e = (cudaEvent_t)&dummy_object;
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    q_run_all();
     return cudaSuccess;
+}
+/* An event: the queue position it was recorded at. */
+typedef struct { size_t pos; } mock_event;
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    mock_event *m = calloc(1, sizeof *m);
+    *e = (cudaEvent_t)m;
+    return m ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
     (void)flags;
     return cudaEventCreate(e);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-    (void)e;
+    free(e);
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-    (void)e, (void)s;
+    (void)s;
+    ((mock_event *)e)->pos = Q.base + Q.n;
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-    (void)e;
-    return refuse_in_capture();
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    q_run_to(((mock_event *)e)->pos);
+    return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     (void)a, (void)b;
@@ -312,7 +391,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     (void)s;
     if (M.capturing) return refuse_in_capture();
     const mock_graph *x = (const mock_graph *)exec;
-    for (int i = 0; i < x->n; i++) x->e[i].run(x->e[i].args);
+    for (int i = 0; i < x->n; i++) q_push(&x->e[i]);
     M.n.graph_launches++;
     return cudaSuccess;
 }
@@ -505,6 +584,23 @@ cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t
     (void)s;
     embed_args a = {out, table, type, ids, n_tokens, n_embd};
     return LAUNCH(run_embed, a);
+}
+
+typedef struct { int32_t *tokens; int n_tokens; const int32_t *ids; int n_ids; } from_ids_args;
+static void run_tokens_from_ids(const void *p) {
+    const from_ids_args *a = p;
+    for (int t = 0; t < a->n_tokens; t++)
+        if (a->tokens[t] < 0) {
+            const int32_t id = -1 - a->tokens[t] < a->n_ids ? a->ids[-1 - a->tokens[t]] : 0;
+            a->tokens[t] = id < 0 ? 0 : id;
+        }
+}
+cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids, cudaStream_t s) {
+    (void)s;
+    if (n_tokens < 0 || n_ids < 0) return cudaErrorInvalidValue;
+    from_ids_args a = {tokens, n_tokens, ids, n_ids};
+    M.n.tokens_from_ids_calls++;
+    return LAUNCH(run_tokens_from_ids, a);
 }
 
 typedef struct { float *out; const float *x; const int32_t *rows; int n_rows, width; } gather_args;

@@ -43,7 +43,7 @@ static const char *model_path(void) {
 /* Request r: prompt of 4 + 3r tokens (one long one with long_prompt), N_TOK - r % 4
  * tokens; greedy, or hot
  * sampling with cuts (the tiny model's logits are steep), request 5 with logprobs. */
-static void make_request(int r, bool sampled, bool long_prompt, ns_request *req, int32_t *prompt) {
+static void make_request(int r, bool sampled, bool long_prompt, bool no_logprobs, ns_request *req, int32_t *prompt) {
     memset(req, 0, sizeof *req);
     req->id = (uint64_t)r;
     req->n_prompt = long_prompt ? 90 : 4 + 3 * r;
@@ -59,12 +59,14 @@ static void make_request(int r, bool sampled, bool long_prompt, ns_request *req,
         req->sampling.top_p = r % 3 ? 0.9f : 1.0f;
         req->sampling.min_p = r == 4 ? 0.05f : 0.0f;
     }
-    if (r == 5) req->sampling.n_logprobs = 0;
+    if (r == 5 && !no_logprobs) req->sampling.n_logprobs = 0;
 }
 
 typedef struct run_cfg {
     const char *backend;
     bool precise, graphs, sampled, cpu_row_rule;
+    bool overlap;          /* NS_ENGINE_OVERLAP=1: the host takes in a step's tokens while the next runs */
+    bool no_logprobs;      /* request 5 without logprobs: every row picked on the device */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
 } run_cfg;
@@ -74,6 +76,7 @@ static void run(const run_cfg *rc, run_out *out) {
     memset(out->tok, 0xff, sizeof out->tok);
     setenv("NS_CUDA_PRECISE", rc->precise ? "1" : "0", 1);
     setenv("NS_CUDA_GRAPHS", rc->graphs ? "1" : "0", 1);
+    if (rc->overlap) setenv("NS_ENGINE_OVERLAP", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = model_path();
@@ -86,6 +89,7 @@ static void run(const run_cfg *rc, run_out *out) {
     ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
     unsetenv("NS_CUDA_PRECISE");
     unsetenv("NS_CUDA_GRAPHS");
+    unsetenv("NS_ENGINE_OVERLAP");
     CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
     if (st) return;
     if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
@@ -98,7 +102,7 @@ static void run(const run_cfg *rc, run_out *out) {
         for (int r = 0; r < N_REQ; r++) {
             if (w == 1 && r > 0) break; /* the second wave: one long request, id 0 again */
             ns_request req;
-            make_request(r, rc->sampled, w == 1, &req, prompts[r]);
+            make_request(r, rc->sampled, w == 1, rc->no_logprobs, &req, prompts[r]);
             CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
         }
         for (int guard = 0; !ns_engine_idle(e) && guard < 10000; guard++) {
@@ -127,6 +131,7 @@ static void run(const run_cfg *rc, run_out *out) {
     out->mock.graph_launches = after.graph_launches - before.graph_launches;
     out->mock.alloc_failures = after.alloc_failures - before.alloc_failures;
     out->mock.sample_rows_calls = after.sample_rows_calls - before.sample_rows_calls;
+    out->mock.tokens_from_ids_calls = after.tokens_from_ids_calls - before.tokens_from_ids_calls;
     ns_engine_close(e);
     ns_cudamock_set_mem_limit(0);
 }
@@ -170,7 +175,7 @@ static double draw_distance(const run_out *a, const run_out *b, int r, int *at) 
     double dist = INFINITY;
     ns_request req;
     int32_t seq[96 + N_TOK];
-    make_request(r, true, false, &req, seq);
+    make_request(r, true, false, false, &req, seq);
     memcpy(seq + req.n_prompt, a->tok[r], (size_t)i * sizeof(int32_t));
     float logits[NS_TINY_N_VOCAB];
     uint64_t w[2 * NS_TINY_N_VOCAB];
@@ -208,6 +213,30 @@ NS_TEST(test_cudamock_sampled_matches_cpu_rule) {
     CHECK(memcmp(host.tok[5], dev.tok[5], sizeof host.tok[5]) == 0); /* logprobs: the host sampler */
     CHECK_MSG(n_same_requests(&host, &dev) < N_REQ, "the row rule and the host sampler agree everywhere: "
                                                      "the test does not sample");
+}
+
+/* Overlapped steps (NS_ENGINE_OVERLAP=1, with the backend's pick_launch): step k + 1 runs on
+ * tokens of step k that are still on the device, and the host takes step k's in while the
+ * stand-in's late stream has not run step k + 1. The tokens and logprobs are those of the
+ * steps one after another, greedy and sampled, with and without CUDA graphs. A step with
+ * a row the host samples (request 5's logprobs) is not overlapped. */
+NS_TEST(test_cudamock_overlapped_steps_same_outputs) {
+    for (int v = 0; v < 8; v++) {
+        const bool sampled = v & 1, graphs = v & 2, lp = v & 4;
+        run_out one_by_one, overlapped;
+        run(&(run_cfg){.backend = "cuda", .sampled = sampled, .graphs = graphs, .no_logprobs = !lp}, &one_by_one);
+        run(&(run_cfg){.backend = "cuda", .sampled = sampled, .graphs = graphs, .overlap = true, .no_logprobs = !lp},
+            &overlapped);
+        CHECK_EQ_INT(overlapped.n_done, N_REQ);
+        CHECK_EQ_INT(overlapped.n_failed, 0);
+        CHECK_MSG(n_same_requests(&one_by_one, &overlapped) == N_REQ, "sampled %d graphs %d: tokens differ", sampled,
+                  graphs);
+        CHECK(memcmp(one_by_one.lp, overlapped.lp, sizeof one_by_one.lp) == 0);
+        CHECK_EQ_INT(one_by_one.mock.tokens_from_ids_calls, 0);
+        CHECK_MSG((overlapped.mock.tokens_from_ids_calls > 0) == !lp,
+                  "sampled %d graphs %d logprobs %d: %ld steps named a pick's ids", sampled, graphs, lp,
+                  overlapped.mock.tokens_from_ids_calls);
+    }
 }
 
 /* CUDA graphs: padded decode batches recorded and replayed give the tokens and the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the prepared GPU check, for a machine with one NVIDIA GPU (sm_80 or
-# sm_90). One call, meant to finish in about 5 minutes (8 at most: every step has its own
+# sm_90). One call, meant to finish in about 7 minutes (9 at most: every step has its own
 # timeout). Steps:
 #   0. programs: the pack from tests/gpu/pack.sh (build/gpu-pack.tar.gz, built where no GPU
 #      is needed) when present, else a build here with USE_CUDA=yes
@@ -20,7 +20,9 @@
 #   3g-5g. steps 3-5 again with NS_CUDA_GRAPHS=1 (decode steps replayed as CUDA graphs),
 #          and the 1B/8B benchmarks with it, and the 1B at 64 sequences both ways
 #   4t.    step 4 with NS_CUDA_ATTN_TC=2 (attention on the tensor cores), and the 1B/8B
-#          benchmarks with it for prompt groups (1) and for every group (2)
+#          benchmarks with it for prompt groups (1), the 1B for every group (2)
+#   4o-5o. steps 4-5 with NS_ENGINE_OVERLAP=1 (overlapped steps), the 1B benchmark with it
+#          (1,000 and 64 sequences), and the 1B/8B with graphs, tc1 and overlap at once
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
@@ -106,6 +108,10 @@ if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   # passes and the benchmarks below show it faster; its kernel parity is in step 1; the
   # tiny model of step 5 has head_dim 16, which it does not take)
   step "4t. synthetic, tensor-core attn" 120 env NS_CUDA_ATTN_TC=2 "$bin/gpu-parity" synthetic
+  # overlapped steps (NS_ENGINE_OVERLAP=1, off by default until these pass): the host takes
+  # in step k's tokens while the device runs step k + 1
+  step "4o. synthetic, overlapped steps" 120 env NS_ENGINE_OVERLAP=1 "$bin/gpu-parity" synthetic
+  step "5o. nightshift run, overlapped" 120 env NS_ENGINE_OVERLAP=1 bash tests/gpu/runner_cuda.sh "$bin"
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
@@ -117,11 +123,19 @@ if [ "$mode" != profile ]; then # side by side: CUDA graphs, at the full batch a
   bench gen-1b-b64 60 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
   bench gen-1b-b64-graphs 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
 fi
-# side by side: tensor-core attention for prompt groups (1) and for every group (2)
-for tc in 1 2; do
-  bench gen-1b-tc$tc 90 env NS_CUDA_ATTN_TC=$tc "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench gen-8b-tc$tc 150 env NS_CUDA_ATTN_TC=$tc "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-done
+# side by side: tensor-core attention for prompt groups (1) and for every group (2);
+# overlapped steps; then everything not yet on by default at once
+bench gen-1b-tc1 90 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-8b-tc1 150 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-1b-tc2 90 env NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+if [ "$mode" != profile ]; then
+  bench gen-1b-overlap 90 env NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+  bench gen-1b-b64-graphs-overlap 60 env NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
+  for shape in 1b 8b; do
+    bench gen-$shape-all 150 env NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 \
+      "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
+  done
+fi
 if [ "$mode" = profile ]; then
   bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
@@ -138,5 +152,18 @@ fi
 echo
 echo "== summary ($(head -n 1 "$logs/gpu.txt"); $(( $(date +%s) - t_start )) s)"
 for row in "${table[@]}"; do echo "$row"; done | tee "$logs/summary.txt"
+# what each switch that is off by default bought, in output tok/s, in this run
+tok_s() { grep -o 'out_tok_s=[0-9]*' "$logs/bench-$1.txt" 2>/dev/null | tail -n 1 | cut -d= -f2; }
+ratio() { # ratio NAME BASE: NAME's output tok/s over BASE's
+  local a=$(tok_s "$1") b=$(tok_s "$2")
+  [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt 0 ] &&
+    awk -v a="$a" -v b="$b" -v n="$1" -v m="$2" 'BEGIN { printf "%-28s %8d tok/s  x%.3f of %s\n", n, a, a / b, m }'
+}
+echo "== side by side (output tok/s)" | tee -a "$logs/summary.txt"
+for pair in "gen-1b-graphs gen-1b" "gen-8b-graphs gen-8b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
+            "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-overlap gen-1b" \
+            "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b"; do
+  ratio $pair
+done | tee -a "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

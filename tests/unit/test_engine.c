@@ -980,3 +980,155 @@ NS_TEST(test_engine_backend_row_sampling) {
     ns_engine_close(e);
     for (int r = 0; r < ROWS_N; r++) free(p[r]);
 }
+
+/* ---- overlapped steps (ns_backend_ops.pick_launch) ----
+ * With NS_ENGINE_OVERLAP=1, the CPU backend with its test hook plays a device whose picks
+ * the engine does not wait for: step k + 1 is built and launched naming step k's tokens by their rows, and step k's
+ * tokens are taken in while step k + 1 runs. On a batch-invariant engine every completion
+ * must be what the same requests give without the overlap: tokens, text, finish reason
+ * and logprobs, also when stop tokens, stop strings and EOS end sequences while their next
+ * step is already launched, when out of memory shrinks the batch, and in padded batches. */
+
+enum { OV_N = 10, OV_MAX = 12 };
+
+typedef struct ov_result {
+    int finish, n_tokens, seen;
+    int32_t tokens[OV_MAX];
+    float lp[OV_MAX];
+    char text[512];
+} ov_result;
+
+/* Request r: rows_sampling's mix (device rows, greedy, a penalty, logprobs), lengths 1 to
+ * 12, EOS honoured for some; stops from stop_tok / stop_str when set. */
+static void ov_request(int r, const int32_t *stop_tok, char (*stop_str)[8], ns_sampling *s) {
+    rows_sampling(r % ROWS_N, s);
+    static const int lens[OV_N] = {1, 2, 12, 5, 12, 9, 12, 3, 12, 7};
+    s->max_tokens = lens[r];
+    s->ignore_eos = r % 3 != 0;
+    if (stop_tok && stop_tok[r] >= 0) s->n_stop_tokens = 1, s->stop_tokens[0] = stop_tok[r];
+    if (stop_str && stop_str[r][0]) {
+        s->n_stop = 1;
+        memcpy(s->stop[0], stop_str[r], sizeof stop_str[r]);
+    }
+}
+
+static const char *ov_env = "1"; /* NS_ENGINE_OVERLAP for ov_run's engines */
+
+/* Runs the requests to the end; *first_done: the step after which the first completion
+ * was collected (1-based). overlap: the backend's hook (the engine's switch: ov_env). */
+static void ov_run(int max_seqs, bool overlap, bool padding, const int32_t *stop_tok, char (*stop_str)[8],
+                   ov_result out[OV_N], int32_t **prompts, const int *lens, int *first_done) {
+    memset(out, 0, sizeof(ov_result) * OV_N);
+    if (ov_env) setenv("NS_ENGINE_OVERLAP", ov_env, 1);
+    ns_engine *e = rows_engine(max_seqs);
+    unsetenv("NS_ENGINE_OVERLAP");
+    if (!e) return;
+    ns_error err;
+    ns_backend *b = ns_engine_backend(e);
+    ns_backend_cpu_set_row_sampling(b, true);
+    ns_backend_cpu_set_padding(b, padding);
+    ns_backend_cpu_set_overlap(b, overlap);
+    CHECK((b->ops->pick_launch != NULL) == overlap);
+    for (int r = 0; r < OV_N; r++) {
+        ns_request req;
+        memset(&req, 0, sizeof req);
+        req.id = (uint64_t)r;
+        req.prompt = prompts[r];
+        req.n_prompt = lens[r];
+        ov_request(r, stop_tok, stop_str, &req.sampling);
+        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+    }
+    int steps = 0;
+    *first_done = 0;
+    while (!ns_engine_idle(e) && steps < 10000) {
+        CHECK_STATUS_OK(ns_engine_step(e, NULL, &err), &err);
+        steps++;
+        ns_completion *c;
+        while (ns_engine_collect(e, &c, 1) == 1) {
+            if (!*first_done) *first_done = steps;
+            if (c->id < OV_N && c->n_tokens <= OV_MAX) {
+                ov_result *o = &out[c->id];
+                o->seen++;
+                o->finish = (int)c->finish;
+                o->n_tokens = c->n_tokens;
+                memcpy(o->tokens, c->tokens, (size_t)c->n_tokens * sizeof(int32_t));
+                for (int i = 0; i < c->n_tokens; i++) o->lp[i] = c->logprobs ? c->logprobs[i * 4].logprob : 0.0f;
+                snprintf(o->text, sizeof o->text, "%.*s", (int)c->text_len, c->text);
+            } else {
+                CHECK_MSG(0, "completion %llu with %d tokens", (unsigned long long)c->id, c->n_tokens);
+            }
+            ns_completion_free(c);
+        }
+    }
+    CHECK_MSG(ns_engine_idle(e), "not idle after %d steps", steps);
+    ns_engine_close(e);
+}
+
+static void ov_compare(const char *what, const ov_result *a, const ov_result *b) {
+    for (int r = 0; r < OV_N; r++) {
+        CHECK_MSG(a[r].seen == 1 && b[r].seen == 1, "%s: request %d completed %d / %d times", what, r, a[r].seen,
+                  b[r].seen);
+        CHECK_MSG(a[r].finish == b[r].finish && a[r].n_tokens == b[r].n_tokens &&
+                      memcmp(a[r].tokens, b[r].tokens, sizeof a[r].tokens) == 0 && !strcmp(a[r].text, b[r].text) &&
+                      memcmp(a[r].lp, b[r].lp, sizeof a[r].lp) == 0,
+                  "%s: request %d differs with overlapped steps (%d tokens, finish %d; overlapped %d tokens, finish %d)",
+                  what, r, a[r].n_tokens, a[r].finish, b[r].n_tokens, b[r].finish);
+    }
+}
+
+NS_TEST(test_engine_overlapped_steps_same_outputs) {
+    int32_t *p[OV_N];
+    int lens[OV_N];
+    make_prompts(OV_N, 10, 12, p, lens, 53);
+    static ov_result plain[OV_N], ovl[OV_N];
+    int first_plain, first_ovl;
+    /* without stops: the overlap's picks are taken in one step later (a 1-token request
+     * completes after the second step, not the first) */
+    ov_run(OV_N, false, false, NULL, NULL, plain, p, lens, &first_plain);
+    ov_run(OV_N, true, false, NULL, NULL, ovl, p, lens, &first_ovl);
+    ov_compare("no stops", plain, ovl);
+    CHECK_EQ_INT(first_plain, 1);
+    CHECK_EQ_INT(first_ovl, 2);
+    /* off by default (and with NS_ENGINE_OVERLAP=0), whatever the backend offers */
+    for (int k = 0; k < 2; k++) {
+        ov_env = k ? "0" : NULL;
+        ov_run(OV_N, true, false, NULL, NULL, ovl, p, lens, &first_ovl);
+        CHECK_MSG(first_ovl == 1, "NS_ENGINE_OVERLAP %s: the steps overlapped", ov_env ? ov_env : "unset");
+        ov_compare("overlap off", plain, ovl);
+    }
+    ov_env = "1";
+    /* stops that end sequences mid-way: token 3 of some, a 2-byte string of others */
+    int32_t stop_tok[OV_N];
+    static char stop_str[OV_N][8];
+    int n_tok_stops = 0, n_str_stops = 0;
+    for (int r = 0; r < OV_N; r++) {
+        stop_tok[r] = -1;
+        stop_str[r][0] = 0;
+        if (plain[r].n_tokens >= 6 && r % 2 == 0) stop_tok[r] = plain[r].tokens[3], n_tok_stops++;
+        size_t tl = strlen(plain[r].text);
+        if (r % 2 == 1 && tl >= 6 && !memchr(plain[r].text, 0, tl)) {
+            memcpy(stop_str[r], plain[r].text + tl / 2, 2);
+            stop_str[r][2] = 0;
+            n_str_stops++;
+        }
+    }
+    CHECK_MSG(n_tok_stops >= 2 && n_str_stops >= 1, "%d stop tokens, %d stop strings: the test stops nothing",
+              n_tok_stops, n_str_stops);
+    int n_stopped = 0;
+    const int seqs[] = {OV_N, 3, 1};
+    for (int si = 0; si < 3; si++)
+        for (int pad = 0; pad < 2; pad++)
+            for (int fault = 0; fault < 2; fault++) {
+                char what[96];
+                snprintf(what, sizeof what, "max_seqs %d%s%s", seqs[si], pad ? ", padded" : "",
+                         fault ? ", out of memory above 20 tokens" : "");
+                if (fault) setenv("NS_FAULT_BATCH_TOKENS", "20", 1);
+                ov_run(seqs[si], false, pad, stop_tok, stop_str, plain, p, lens, &first_plain);
+                ov_run(seqs[si], true, pad, stop_tok, stop_str, ovl, p, lens, &first_ovl);
+                unsetenv("NS_FAULT_BATCH_TOKENS");
+                ov_compare(what, plain, ovl);
+                for (int r = 0; r < OV_N; r++) n_stopped += plain[r].finish == NS_FINISH_STOP && plain[r].n_tokens < 12;
+            }
+    CHECK_MSG(n_stopped >= 12, "only %d sequences ended on a stop: the draining path is not exercised", n_stopped);
+    for (int r = 0; r < OV_N; r++) free(p[r]);
+}
