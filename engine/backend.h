@@ -101,6 +101,13 @@ typedef struct ns_backend_ops {
     void (*attention)(ns_backend *b, int layer, float *out, const float *q, int n_head,
                       float scale);
     void (*swiglu)(ns_backend *b, float *out, const float *gate, const float *up, int64_t n);
+    /* Optional (NULL: matmul, matmul, swiglu). The feed-forward's first half in one op,
+     * silu(x W_gate^T) * (x W_up^T), x (M, K), both weights (N, K), for a backend that can
+     * keep the products in its own narrower form: the result goes to out (M, N) in the
+     * form the backend's matmul takes as input, so out must be passed as x to the very
+     * next op, a matmul, and read by nothing else. tmp (M, N) is scratch. */
+    void (*gate_up_swiglu)(ns_backend *b, float *out, float *tmp, const float *x, const ns_bweight *w_gate,
+                           const ns_bweight *w_up, int M, int N, int K);
     void (*add)(ns_backend *b, float *y, const float *x, int64_t n);
     /* out (n_logits, width) = rows logit_rows of x (n_tokens, width). */
     void (*gather_logit_rows)(ns_backend *b, float *out, const float *x, int width);

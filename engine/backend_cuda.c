@@ -124,6 +124,7 @@ typedef struct cuda_backend {
     const float *x_bf16_src;
     size_t x_bf16_n;
     prof prof; /* NS_CUDA_PROFILE=1 */
+    ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu under NS_CUDA_FUSED_FFN=1 */
     /* CUDA graphs (NS_CUDA_GRAPHS=1): decode batches padded to a row count, one recorded
      * forward pass per count. gen changes whenever a buffer a recording points into is
      * reallocated (the batch layout, the bf16 matmul input, the KV pool): a recording of an
@@ -622,17 +623,17 @@ static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bwe
     op_check(c, ns_cuda_rmsnorm(out, shadow, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
 }
 
-static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
-    cuda_backend *c = cb(b);
-    NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
-    if (c->sticky || M == 0) return;
+/* x (M, K) into the bf16 matmul input (skipped when that already holds it); false after
+ * recording a failure. */
+static bool x_to_bf16(cuda_backend *c, const float *x, int M, int K) {
+    if (c->sticky) return false;
     if ((size_t)M * (size_t)K > c->x_bf16_cap) {
         /* an op called outside a batch_set that sized it (tests do): grow, synchronously */
         ns_error e;
         if (ensure_x_cap(c, (size_t)M * (size_t)K, &e)) {
             c->sticky = e.code ? e.code : NS_ERR_BACKEND;
             c->sticky_err = e;
-            return;
+            return false;
         }
     }
     size_t n_x = (size_t)M * (size_t)K;
@@ -646,21 +647,59 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
         c->x_bf16_src = x;
         c->x_bf16_n = n_x;
     }
-    if (y == x) x_forget(c);
+    return true;
+}
+
+/* y (M, N) = x_bf16 (M, K) . W^T, y of y_type (CUDA_R_32F, or CUDA_R_16BF outside precise
+ * mode). Row-major y (M, N) is column-major y^T (N, M): y^T = W . x^T, with W row-major
+ * (N, K) read as column-major (K, N) transposed, and x row-major (M, K) as column-major
+ * (K, M). Precise mode adds W . x_lo. */
+static void gemm(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight *w, int M, int N, int K) {
     prof_mark(c, P_GEMM);
-    /* Row-major y (M, N) is column-major y^T (N, M): y^T = W . x^T, with W row-major (N, K)
-     * read as column-major (K, N) transposed, and x row-major (M, K) as column-major (K, M). */
     const float alpha = 1.0f, beta = 0.0f, one = 1.0f;
     cublasStatus_t s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K,
-                                    c->x_bf16, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                    c->x_bf16, CUDA_R_16BF, K, &beta, y, y_type, N, CUBLAS_COMPUTE_32F,
                                     CUBLAS_GEMM_DEFAULT);
     if (s == CUBLAS_STATUS_SUCCESS && c->precise)
         s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K, c->x_lo,
-                         CUDA_R_16BF, K, &one, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                         CUDA_R_16BF, K, &one, y, y_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS && !c->sticky) {
         c->sticky = cublas_fail(&c->sticky_err, s, "matmul (cublasGemmEx)");
         if (s == CUBLAS_STATUS_ALLOC_FAILED) c->sticky = c->sticky_err.code = NS_ERR_NOMEM;
     }
+}
+
+static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
+    if (M == 0 || !x_to_bf16(c, x, M, K)) return;
+    if (y == x) x_forget(c);
+    gemm(c, y, CUDA_R_32F, w, M, N, K);
+}
+
+/* NS_CUDA_FUSED_FFN=1 (off by default until measured on a GPU; never in precise mode):
+ * the gate and up GEMMs write bf16 (into out and tmp, half their bytes), and the bf16
+ * SwiGLU writes the down GEMM's input directly; out's floats are left unwritten, and the
+ * matmul that reads out next takes the bf16 copy. */
+static void cuda_gate_up_swiglu(ns_backend *b, float *out, float *tmp, const float *x, const ns_bweight *w_gate,
+                                const ns_bweight *w_up, int M, int N, int K) {
+    cuda_backend *c = cb(b);
+    NS_ASSERT(w_gate->is_bf16 && w_gate->ne0 == K && w_gate->ne1 == N && w_up->is_bf16 && w_up->ne0 == K &&
+              w_up->ne1 == N && !c->precise);
+    if (M == 0 || !x_to_bf16(c, x, M, K)) return;
+    uint16_t *g = (uint16_t *)out, *u = (uint16_t *)tmp; /* (M, N) bf16 in buffers of (M, N) floats */
+    gemm(c, g, CUDA_R_16BF, w_gate, M, N, K);
+    gemm(c, u, CUDA_R_16BF, w_up, M, N, K);
+    uint16_t *shadow = x_shadow(c, out, (size_t)M * (size_t)N); /* the bf16 GEMMs read x_bf16 before this */
+    prof_mark(c, P_SWIGLU);
+    if (!shadow) { /* no room for the copy (x_bf16 is sized for every weight's K: not expected) */
+        if (!c->sticky) {
+            c->sticky = ns_error_set(&c->sticky_err, NS_ERR_BACKEND,
+                                     "cuda backend: gate_up_swiglu of %d x %d does not fit the matmul input", M, N);
+        }
+        return;
+    }
+    op_check(c, ns_cuda_swiglu_bf16(shadow, g, u, (int64_t)M * N, c->stream), "gate_up_swiglu (swiglu)");
 }
 
 static void cuda_add_bias(ns_backend *b, float *y, const ns_bweight *bias, int M, int N) {
@@ -933,7 +972,7 @@ static const ns_backend_ops cuda_ops = {
 };
 
 int ns_backend_cuda_device(const ns_backend *b) {
-    return b && b->ops == &cuda_ops ? ((const cuda_backend *)b)->device : -1;
+    return b && b->ops->destroy == cuda_destroy ? ((const cuda_backend *)b)->device : -1;
 }
 
 void *ns_backend_cuda_stream(ns_backend *b) { return cb(b)->stream; }
@@ -968,12 +1007,15 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
         return ns_error_set(err, NS_ERR_INVALID, "cuda backend: device %d is not in [0, %d)", device, n);
     cuda_backend *c = calloc(1, sizeof *c);
     if (!c) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
-    c->base.ops = &cuda_ops;
+    c->ops = cuda_ops;
+    c->base.ops = &c->ops;
     c->device = device;
     const char *precise = getenv("NS_CUDA_PRECISE");
     c->precise = precise && !strcmp(precise, "1");
     const char *graphs = getenv("NS_CUDA_GRAPHS");
     c->graphs_on = graphs && !strcmp(graphs, "1");
+    const char *ffn = getenv("NS_CUDA_FUSED_FFN");
+    if (ffn && !strcmp(ffn, "1") && !c->precise) c->ops.gate_up_swiglu = cuda_gate_up_swiglu;
     c->capturing = -1;
     c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
     c->base.kv_elem_bytes = c->precise ? 4 : 2;

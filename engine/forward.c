@@ -78,10 +78,14 @@ static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logit
         op->add(b, s->x, s->xb, (int64_t)T * n_embd);
         /* feed-forward block */
         op->rmsnorm(b, s->xb, s->x, L->ffn_norm, T, n_embd, hp->norm_eps);
-        op->matmul(b, s->hb, s->xb, L->w_gate, T, hp->n_ff, n_embd);
-        op->matmul(b, s->hb2, s->xb, L->w_up, T, hp->n_ff, n_embd);
-        op->swiglu(b, s->hb, s->hb, s->hb2, (int64_t)T * hp->n_ff);
-        op->matmul(b, s->xb, s->hb, L->w_down, T, n_embd, hp->n_ff);
+        if (op->gate_up_swiglu) {
+            op->gate_up_swiglu(b, s->hb, s->hb2, s->xb, L->w_gate, L->w_up, T, hp->n_ff, n_embd);
+        } else {
+            op->matmul(b, s->hb, s->xb, L->w_gate, T, hp->n_ff, n_embd);
+            op->matmul(b, s->hb2, s->xb, L->w_up, T, hp->n_ff, n_embd);
+            op->swiglu(b, s->hb, s->hb, s->hb2, (int64_t)T * hp->n_ff);
+        }
+        op->matmul(b, s->xb, s->hb, L->w_down, T, n_embd, hp->n_ff); /* hb: read here only */
         if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd);
         op->add(b, s->x, s->xb, (int64_t)T * n_embd);
     }

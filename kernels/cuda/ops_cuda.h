@@ -60,6 +60,10 @@ cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head,
 /* out (n) = silu(gate) * up; out may alias gate or up. */
 cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
                            cudaStream_t stream);
+/* out (n) = bf16(silu(gate) * up) from bf16 gate and up (n): the feed-forward's fused
+ * path, where the GEMMs write bf16 and the result is the next GEMM's input. */
+cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
+                                cudaStream_t stream);
 /* y (n) += x (n). */
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
 /* y (M, N) += bias (N) on every row. */

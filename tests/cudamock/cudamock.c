@@ -436,7 +436,8 @@ typedef struct {
     int m, n, k, lda, ldb, ldc;
     float alpha, beta;
     const uint16_t *A, *B;
-    float *C;
+    void *C;
+    bool c_bf16; /* C of CUDA_R_16BF (rounded once, from the fp32 sum) */
 } gemm_args;
 
 static void run_gemm(const void *p) {
@@ -446,8 +447,14 @@ static void run_gemm(const void *p) {
             double acc = 0.0;
             for (int l = 0; l < g->k; l++)
                 acc += (double)ns_bf16_to_fp32(g->A[l + (size_t)i * g->lda]) * ns_bf16_to_fp32(g->B[l + (size_t)j * g->ldb]);
-            float *c = &g->C[i + (size_t)j * g->ldc];
-            *c = g->alpha * (float)acc + (g->beta != 0.0f ? g->beta * *c : 0.0f);
+            const size_t at = i + (size_t)j * g->ldc;
+            if (g->c_bf16) {
+                uint16_t *c = (uint16_t *)g->C + at;
+                *c = ns_fp32_to_bf16(g->alpha * (float)acc + (g->beta != 0.0f ? g->beta * ns_bf16_to_fp32(*c) : 0.0f));
+            } else {
+                float *c = (float *)g->C + at;
+                *c = g->alpha * (float)acc + (g->beta != 0.0f ? g->beta * *c : 0.0f);
+            }
         }
 }
 
@@ -456,8 +463,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t algo) {
     (void)h, (void)algo;
-    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || Atype != CUDA_R_16BF || Btype != CUDA_R_16BF || Ctype != CUDA_R_32F ||
-        compute != CUBLAS_COMPUTE_32F || m < 0 || n < 0 || k < 0 || lda < k || ldb < k || ldc < m)
+    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || Atype != CUDA_R_16BF || Btype != CUDA_R_16BF ||
+        (Ctype != CUDA_R_32F && Ctype != CUDA_R_16BF) || compute != CUBLAS_COMPUTE_32F || m < 0 || n < 0 || k < 0 || lda < k || ldb < k || ldc < m)
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (M.capturing) {
         const char *f = getenv("NS_CUDAMOCK_CAPTURE_FAIL");
@@ -467,7 +474,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
         }
         M.gemms_in_capture++;
     }
-    gemm_args a = {m, n, k, lda, ldb, ldc, *(const float *)alpha, *(const float *)beta, A, B, C};
+    gemm_args a = {m, n, k, lda, ldb, ldc, *(const float *)alpha, *(const float *)beta, A, B, C, Ctype == CUDA_R_16BF};
+    M.n.gemms_bf16_out += Ctype == CUDA_R_16BF;
     return LAUNCH(run_gemm, a) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
@@ -562,6 +570,21 @@ cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, co
     (void)s;
     ew_args a = {out, out_bf16, gate, up, n, 0, 0, 0};
     return LAUNCH(run_ew, a);
+}
+typedef struct { uint16_t *out; const uint16_t *gate, *up; int64_t n; } swiglu16_args;
+static void run_swiglu_bf16(const void *p) {
+    const swiglu16_args *a = p;
+    for (int64_t i = 0; i < a->n; i++) {
+        float g = ns_bf16_to_fp32(a->gate[i]), v;
+        ns_cpu_swiglu_ref(&v, &g, &(float){ns_bf16_to_fp32(a->up[i])}, 1);
+        a->out[i] = ns_fp32_to_bf16(v);
+    }
+}
+cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n, cudaStream_t s) {
+    (void)s;
+    if (n < 0) return cudaErrorInvalidValue;
+    swiglu16_args a = {out, gate, up, n};
+    return LAUNCH(run_swiglu_bf16, a);
 }
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t s) {
     (void)s;

@@ -67,6 +67,7 @@ typedef struct run_cfg {
     bool precise, graphs, sampled, cpu_row_rule;
     bool overlap;          /* NS_ENGINE_OVERLAP=1: the host takes in a step's tokens while the next runs */
     bool no_logprobs;      /* request 5 without logprobs: every row picked on the device */
+    bool fused_ffn;        /* NS_CUDA_FUSED_FFN=1: gate/up GEMMs writing bf16, the bf16 SwiGLU */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
 } run_cfg;
@@ -77,6 +78,7 @@ static void run(const run_cfg *rc, run_out *out) {
     setenv("NS_CUDA_PRECISE", rc->precise ? "1" : "0", 1);
     setenv("NS_CUDA_GRAPHS", rc->graphs ? "1" : "0", 1);
     if (rc->overlap) setenv("NS_ENGINE_OVERLAP", "1", 1);
+    if (rc->fused_ffn) setenv("NS_CUDA_FUSED_FFN", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = model_path();
@@ -90,6 +92,7 @@ static void run(const run_cfg *rc, run_out *out) {
     unsetenv("NS_CUDA_PRECISE");
     unsetenv("NS_CUDA_GRAPHS");
     unsetenv("NS_ENGINE_OVERLAP");
+    unsetenv("NS_CUDA_FUSED_FFN");
     CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
     if (st) return;
     if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
@@ -132,6 +135,7 @@ static void run(const run_cfg *rc, run_out *out) {
     out->mock.alloc_failures = after.alloc_failures - before.alloc_failures;
     out->mock.sample_rows_calls = after.sample_rows_calls - before.sample_rows_calls;
     out->mock.tokens_from_ids_calls = after.tokens_from_ids_calls - before.tokens_from_ids_calls;
+    out->mock.gemms_bf16_out = after.gemms_bf16_out - before.gemms_bf16_out;
     ns_engine_close(e);
     ns_cudamock_set_mem_limit(0);
 }
@@ -237,6 +241,31 @@ NS_TEST(test_cudamock_overlapped_steps_same_outputs) {
                   "sampled %d graphs %d logprobs %d: %ld steps named a pick's ids", sampled, graphs, lp,
                   overlapped.mock.tokens_from_ids_calls);
     }
+}
+
+/* The fused feed-forward (NS_CUDA_FUSED_FFN=1): the gate and up GEMMs write bf16 and the
+ * down GEMM reads the bf16 SwiGLU straight from the matmul input buffer, hb's floats left
+ * unwritten. Greedy tokens are the plain run's (the tiny model's logits are steep: the
+ * extra rounding of gate and up flips nothing), with and without graphs and overlapped
+ * steps; a wrong hand-over to the down GEMM (reading hb's floats, or the input before
+ * the SwiGLU) gives other tokens. Precise mode keeps the fp32 path. */
+NS_TEST(test_cudamock_fused_ffn_same_tokens) {
+    run_out plain;
+    run(&(run_cfg){.backend = "cuda"}, &plain);
+    CHECK_EQ_INT(plain.mock.gemms_bf16_out, 0);
+    for (int v = 0; v < 4; v++) {
+        run_out fused;
+        run(&(run_cfg){.backend = "cuda", .fused_ffn = true, .graphs = v & 1, .overlap = v & 2, .no_logprobs = v & 2},
+            &fused);
+        CHECK_EQ_INT(fused.n_done, N_REQ);
+        CHECK_MSG(n_same_requests(&plain, &fused) == N_REQ, "graphs %d overlap %d: %d of %d requests the same",
+                  v & 1, v >> 1, n_same_requests(&plain, &fused), N_REQ);
+        CHECK_MSG(fused.mock.gemms_bf16_out > 0, "graphs %d overlap %d: no GEMM wrote bf16", v & 1, v >> 1);
+    }
+    run_out precise;
+    run(&(run_cfg){.backend = "cuda", .precise = true, .fused_ffn = true}, &precise);
+    CHECK_EQ_INT(precise.mock.gemms_bf16_out, 0);
+    CHECK_EQ_INT(n_same_requests(&plain, &precise), N_REQ);
 }
 
 /* CUDA graphs: padded decode batches recorded and replayed give the tokens and the

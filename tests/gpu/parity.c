@@ -206,6 +206,28 @@ static void check_rows(ns_test_rng *r) {
         snprintf(what, sizeof what, "swiglu %zu", N);
         ok = fetch(what, got, d, N);
         result(ok && allclose(what, got, ref, N, 1e-6, 1e-5, 1e-10));
+        /* swiglu from and to bf16 (the fused feed-forward): the reference on the rounded
+         * inputs, rounded; one bf16 step apart at most (expf on either side) */
+        {
+            uint16_t *x16 = malloc(N * 2), *up16 = malloc(N * 2), *got16 = malloc(N * 2 + 4);
+            float *xr = malloc(N * 4), *upr = malloc(N * 4), *gotf = malloc(N * 4);
+            for (size_t i = 0; i < N; i++) {
+                x16[i] = ns_fp32_to_bf16(x[i]), up16[i] = ns_fp32_to_bf16(up[i]);
+                xr[i] = ns_bf16_to_fp32(x16[i]), upr[i] = ns_bf16_to_fp32(up16[i]);
+            }
+            ns_cpu_swiglu_ref(ref, xr, upr, (int64_t)N);
+            for (size_t i = 0; i < N; i++) ref[i] = ns_bf16_to_fp32(ns_fp32_to_bf16(ref[i]));
+            uint16_t *dx16 = dev_copy(x16, N * 2), *dup16 = dev_copy(up16, N * 2);
+            const size_t nf = (N * 2 + 3) / 4; /* the bf16 output in a canary-guarded float buffer */
+            d = dev_canary(nf);
+            CU(ns_cuda_swiglu_bf16((uint16_t *)d, dx16, dup16, (int64_t)N, 0));
+            snprintf(what, sizeof what, "swiglu bf16 %zu", N);
+            ok = fetch(what, (float *)got16, d, nf);
+            for (size_t i = 0; i < N; i++) gotf[i] = ns_bf16_to_fp32(got16[i]);
+            result(ok && allclose(what, gotf, ref, N, 1e-6, 8e-3, 1e-5));
+            CU(cudaFree(dx16)); CU(cudaFree(dup16));
+            free(x16), free(up16), free(got16), free(xr), free(upr), free(gotf);
+        }
         /* add, add_bias (in place on a copy of up) */
         d = dev_canary(N);
         CU(cudaMemcpy(d, up, N * 4, cudaMemcpyHostToDevice));

@@ -865,6 +865,18 @@ static ns_engine *rows_engine(int max_seqs) {
     return st ? NULL : e;
 }
 
+/* Submits request id with its prompt and sampling. */
+static void submit_req(ns_engine *e, uint64_t id, const int32_t *prompt, int n_prompt, const ns_sampling *sp) {
+    ns_request req;
+    memset(&req, 0, sizeof req);
+    req.id = id;
+    req.prompt = prompt;
+    req.n_prompt = n_prompt;
+    req.sampling = *sp;
+    ns_error err;
+    CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+}
+
 static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t out[ROWS_N][ROWS_TOKENS],
                         float lp[ROWS_N][ROWS_TOKENS], int32_t **prompts, const int *lens) {
     memset(out, 0xff, sizeof(int32_t) * ROWS_N * ROWS_TOKENS);
@@ -876,13 +888,9 @@ static void rows_run_ex(int max_seqs, bool row_sampling, bool padding, int32_t o
     ns_backend_cpu_set_padding(ns_engine_backend(e), padding);
     CHECK((ns_engine_backend(e)->ops->graph_begin != NULL) == padding);
     for (int r = 0; r < ROWS_N; r++) {
-        ns_request req;
-        memset(&req, 0, sizeof req);
-        req.id = (uint64_t)r;
-        req.prompt = prompts[r];
-        req.n_prompt = lens[r];
-        rows_sampling(r, &req.sampling);
-        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+        ns_sampling sp;
+        rows_sampling(r, &sp);
+        submit_req(e, (uint64_t)r, prompts[r], lens[r], &sp);
     }
     int guard = 0;
     while (!ns_engine_idle(e) && guard++ < 10000) {
@@ -1030,13 +1038,9 @@ static void ov_run(int max_seqs, bool overlap, bool padding, const int32_t *stop
     ns_backend_cpu_set_overlap(b, overlap);
     CHECK((b->ops->pick_launch != NULL) == overlap);
     for (int r = 0; r < OV_N; r++) {
-        ns_request req;
-        memset(&req, 0, sizeof req);
-        req.id = (uint64_t)r;
-        req.prompt = prompts[r];
-        req.n_prompt = lens[r];
-        ov_request(r, stop_tok, stop_str, &req.sampling);
-        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
+        ns_sampling sp;
+        ov_request(r, stop_tok, stop_str, &sp);
+        submit_req(e, (uint64_t)r, prompts[r], lens[r], &sp);
     }
     int steps = 0;
     *first_done = 0;
