@@ -242,12 +242,10 @@ static cudaError_t launch_tc(float *out, uint16_t *out_bf16, const float *q, con
                              int n_head_kv, float scale, cudaStream_t stream) {
     const int n_warps = tc_warps(qt, n_head / n_head_kv);
     const size_t smem = tc_smem_bytes<HD>(n_warps);
-    static bool big_smem = false; /* raised once, for the largest block (the first launch runs eagerly) */
-    if (smem > 48 * 1024 && !big_smem) {
-        cudaError_t e = cudaFuncSetAttribute(attention_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)tc_smem_bytes<HD>(TC_MAX_WARPS));
+    if (smem > 48 * 1024) { /* per device, so set at every launch that needs it */
+        cudaError_t e =
+            cudaFuncSetAttribute(attention_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
-        big_smem = true;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
     attention_tc_kernel<HD><<<grid, 32 * n_warps, smem, stream>>>(
