@@ -185,7 +185,7 @@ $(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/emu_cuda.h tes
 # CPU attention reference.
 $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h kernels/cuda/attention_tc.cu \
                            $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
