@@ -109,6 +109,12 @@ typedef struct ns_backend_ops {
     void (*gate_up_swiglu)(ns_backend *b, float *out, float *tmp, const float *x, const ns_bweight *w_gate,
                            const ns_bweight *w_up, int M, int N, int K);
     void (*add)(ns_backend *b, float *y, const float *x, int64_t n);
+    /* Optional (NULL: add, then rmsnorm). The residual add and the next RMSNorm: x (n_rows,
+     * n) += delta, out = rmsnorm(x) * w, for a backend that can skip writing out in fp32:
+     * out then holds the result in the form the backend's matmul takes as input, so out
+     * must be read only as x by the matmuls that follow. out may alias delta. */
+    void (*add_rmsnorm)(ns_backend *b, float *x, const float *delta, float *out, const ns_bweight *w, int n_rows,
+                        int n, float eps);
     /* out (n_logits, width) = rows logit_rows of x (n_tokens, width). */
     void (*gather_logit_rows)(ns_backend *b, float *out, const float *x, int width);
 

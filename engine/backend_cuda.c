@@ -124,7 +124,7 @@ typedef struct cuda_backend {
     const float *x_bf16_src;
     size_t x_bf16_n;
     prof prof; /* NS_CUDA_PROFILE=1 */
-    ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu under NS_CUDA_FUSED_FFN=1 */
+    ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu (NS_CUDA_FUSED_FFN=1), add_rmsnorm (NS_CUDA_FUSED_NORM=1) */
     /* CUDA graphs (NS_CUDA_GRAPHS=1): decode batches padded to a row count, one recorded
      * forward pass per count. gen changes whenever a buffer a recording points into is
      * reallocated (the batch layout, the bf16 matmul input, the KV pool): a recording of an
@@ -748,6 +748,19 @@ static void cuda_swiglu(ns_backend *b, float *out, const float *gate, const floa
     op_check(c, ns_cuda_swiglu(out, shadow, gate, up, n, c->stream), "swiglu");
 }
 
+/* NS_CUDA_FUSED_NORM=1 (off by default until measured on a GPU): the residual add and
+ * the next RMSNorm in one pass that writes the matmul input (bf16) and not out's floats;
+ * precise mode, which has no bf16 copy, writes out in fp32. */
+static void cuda_add_rmsnorm(ns_backend *b, float *x, const float *delta, float *out, const ns_bweight *w, int n_rows,
+                             int n, float eps) {
+    cuda_backend *c = cb(b);
+    uint16_t *shadow = x_shadow(c, out, (size_t)n_rows * (size_t)n);
+    prof_mark(c, P_RMSNORM);
+    op_check(c,
+             ns_cuda_add_rmsnorm(x, delta, shadow ? NULL : out, shadow, cuda_weight_f32(w), n_rows, n, eps, c->stream),
+             "add_rmsnorm");
+}
+
 static void cuda_add(ns_backend *b, float *y, const float *x, int64_t n) {
     cuda_backend *c = cb(b);
     x_forget(c);
@@ -1016,6 +1029,8 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     c->graphs_on = graphs && !strcmp(graphs, "1");
     const char *ffn = getenv("NS_CUDA_FUSED_FFN");
     if (ffn && !strcmp(ffn, "1") && !c->precise) c->ops.gate_up_swiglu = cuda_gate_up_swiglu;
+    const char *norm = getenv("NS_CUDA_FUSED_NORM");
+    if (norm && !strcmp(norm, "1")) c->ops.add_rmsnorm = cuda_add_rmsnorm;
     c->capturing = -1;
     c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
     c->base.kv_elem_bytes = c->precise ? 4 : 2;

@@ -48,6 +48,19 @@ ns_status ns_forward(const ns_model *m, ns_fwd_scratch *s, const ns_fwd_batch *b
     return ns_forward_tp(m, s, batch, logits_host, NULL, err);
 }
 
+/* x += delta, then out = rmsnorm(x) * w: one op where the backend fuses them (out then
+ * fit only for the matmuls that read it next, as here). */
+static void add_then_norm(ns_backend *b, float *x, const float *delta, float *out, const ns_bweight *w, int T, int n,
+                          float eps) {
+    const ns_backend_ops *op = b->ops;
+    if (op->add_rmsnorm) {
+        op->add_rmsnorm(b, x, delta, out, w, T, n, eps);
+    } else {
+        op->add(b, x, delta, (int64_t)T * n);
+        op->rmsnorm(b, out, x, w, T, n, eps);
+    }
+}
+
 /* The ops of one pass over n_rows rows, n_logits of them wanting logits (the first
  * n_logits of batch->logit_rows, or every row of a padded decode batch). */
 static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logits, ns_tp *tp) {
@@ -59,10 +72,10 @@ static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logit
     const float scale = 1.0f / sqrtf((float)hd);
 
     op->embed(b, s->x, m->tok_embd, n_embd);
+    op->rmsnorm(b, s->xb, s->x, m->layers[0].attn_norm, T, n_embd, hp->norm_eps);
     for (int il = 0; il < hp->n_layer; il++) {
         const ns_layer_weights *L = &m->layers[il];
-        /* attention block */
-        op->rmsnorm(b, s->xb, s->x, L->attn_norm, T, n_embd, hp->norm_eps);
+        /* attention block (xb: the attention norm of x, made by the previous layer's end) */
         op->matmul(b, s->q, s->xb, L->wq, T, q_dim, n_embd);
         op->matmul(b, s->k, s->xb, L->wk, T, kv_dim, n_embd);
         op->matmul(b, s->v, s->xb, L->wv, T, kv_dim, n_embd);
@@ -75,9 +88,8 @@ static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logit
         op->attention(b, il, s->att, s->q, hp->n_head, scale);
         op->matmul(b, s->xb, s->att, L->wo, T, n_embd, q_dim);
         if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd); /* row-parallel: sum the partials */
-        op->add(b, s->x, s->xb, (int64_t)T * n_embd);
         /* feed-forward block */
-        op->rmsnorm(b, s->xb, s->x, L->ffn_norm, T, n_embd, hp->norm_eps);
+        add_then_norm(b, s->x, s->xb, s->xb, L->ffn_norm, T, n_embd, hp->norm_eps);
         if (op->gate_up_swiglu) {
             op->gate_up_swiglu(b, s->hb, s->hb2, s->xb, L->w_gate, L->w_up, T, hp->n_ff, n_embd);
         } else {
@@ -87,7 +99,10 @@ static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logit
         }
         op->matmul(b, s->xb, s->hb, L->w_down, T, n_embd, hp->n_ff); /* hb: read here only */
         if (tp) tp->all_reduce(tp, s->xb, (size_t)T * n_embd);
-        op->add(b, s->x, s->xb, (int64_t)T * n_embd);
+        if (il + 1 < hp->n_layer) /* the residual, and the next layer's attention norm */
+            add_then_norm(b, s->x, s->xb, s->xb, m->layers[il + 1].attn_norm, T, n_embd, hp->norm_eps);
+        else
+            op->add(b, s->x, s->xb, (int64_t)T * n_embd);
     }
     if (n_logits == 0) return;
     /* output head only on the rows that need logits (last prompt token, decode tokens) */

@@ -53,6 +53,11 @@ cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *s
 /* out (n_rows, n) = x / sqrt(mean(x^2) + eps) * w (n); out may alias x. One block per row. */
 cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, const float *w, int n_rows, int n,
                             float eps, cudaStream_t stream);
+/* The residual add and the next RMSNorm in one pass: x (n_rows, n) += delta, then out =
+ * rmsnorm(x) * w in fp32 and/or bf16 (either may be NULL, not both); out may alias delta.
+ * Bit-equal to ns_cuda_add then ns_cuda_rmsnorm. */
+cudaError_t ns_cuda_add_rmsnorm(float *x, const float *delta, float *out, uint16_t *out_bf16, const float *w,
+                                int n_rows, int n, float eps, cudaStream_t stream);
 /* In place on x (n_tokens, n_head, head_dim) at positions pos (n_tokens); inv_freq (n_rot/2).
  * theta and its cos/sin in double, the rotation in fp32, as ns_cpu_rope. */
 cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim,

@@ -11,6 +11,7 @@ typedef struct ns_cudamock_counters {
     long sample_rows_calls;
     long tokens_from_ids_calls; /* batches with tokens from a pick still on the device */
     long gemms_bf16_out;        /* GEMMs writing bf16 (the fused feed-forward) */
+    long add_rmsnorm_calls;     /* fused residual add + RMSNorm */
 } ns_cudamock_counters;
 
 /* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */

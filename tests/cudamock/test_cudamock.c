@@ -68,6 +68,7 @@ typedef struct run_cfg {
     bool overlap;          /* NS_ENGINE_OVERLAP=1: the host takes in a step's tokens while the next runs */
     bool no_logprobs;      /* request 5 without logprobs: every row picked on the device */
     bool fused_ffn;        /* NS_CUDA_FUSED_FFN=1: gate/up GEMMs writing bf16, the bf16 SwiGLU */
+    bool fused_norm;       /* NS_CUDA_FUSED_NORM=1: residual add + RMSNorm in one op */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
 } run_cfg;
@@ -79,6 +80,7 @@ static void run(const run_cfg *rc, run_out *out) {
     setenv("NS_CUDA_GRAPHS", rc->graphs ? "1" : "0", 1);
     if (rc->overlap) setenv("NS_ENGINE_OVERLAP", "1", 1);
     if (rc->fused_ffn) setenv("NS_CUDA_FUSED_FFN", "1", 1);
+    if (rc->fused_norm) setenv("NS_CUDA_FUSED_NORM", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = model_path();
@@ -93,6 +95,7 @@ static void run(const run_cfg *rc, run_out *out) {
     unsetenv("NS_CUDA_GRAPHS");
     unsetenv("NS_ENGINE_OVERLAP");
     unsetenv("NS_CUDA_FUSED_FFN");
+    unsetenv("NS_CUDA_FUSED_NORM");
     CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
     if (st) return;
     if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
@@ -136,6 +139,7 @@ static void run(const run_cfg *rc, run_out *out) {
     out->mock.sample_rows_calls = after.sample_rows_calls - before.sample_rows_calls;
     out->mock.tokens_from_ids_calls = after.tokens_from_ids_calls - before.tokens_from_ids_calls;
     out->mock.gemms_bf16_out = after.gemms_bf16_out - before.gemms_bf16_out;
+    out->mock.add_rmsnorm_calls = after.add_rmsnorm_calls - before.add_rmsnorm_calls;
     ns_engine_close(e);
     ns_cudamock_set_mem_limit(0);
 }
@@ -266,6 +270,26 @@ NS_TEST(test_cudamock_fused_ffn_same_tokens) {
     run(&(run_cfg){.backend = "cuda", .precise = true, .fused_ffn = true}, &precise);
     CHECK_EQ_INT(precise.mock.gemms_bf16_out, 0);
     CHECK_EQ_INT(n_same_requests(&plain, &precise), N_REQ);
+}
+
+/* The fused residual add + RMSNorm (NS_CUDA_FUSED_NORM=1): the same arithmetic as add then
+ * rmsnorm, so tokens and logprobs are bit-identical to the plain run, in bf16 and in
+ * precise mode (which writes the fp32 output), with graphs, overlap and the fused
+ * feed-forward beside it (against the fused feed-forward alone). */
+NS_TEST(test_cudamock_fused_norm_bit_identical) {
+    for (int v = 0; v < 4; v++) {
+        const bool precise = v == 1, ffn = v == 3, graphs = v >= 2;
+        run_out plain, fused;
+        run(&(run_cfg){.backend = "cuda", .precise = precise, .fused_ffn = ffn, .graphs = graphs}, &plain);
+        run(&(run_cfg){.backend = "cuda", .precise = precise, .fused_ffn = ffn, .graphs = graphs, .fused_norm = true,
+                       .overlap = graphs, .no_logprobs = false},
+            &fused);
+        CHECK_EQ_INT(fused.n_done, N_REQ);
+        CHECK_MSG(n_same_requests(&plain, &fused) == N_REQ && memcmp(plain.lp, fused.lp, sizeof plain.lp) == 0,
+                  "variant %d: the fused norm changed the outputs", v);
+        CHECK_MSG(fused.mock.add_rmsnorm_calls > 0 && plain.mock.add_rmsnorm_calls == 0, "variant %d: %ld fused calls",
+                  v, fused.mock.add_rmsnorm_calls);
+    }
 }
 
 /* CUDA graphs: padded decode batches recorded and replayed give the tokens and the

@@ -199,6 +199,40 @@ static void check_rows(ns_test_rng *r) {
         snprintf(what, sizeof what, "rmsnorm %dx%d", rows, n);
         int ok = fetch(what, got, d, N);
         result(ok && allclose(what, got, ref, N, 1e-5, 1e-5, 1e-10));
+        /* add_rmsnorm: bit for bit ns_cuda_add then ns_cuda_rmsnorm, the sum x + up and the
+         * fp32 and bf16 outputs; out aliasing delta as the forward pass uses it */
+        {
+            float *xa = dev_copy(x, N * 4), *xb = dev_copy(x, N * 4), *da = dev_copy(up, N * 4);
+            float *oa = dev_canary(N), *ob = dev_canary(N);
+            uint16_t *ha, *hb;
+            CU(cudaMalloc((void **)&ha, N * 2));
+            CU(cudaMalloc((void **)&hb, N * 2));
+            CU(ns_cuda_add(xa, dup, (int64_t)N, 0));
+            CU(ns_cuda_rmsnorm(oa, ha, xa, dw, rows, n, 1e-5f, 0));
+            CU(ns_cuda_add_rmsnorm(xb, da, ob, hb, dw, rows, n, 1e-5f, 0));
+            float *x1 = malloc(N * 4), *x2 = malloc(N * 4), *o1 = malloc(N * 4);
+            uint16_t *h1 = malloc(N * 2), *h2 = malloc(N * 2);
+            CU(cudaDeviceSynchronize());
+            CU(cudaMemcpy(x1, xa, N * 4, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(x2, xb, N * 4, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(h1, ha, N * 2, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(h2, hb, N * 2, cudaMemcpyDeviceToHost));
+            snprintf(what, sizeof what, "add_rmsnorm %dx%d", rows, n);
+            ok = fetch(what, o1, oa, N) & fetch(what, got, ob, N);
+            ok = ok && memcmp(x1, x2, N * 4) == 0 && memcmp(o1, got, N * 4) == 0 && memcmp(h1, h2, N * 2) == 0;
+            printf("%s %s: bit-equal to add then rmsnorm (x, fp32 and bf16 outputs)\n", ok ? "ok  " : "FAIL", what);
+            result(ok);
+            /* out aliasing delta */
+            CU(cudaMemcpy(xb, x, N * 4, cudaMemcpyHostToDevice));
+            CU(ns_cuda_add_rmsnorm(xb, da, da, NULL, dw, rows, n, 1e-5f, 0));
+            CU(cudaDeviceSynchronize());
+            CU(cudaMemcpy(x2, da, N * 4, cudaMemcpyDeviceToHost));
+            ok = memcmp(o1, x2, N * 4) == 0;
+            printf("%s %s, out = delta: bit-equal\n", ok ? "ok  " : "FAIL", what);
+            result(ok);
+            CU(cudaFree(xa)); CU(cudaFree(xb)); CU(cudaFree(da)); CU(cudaFree(ha)); CU(cudaFree(hb));
+            free(x1), free(x2), free(o1), free(h1), free(h2);
+        }
         /* swiglu */
         d = dev_canary(N);
         CU(ns_cuda_swiglu(d, NULL, dx, dup, (int64_t)N, 0));

@@ -24,8 +24,9 @@
 #          benchmarks with it for prompt groups (1), the 1B for every group (2)
 #   4o-5o. steps 4-5 with NS_ENGINE_OVERLAP=1 (overlapped steps), the 1B benchmark with it
 #          (1,000 and 64 sequences)
-#   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU), the 1B/8B
-#          benchmarks with it, and the 1B/8B with graphs, tc1, overlap and fused ffn at once
+#   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU) and
+#          NS_CUDA_FUSED_NORM=1 (residual add + RMSNorm in one pass), the 1B benchmark with
+#          each, the 8B with both, and the 1B/8B with every switch on at once
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
@@ -115,10 +116,12 @@ if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   # in step k's tokens while the device runs step k + 1
   step "4o. synthetic, overlapped steps" 120 env NS_ENGINE_OVERLAP=1 "$bin/gpu-parity" synthetic
   step "5o. nightshift run, overlapped" 120 env NS_ENGINE_OVERLAP=1 bash tests/gpu/runner_cuda.sh "$bin"
-  # the fused feed-forward (NS_CUDA_FUSED_FFN=1, off by default): gate/up GEMMs writing
-  # bf16, the bf16 SwiGLU feeding the down GEMM (its kernel parity is in step 1)
-  step "4f. synthetic, fused feed-forward" 120 env NS_CUDA_FUSED_FFN=1 "$bin/gpu-parity" synthetic
-  step "5f. nightshift run, fused ffn" 120 env NS_CUDA_FUSED_FFN=1 bash tests/gpu/runner_cuda.sh "$bin"
+  # fused ops (off by default): NS_CUDA_FUSED_FFN=1, gate/up GEMMs writing bf16 and the
+  # bf16 SwiGLU feeding the down GEMM; NS_CUDA_FUSED_NORM=1, the residual add and the next
+  # RMSNorm in one pass (their kernel parity is in step 1)
+  step "4f. synthetic, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 "$bin/gpu-parity" synthetic
+  step "5f. nightshift run, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
+    bash tests/gpu/runner_cuda.sh "$bin"
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
@@ -136,12 +139,13 @@ bench gen-1b-tc1 90 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 1b "$n_prompts" 1
 bench gen-8b-tc1 150 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
 bench gen-1b-tc2 90 env NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
 bench gen-1b-ffn 90 env NS_CUDA_FUSED_FFN=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-8b-ffn 150 env NS_CUDA_FUSED_FFN=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-1b-norm 90 env NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-8b-fused 150 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
 if [ "$mode" != profile ]; then
   bench gen-1b-overlap 90 env NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
   bench gen-1b-b64-graphs-overlap 60 env NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
   for shape in 1b 8b; do
-    bench gen-$shape-all 150 env NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 \
+    bench gen-$shape-all 150 env NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
       "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
   done
 fi
@@ -172,7 +176,7 @@ ratio() { # ratio NAME BASE: NAME's output tok/s over BASE's
 }
 echo "== side by side (output tok/s)" | tee -a "$logs/summary.txt"
 for pair in "gen-1b-graphs gen-1b" "gen-8b-graphs gen-8b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
-            "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-8b-ffn gen-8b" "gen-1b-overlap gen-1b" \
+            "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
             "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000"; do
   ratio $pair
