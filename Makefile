@@ -59,11 +59,11 @@ else
 endif
 ifeq ($(strip $(HAVE_CUDA)),1)
   # the CUDA backend's host code on a CPU stand-in for the device (tests/cudamock, below)
-  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
   CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
   LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
-            -Wl,--push-state,--as-needed -lcublas -lcudart -lstdc++ -Wl,--pop-state
+            -Wl,--push-state,--as-needed -lcublasLt -lcublas -lcudart -lstdc++ -Wl,--pop-state
   CUDA_LINKED := $(BUILD)/nightshift $(BUILD)/unit $(BUILD)/unit-asan-parsers $(BUILD)/bench-engine $(BUILD)/bench-sched
   $(CUDA_LINKED): $(BUILD)/libnightshift_cuda.a
 else
@@ -145,7 +145,8 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(CUDAMOCK_BIN)
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(BUILD)/emu-fp8 \
+      $(CUDAMOCK_BIN)
 	@bash tests/run.sh $(BUILD)
 
 ## test-cuda: the CUDA tests (SKIPPED without a GPU)
@@ -160,9 +161,10 @@ bench-gpu: all gpu-tools
 # runtime, cuBLAS and the ns_cuda_* kernels as CPU references, linked instead of the real
 # ones. Needs the CUDA headers, so it is built where the CUDA backend is.
 CUDAMOCK_SRCS := tests/cudamock/cudamock.c tests/cudamock/test_cudamock.c tests/unit/test_cuda.c tests/unit/main.c \
-                 tests/unit/tiny_model.c tests/unit/tp_run.c
+                 tests/unit/tiny_model.c tests/unit/tp_run.c tests/unit/golden.c
 CUDAMOCK_LIBS := -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpthread -ldl
-$(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h tests/gpu/sample_cases.h $(BUILD)/libnightshift.a
+$(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h tests/gpu/sample_cases.h tests/unit/golden.h \
+                        $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
 # the nightshift binary on the stand-in, for tests/gpu/runner_cuda.sh in make test (with
 # the stand-in's unit binary beside it, which writes the tiny model)
@@ -188,6 +190,16 @@ $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h k
 	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
+# The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
+$(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	    tests/gpu/emu_fp8.cpp $(BUILD)/libnightshift.a -o $@ -lm
+
+# kernels/cpu/fp8.h's E4M3 codes against CUDA's own host conversions (cuda_fp8.h): built
+# where the CUDA headers are.
+$(BUILD)/check-fp8-format: tests/gpu/check_fp8_format.cpp kernels/cpu/fp8.h
+	$(CXX) -std=c++17 -O2 -Wall -I$(CUDA_HOME)/include -Ikernels/cpu tests/gpu/check_fp8_format.cpp -o $@
+
 ## gpu-tools: the GPU check programs build/gpu-parity and build/gpu-bench (tests/gpu/run.sh runs them)
 gpu-tools: $(BUILD)/gpu-parity $(BUILD)/gpu-bench
 
@@ -195,7 +207,7 @@ $(BUILD)/gpu-parity: tests/gpu/parity.c tests/gpu/sample_cases.h tests/unit/tiny
 	$(CC) $(CFLAGS) -Itests/unit tests/gpu/parity.c tests/unit/tiny_model.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS)
 
 $(BUILD)/gpu-bench: tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a $(BUILD)/libnightshift_cuda.a
-	$(CC) $(CFLAGS) tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS) -lcublas -lcudart
+	$(CC) $(CFLAGS) tests/gpu/bench_gpu.c $(BUILD)/libnightshift.a -o $@ $(LDLIBS) -lcublasLt -lcublas -lcudart
 
 ## bench-engine: engine throughput on the demo model, llama.cpp batched-bench layout (about 5 minutes)
 bench-engine: $(BUILD)/bench-engine model

@@ -26,6 +26,15 @@
  * NS_CUDA_GRAPHS=1: decode batches are padded to a few sizes and each size's forward
  * pass is recorded once as a CUDA graph and replayed (see "CUDA graphs" below). Off by
  * default until a GPU run has checked it (tests/gpu/run.sh).
+ * NS_CUDA_FP8=1 (never in precise mode; compute capability 8.9 or later): the layers'
+ * weight matrices (tensors "blk.*" with rows a multiple of 16 wide) are stored as FP8 E4M3
+ * with a scale per output row, each matmul input is quantized per token the same way
+ * (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt multiplies them (fp32
+ * accumulation, the two scale vectors applied as outer-vector scales, output fp32 or
+ * bf16). The token embedding and the output head stay bf16. Twice the tensor-core rate of
+ * bf16 on Hopper, at a cost in accuracy that test_cudamock_fp8_demo_model_accuracy
+ * measures against the golden logits. Off by default: it changes results. Where cuBLASLt
+ * has the form with bf16 output only, fp32 results are written as bf16 and widened.
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), the quantized-weight
  * GEMV for small batches.
  */
@@ -33,12 +42,14 @@
 
 #include "backend_cuda.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp8.h"
 #include "ops_cuda.h"
 #include "sample_rule.h"
 
@@ -46,6 +57,8 @@
 #define NS_CUDA_MAX_GRAPHS 48
 /* cuBLAS workspace given at creation (Hopper's recommended size). */
 #define NS_CUDA_CUBLAS_WS (32u << 20)
+/* cuBLASLt plans (layouts and algorithm) kept for FP8 GEMM shapes (NS_CUDA_FP8=1). */
+#define NS_CUDA_LT_PLANS 256
 
 _Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F16 == (int)NS_GGML_F16 &&
                    (int)NS_CUDA_TYPE_BF16 == (int)NS_GGML_BF16 && (int)NS_CUDA_TYPE_Q8_0 == (int)NS_GGML_Q8_0 &&
@@ -53,10 +66,20 @@ _Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F1
                "kernels/cuda/ops_cuda.h type values must match ns_ggml_type");
 
 struct ns_bweight {
-    void *data;     /* device: (ne1, ne0) bf16 for matrices, (ne0) fp32 for vectors */
+    void *data;     /* device: (ne1, ne0) bf16 for matrices, (ne0) fp32 for vectors; NULL when fp8 */
+    uint8_t *fp8;   /* NS_CUDA_FP8=1, layer matrices: (ne1, ne0) e4m3, row r times fp8_scale[r] */
+    float *fp8_scale; /* (ne1) */
     int64_t ne0, ne1;
-    bool is_bf16;
+    bool is_bf16;   /* a matrix (bf16, or fp8 when fp8 is set); false: an fp32 vector */
 };
+
+/* One FP8 GEMM shape's cuBLASLt layouts and the algorithm its heuristic chose. */
+typedef struct lt_plan {
+    int M, N, K;
+    cudaDataType y_type;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
 
 /* ---- profile (NS_CUDA_PROFILE=1): device time per op, from events between ops ----
  * Each op records an event before its launch; at the next synchronizing call the time
@@ -65,7 +88,7 @@ struct ns_bweight {
  * Printed to stderr when the backend is destroyed. */
 enum { P_BATCH, P_EMBED, P_RMSNORM, P_CONVERT, P_GEMM, P_BIAS, P_ROPE, P_KV_STORE, P_ATTENTION, P_SWIGLU, P_ADD,
        P_GATHER, P_ARGMAX, P_SAMPLE, P_DOWNLOAD, P_N };
-static const char *const prof_names[P_N] = {"batch upload", "embed", "rmsnorm", "f32->bf16", "gemm (cuBLAS)",
+static const char *const prof_names[P_N] = {"batch upload", "embed", "rmsnorm", "to bf16/fp8", "gemm (cuBLAS)",
                                             "add_bias", "rope", "kv_store", "attention", "swiglu", "add",
                                             "gather rows", "argmax", "sample", "download"};
 #define PROF_MAX 4096
@@ -123,6 +146,24 @@ typedef struct cuda_backend {
      * input, e.g. q/k/v or gate/up; any other op clears it, since it might write there) */
     const float *x_bf16_src;
     size_t x_bf16_n;
+    /* NS_CUDA_FP8=1: the matmul input as e4m3 rows (x_bf16_cap bytes) and their scales
+     * (x_scale_cap), the input they were made from (as x_bf16_src), and cuBLASLt */
+    bool fp8;
+    uint8_t *x_fp8;
+    float *x_scale;
+    size_t x_scale_cap;
+    const float *x_fp8_src;
+    size_t x_fp8_n;
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t lt_desc;
+    cublasLtMatmulPreference_t lt_pref;
+    lt_plan *lt_plans; /* NS_CUDA_LT_PLANS, n_lt_plans used; replaced round robin */
+    int n_lt_plans, lt_next;
+    /* when cuBLASLt has no fp32 output for this form (the setup's probe): fp32 results go
+     * through bf16, written to y_bf16 (y_bf16_cap elements) and widened */
+    bool lt_bf16_only;
+    uint16_t *y_bf16;
+    size_t y_bf16_cap;
     prof prof; /* NS_CUDA_PROFILE=1 */
     ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu (NS_CUDA_FUSED_FFN=1), add_rmsnorm (NS_CUDA_FUSED_NORM=1) */
     /* CUDA graphs (NS_CUDA_GRAPHS=1): decode batches padded to a row count, one recorded
@@ -198,8 +239,14 @@ destroy:
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
 }
 
-/* Any op other than matmul may write the buffer whose bf16 copy is kept: forget it. */
-static void x_forget(cuda_backend *c) { c->x_bf16_src = NULL; }
+/* Any op other than matmul may write the buffer whose bf16 (or fp8) copy is kept: forget it. */
+static void x_forget(cuda_backend *c) { c->x_bf16_src = c->x_fp8_src = NULL; }
+
+/* A matmul wrote y: a kept copy of y is stale. */
+static void x_written(cuda_backend *c, const void *y) {
+    if ((const void *)c->x_bf16_src == y) c->x_bf16_src = NULL;
+    if ((const void *)c->x_fp8_src == y) c->x_fp8_src = NULL;
+}
 
 /* For an op whose output (n floats at out) usually feeds a matmul next: where the bf16
  * copy of that output goes (the matmul input buffer), so the matmul skips converting it;
@@ -211,6 +258,7 @@ static uint16_t *x_shadow(cuda_backend *c, const float *out, size_t n) {
     }
     c->x_bf16_src = out;
     c->x_bf16_n = n;
+    c->x_fp8_src = NULL;
     return c->x_bf16;
 }
 
@@ -319,6 +367,8 @@ static void cuda_weight_free(ns_backend *b, ns_bweight *w) {
     (void)b;
     if (!w) return;
     if (w->data) cudaFree(w->data);
+    if (w->fp8) cudaFree(w->fp8);
+    if (w->fp8_scale) cudaFree(w->fp8_scale);
     free(w);
 }
 
@@ -337,18 +387,32 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     w->ne0 = t->ne[0];
     w->ne1 = n_rows;
     w->is_bf16 = is_matrix;
+    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs need rows a multiple of 16) */
+    bool as_fp8 = c->fp8 && is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4) && t->ne[0] % 16 == 0;
     char what[160];
     snprintf(what, sizeof what, "tensor '%.*s' (%lld x %lld, %s)", (int)NS_MIN(t->name.len, 96), t->name.ptr,
-             (long long)n_rows, (long long)t->ne[0], is_matrix ? "bf16" : "f32");
+             (long long)n_rows, (long long)t->ne[0], as_fp8 ? "fp8" : is_matrix ? "bf16" : "f32");
     size_t n_elem = (size_t)w->ne0 * (size_t)n_rows;
-    void *raw = NULL;
-    ns_status st = dev_alloc(c, n_elem * (is_matrix ? 2 : 4), what, &w->data, err);
+    void *raw = NULL, *f32 = NULL;
+    ns_status st;
+    if (as_fp8) {
+        st = dev_alloc(c, n_elem, what, (void **)&w->fp8, err);
+        if (!st) st = dev_alloc(c, (size_t)n_rows * sizeof(float), what, (void **)&w->fp8_scale, err);
+        if (!st) st = dev_alloc(c, n_elem * sizeof(float), "a weight matrix in fp32 (staging its fp8 rows)", &f32,
+                                err);
+    } else {
+        st = dev_alloc(c, n_elem * (is_matrix ? 2 : 4), what, &w->data, err);
+    }
     if (st) goto fail;
     snprintf(what, sizeof what, "the file rows of tensor '%.*s' (staging)", (int)NS_MIN(t->name.len, 96),
              t->name.ptr);
     if ((st = dev_alloc(c, row_bytes * (size_t)n_rows, what, &raw, err))) goto fail;
     cudaError_t e = cudaMemcpyAsync(raw, t->data, row_bytes * (size_t)n_rows, cudaMemcpyHostToDevice, c->stream);
-    if (e == cudaSuccess)
+    if (e == cudaSuccess && as_fp8)
+        e = ns_cuda_dequant_row(t->type, raw, row_bytes, f32, NS_CUDA_TYPE_F32, n_rows, t->ne[0], c->stream);
+    if (e == cudaSuccess && as_fp8)
+        e = ns_cuda_quant_rows_fp8(w->fp8, w->fp8_scale, f32, NS_CUDA_TYPE_F32, n_rows, t->ne[0], c->stream);
+    if (e == cudaSuccess && !as_fp8)
         e = ns_cuda_dequant_row(t->type, raw, row_bytes, w->data, is_matrix ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32,
                                 n_rows, t->ne[0], c->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
@@ -357,11 +421,13 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
         goto fail;
     }
     cudaFree(raw);
+    if (f32) cudaFree(f32);
     if (is_matrix && w->ne0 > c->max_k) c->max_k = w->ne0;
     *out = w;
     return NS_OK;
 fail:
     if (raw) cudaFree(raw);
+    if (f32) cudaFree(f32);
     cuda_weight_free(b, w);
     return st;
 }
@@ -422,13 +488,25 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     if (n <= c->x_bf16_cap) return NS_OK;
     if (c->x_bf16) cudaFree(c->x_bf16);
     if (c->x_lo) cudaFree(c->x_lo);
+    if (c->x_fp8) cudaFree(c->x_fp8);
+    if (c->x_scale) cudaFree(c->x_scale);
     c->x_bf16 = c->x_lo = NULL;
-    c->x_bf16_cap = 0;
+    c->x_fp8 = NULL;
+    c->x_scale = NULL;
+    c->x_bf16_cap = c->x_scale_cap = 0;
+    x_forget(c);
     c->gen++;
     ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err);
     if (!st && c->precise)
         st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input remainder", (void **)&c->x_lo, err);
-    if (!st) c->x_bf16_cap = n;
+    /* fp8: n bytes, and a scale per row; an FP8 GEMM's rows are at least 16 wide */
+    if (!st && c->fp8) st = dev_alloc(c, n, "the fp8 matmul input", (void **)&c->x_fp8, err);
+    if (!st && c->fp8)
+        st = dev_alloc(c, (n / 16 + 1) * sizeof(float), "the fp8 matmul input's scales", (void **)&c->x_scale, err);
+    if (!st) {
+        c->x_bf16_cap = n;
+        c->x_scale_cap = c->fp8 ? n / 16 + 1 : 0;
+    }
     return st;
 }
 
@@ -646,8 +724,140 @@ static bool x_to_bf16(cuda_backend *c, const float *x, int M, int K) {
             op_check(c, ns_cuda_f32_to_bf16(c->x_bf16, x, (int64_t)n_x, c->stream), "matmul (f32 to bf16)");
         c->x_bf16_src = x;
         c->x_bf16_n = n_x;
+        c->x_fp8_src = NULL;
     }
     return true;
+}
+
+/* x (M, K) into the fp8 matmul input, one scale per row (skipped when that already holds
+ * it), from the bf16 copy when that holds x (an op wrote it there; x's floats may not be
+ * written at all, see cuda_gate_up_swiglu), else from x; false after recording a failure. */
+static bool x_to_fp8(cuda_backend *c, const float *x, int M, int K) {
+    if (c->sticky) return false;
+    size_t n_x = (size_t)M * (size_t)K;
+    if (n_x > c->x_bf16_cap || (size_t)M > c->x_scale_cap) {
+        ns_error e; /* outside a batch_set that sized it: grow, synchronously */
+        if (ensure_x_cap(c, NS_MAX(n_x, 16 * (size_t)M), &e)) {
+            c->sticky = e.code ? e.code : NS_ERR_BACKEND;
+            c->sticky_err = e;
+            return false;
+        }
+    }
+    if (x == c->x_fp8_src && n_x == c->x_fp8_n) return true;
+    bool from_bf16 = x == c->x_bf16_src && n_x == c->x_bf16_n;
+    prof_mark(c, P_CONVERT);
+    op_check(c,
+             ns_cuda_quant_rows_fp8(c->x_fp8, c->x_scale, from_bf16 ? (const void *)c->x_bf16 : (const void *)x,
+                                    from_bf16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, M, K, c->stream),
+             "matmul (rows to fp8)");
+    c->x_fp8_src = x;
+    c->x_fp8_n = n_x;
+    return true;
+}
+
+/* The matmul input in the form w's GEMM reads: fp8 rows for an fp8 weight, else bf16. */
+static bool x_for(cuda_backend *c, const ns_bweight *w, const float *x, int M, int K) {
+    return w->fp8 ? x_to_fp8(c, x, M, K) : x_to_bf16(c, x, M, K);
+}
+
+static void lt_fail(cuda_backend *c, cublasStatus_t s, const char *what, int M, int N, int K) {
+    if (c->sticky) return;
+    c->sticky = ns_error_set(&c->sticky_err, NS_ERR_BACKEND, "cuda backend: fp8 matmul %d x %d x %d: %s: cuBLAS %s", M,
+                             N, K, what, cublasGetStatusString(s));
+    if (s == CUBLAS_STATUS_ALLOC_FAILED) c->sticky = c->sticky_err.code = NS_ERR_NOMEM;
+}
+
+static void lt_plan_clear(lt_plan *p) {
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+    memset(p, 0, sizeof *p);
+}
+
+/* The plan of an FP8 GEMM shape: kept, or made (layouts, and the heuristic's first
+ * algorithm within the workspace); NULL after recording a failure. A shape's plan is
+ * made once: the heuristic query is a host call of tens of microseconds. */
+static lt_plan *lt_plan_for(cuda_backend *c, int M, int N, int K, cudaDataType y_type) {
+    for (int i = 0; i < c->n_lt_plans; i++) {
+        lt_plan *p = &c->lt_plans[i];
+        if (p->M == M && p->N == N && p->K == K && p->y_type == y_type) return p;
+    }
+    int i = c->n_lt_plans < NS_CUDA_LT_PLANS ? c->n_lt_plans++ : c->lt_next++ % NS_CUDA_LT_PLANS;
+    lt_plan *p = &c->lt_plans[i];
+    lt_plan_clear(p);
+    /* column-major, as the bf16 path (gemm): A = W (K, N) read transposed, B = x (K, M), D = y^T (N, M) */
+    cublasStatus_t s = cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)M, K);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->d, y_type, (uint64_t)N, (uint64_t)M, N);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        lt_plan_clear(p);
+        lt_fail(c, s, "cublasLtMatrixLayoutCreate", M, N, K);
+        return NULL;
+    }
+    cublasLtMatmulHeuristicResult_t r;
+    int n_found = 0;
+    s = cublasLtMatmulAlgoGetHeuristic(c->lt, c->lt_desc, p->a, p->b, p->d, p->d, c->lt_pref, 1, &r, &n_found);
+    if (s == CUBLAS_STATUS_SUCCESS && (n_found < 1 || r.state != CUBLAS_STATUS_SUCCESS))
+        s = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        lt_plan_clear(p);
+        lt_fail(c, s, y_type == CUDA_R_32F ? "no cuBLASLt algorithm for e4m3 x e4m3 -> fp32 with outer-vector scales"
+                                           : "no cuBLASLt algorithm for e4m3 x e4m3 -> bf16 with outer-vector scales",
+                M, N, K);
+        return NULL;
+    }
+    p->algo = r.algo;
+    p->M = M;
+    p->N = N;
+    p->K = K;
+    p->y_type = y_type;
+    return p;
+}
+
+/* y (M, N) = x_fp8 (M, K) . W_fp8^T, each product scaled by the row's scales: cuBLASLt
+ * with outer-vector scales, A's (N) from the weight, B's (M) from x_to_fp8. */
+static void gemm_fp8(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight *w, int M, int N, int K) {
+    void *y_f32 = NULL; /* fp32 results through bf16 (lt_bf16_only) */
+    if (y_type == CUDA_R_32F && c->lt_bf16_only) {
+        size_t n = (size_t)M * (size_t)N;
+        if (n > c->y_bf16_cap) {
+            /* grows once per larger shape, outside recordings (a recording that reaches this
+             * fails and its pass runs eagerly); recordings pointing at the old buffer go */
+            if (c->y_bf16) cudaFree(c->y_bf16);
+            c->y_bf16 = NULL;
+            c->y_bf16_cap = 0;
+            c->gen++;
+            ns_error e;
+            if (dev_alloc(c, n * sizeof(uint16_t), "the fp8 matmul's bf16 output", (void **)&c->y_bf16, &e)) {
+                if (!c->sticky) {
+                    c->sticky = e.code ? e.code : NS_ERR_BACKEND;
+                    c->sticky_err = e;
+                }
+                return;
+            }
+            c->y_bf16_cap = n;
+        }
+        y_f32 = y;
+        y = c->y_bf16;
+        y_type = CUDA_R_16BF;
+    }
+    lt_plan *p = lt_plan_for(c, M, N, K, y_type);
+    if (!p) return;
+    prof_mark(c, P_GEMM);
+    const float alpha = 1.0f, beta = 0.0f;
+    const void *a_scale = w->fp8_scale, *b_scale = c->x_scale;
+    cublasStatus_t s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                                      sizeof a_scale);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmul(c->lt, c->lt_desc, &alpha, w->fp8, p->a, c->x_fp8, p->b, &beta, y, p->d, y, p->d, &p->algo,
+                           c->cublas_ws, NS_CUDA_CUBLAS_WS, c->stream);
+    if (s != CUBLAS_STATUS_SUCCESS) lt_fail(c, s, "cublasLtMatmul", M, N, K);
+    if (y_f32)
+        op_check(c,
+                 ns_cuda_dequant_row(NS_CUDA_TYPE_BF16, y, (size_t)N * 2, y_f32, NS_CUDA_TYPE_F32, M, N, c->stream),
+                 "matmul (fp8 output bf16 to fp32)");
 }
 
 /* y (M, N) = x_bf16 (M, K) . W^T, y of y_type (CUDA_R_32F, or CUDA_R_16BF outside precise
@@ -655,6 +865,10 @@ static bool x_to_bf16(cuda_backend *c, const float *x, int M, int K) {
  * (N, K) read as column-major (K, N) transposed, and x row-major (M, K) as column-major
  * (K, M). Precise mode adds W . x_lo. */
 static void gemm(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight *w, int M, int N, int K) {
+    if (w->fp8) {
+        gemm_fp8(c, y, y_type, w, M, N, K);
+        return;
+    }
     prof_mark(c, P_GEMM);
     const float alpha = 1.0f, beta = 0.0f, one = 1.0f;
     cublasStatus_t s = cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w->data, CUDA_R_16BF, K,
@@ -672,9 +886,9 @@ static void gemm(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight
 static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweight *w, int M, int N, int K) {
     cuda_backend *c = cb(b);
     NS_ASSERT(w->is_bf16 && w->ne0 == K && w->ne1 == N);
-    if (M == 0 || !x_to_bf16(c, x, M, K)) return;
-    if (y == x) x_forget(c);
+    if (M == 0 || !x_for(c, w, x, M, K)) return;
     gemm(c, y, CUDA_R_32F, w, M, N, K);
+    x_written(c, y);
 }
 
 /* NS_CUDA_FUSED_FFN=1 (off by default until measured on a GPU; never in precise mode):
@@ -686,10 +900,12 @@ static void cuda_gate_up_swiglu(ns_backend *b, float *out, float *tmp, const flo
     cuda_backend *c = cb(b);
     NS_ASSERT(w_gate->is_bf16 && w_gate->ne0 == K && w_gate->ne1 == N && w_up->is_bf16 && w_up->ne0 == K &&
               w_up->ne1 == N && !c->precise);
-    if (M == 0 || !x_to_bf16(c, x, M, K)) return;
     uint16_t *g = (uint16_t *)out, *u = (uint16_t *)tmp; /* (M, N) bf16 in buffers of (M, N) floats */
+    if (M == 0 || !x_for(c, w_gate, x, M, K)) return;
     gemm(c, g, CUDA_R_16BF, w_gate, M, N, K);
+    if (!x_for(c, w_up, x, M, K)) return;
     gemm(c, u, CUDA_R_16BF, w_up, M, N, K);
+    x_written(c, tmp);
     uint16_t *shadow = x_shadow(c, out, (size_t)M * (size_t)N); /* the bf16 GEMMs read x_bf16 before this */
     prof_mark(c, P_SWIGLU);
     if (!shadow) { /* no room for the copy (x_bf16 is sized for every weight's K: not expected) */
@@ -932,6 +1148,58 @@ static ns_status cuda_graph_end(ns_backend *b, bool *rerun, ns_error *err) {
 
 /* ---- lifetime ---- */
 
+/* NS_CUDA_FP8=1: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
+ * accumulation, outer-vector scales), and a first plan, so that a device or cuBLAS
+ * without the FP8 GEMM fails here, naming why, rather than at the first step. */
+static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
+    int major = 0, minor = 0;
+    CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device), "cudaDeviceGetAttribute");
+    CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, c->device), "cudaDeviceGetAttribute");
+    if (major * 10 + minor < 89)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                            "cuda backend: NS_CUDA_FP8=1 needs FP8 tensor cores (compute capability 8.9 or later); "
+                            "device %d has %d.%d",
+                            c->device, major, minor);
+    c->fp8 = true;
+    cublasStatus_t s;
+    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    const int32_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const uint64_t ws = NS_CUDA_CUBLAS_WS;
+    if ((s = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS) {
+        c->lt = NULL;
+        return cublas_fail(err, s, "cublasLtCreate");
+    }
+    if ((s = cublasLtMatmulDescCreate(&c->lt_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS) {
+        c->lt_desc = NULL;
+        return cublas_fail(err, s, "cublasLtMatmulDescCreate");
+    }
+    if ((s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t)) ||
+        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n)) ||
+        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer, sizeof outer)) ||
+        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer, sizeof outer)))
+        return cublas_fail(err, s, "cublasLtMatmulDescSetAttribute");
+    if ((s = cublasLtMatmulPreferenceCreate(&c->lt_pref)) != CUBLAS_STATUS_SUCCESS) {
+        c->lt_pref = NULL;
+        return cublas_fail(err, s, "cublasLtMatmulPreferenceCreate");
+    }
+    if ((s = cublasLtMatmulPreferenceSetAttribute(c->lt_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                   sizeof ws)))
+        return cublas_fail(err, s, "cublasLtMatmulPreferenceSetAttribute");
+    c->lt_plans = ns_calloc_array(NS_CUDA_LT_PLANS, sizeof(lt_plan));
+    if (!c->lt_plans) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
+    if (!lt_plan_for(c, 16, 16, 16, CUDA_R_16BF)) {
+        *err = c->sticky_err;
+        return c->sticky;
+    }
+    if (!lt_plan_for(c, 16, 16, 16, CUDA_R_32F)) { /* no fp32 output: through bf16 (see gemm_fp8) */
+        c->sticky = NS_OK;
+        c->lt_bf16_only = true;
+        fprintf(stderr, "cuda backend: device %d: cuBLASLt has no fp8 GEMM with fp32 output and outer-vector scales "
+                        "here; fp8 GEMMs write bf16, widened to fp32\n", c->device);
+    }
+    return NS_OK;
+}
+
 static void cuda_destroy(ns_backend *b) {
     cuda_backend *c = cb(b);
     if (!c) return;
@@ -943,6 +1211,15 @@ static void cuda_destroy(ns_backend *b) {
     if (c->d_batch) cudaFree(c->d_batch);
     if (c->x_bf16) cudaFree(c->x_bf16);
     if (c->x_lo) cudaFree(c->x_lo);
+    if (c->x_fp8) cudaFree(c->x_fp8);
+    if (c->x_scale) cudaFree(c->x_scale);
+    if (c->y_bf16) cudaFree(c->y_bf16);
+    if (c->lt_plans)
+        for (int i = 0; i < c->n_lt_plans; i++) lt_plan_clear(&c->lt_plans[i]);
+    free(c->lt_plans);
+    if (c->lt_pref) cublasLtMatmulPreferenceDestroy(c->lt_pref);
+    if (c->lt_desc) cublasLtMatmulDescDestroy(c->lt_desc);
+    if (c->lt) cublasLtDestroy(c->lt);
     free_ids(c);
     for (int i = 0; i < NS_CUDA_MAX_GRAPHS; i++) graph_drop(c, i);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
@@ -1074,6 +1351,8 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
         st = cublas_fail(err, s, "cublasSetWorkspace");
         goto fail;
     }
+    const char *fp8 = getenv("NS_CUDA_FP8");
+    if (fp8 && !strcmp(fp8, "1") && !c->precise && (st = fp8_setup(c, err))) goto fail;
     *out = &c->base;
     return NS_OK;
 fail:

@@ -2,9 +2,9 @@
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
-# (tests/cudamock), and the CUDA row-sampling and tensor-core attention kernels emulated
-# on the CPU (tests/gpu/emu_cuda.h), when those
-# binaries were built; then the job pipeline end to end; ends with one line
+# (tests/cudamock), the CUDA row-sampling, tensor-core attention and FP8 quantizer
+# kernels emulated on the CPU (tests/gpu/emu_cuda.h), and the FP8 codes against CUDA's
+# host conversions, when those binaries were built; then the job pipeline end to end; ends with one line
 # "N passed, N failed, N skipped" summed over all.
 set -u
 build=${1:-build}
@@ -54,6 +54,14 @@ fi
 if [ -x "$build/emu-attention-tc" ]; then
   echo "== the CUDA tensor-core attention kernel, emulated on the CPU ($build/emu-attention-tc)" >&2
   run "$build/emu-attention-tc"
+fi
+if [ -x "$build/emu-fp8" ]; then
+  echo "== the CUDA FP8 row quantizer, emulated on the CPU ($build/emu-fp8)" >&2
+  run "$build/emu-fp8"
+fi
+if [ -x "$build/check-fp8-format" ]; then
+  echo "== FP8 E4M3 codes against CUDA's host conversions ($build/check-fp8-format)" >&2
+  run "$build/check-fp8-format"
 fi
 echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
 run bash tests/e2e/pipeline.sh "$build"

@@ -32,6 +32,15 @@ void ns_cpu_quantize_row(int type, const float *src /*(n)*/, void *dst, int64_t 
 void ns_cpu_matmul_ref(float *y, const float *x, const float *w, int M, int N, int K);
 void ns_cpu_matmul(float *y, const float *x, const float *w, int M, int N, int K);
 
+/* FP8 E4M3 (fp8.h), the CUDA backend's FP8 GEMM path. Rows of x (n_rows, n) to out
+ * (n_rows, n) e4m3 and scales (n_rows): x ~ e4m3_to_float(out) * scale per row. */
+void ns_cpu_quant_rows_fp8(uint8_t *out, float *scales, const float *x, int64_t n_rows, int64_t n);
+/* y (M, N) = (xq . wq^T) * x_scales[m] * w_scales[n]: xq (M, K) and wq (N, K) e4m3 rows
+ * with their scales, the products summed exactly enough (double) to be the reference for
+ * any fp32 accumulation order. */
+void ns_cpu_matmul_fp8_ref(float *y, const uint8_t *xq, const float *x_scales, const uint8_t *wq,
+                           const float *w_scales, int M, int N, int K);
+
 /* ---- elementwise / row ops ----
  * RMSNorm per row: out = x / sqrt(mean(x^2) + eps) * w. x, out (n_rows, n); w (n).
  * out may alias x. */

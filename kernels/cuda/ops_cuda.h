@@ -69,6 +69,11 @@ cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, co
  * path, where the GEMMs write bf16 and the result is the next GEMM's input. */
 cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
                                 cudaStream_t stream);
+/* FP8 E4M3 rows with a scale per row (kernels/cpu/fp8.h): out (n_rows, n) = e4m3(x * 448 /
+ * amax), scales (n_rows) = amax / 448, amax = max |x| of the row; x (n_rows, n) of x_type
+ * NS_CUDA_TYPE_F32 or NS_CUDA_TYPE_BF16. The same bits as ns_cpu_quant_rows_fp8. */
+cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, int x_type, int64_t n_rows,
+                                   int64_t n, cudaStream_t stream);
 /* y (n) += x (n). */
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
 /* y (M, N) += bias (N) on every row. */

@@ -29,8 +29,15 @@
  *   cudaErrorStreamCaptureUnsupported and invalidate the capture; a GEMM recorded before
  *   cublasSetWorkspace is refused the same way (cuBLAS would allocate). With
  *   NS_CUDAMOCK_CAPTURE_FAIL=1 the first GEMM of every capture is refused.
+ * - cuBLASLt: the one FP8 form backend_cuda.c uses (e4m3 A transposed and B, outer-vector
+ *   scales, fp32 accumulation, D of fp32 or bf16), computed as e4m3 -> float, sgemm, then
+ *   the two scales; anything else is CUBLAS_STATUS_NOT_SUPPORTED, at the heuristic query
+ *   and at the call (NS_CUDAMOCK_LT_NO_F32=1: fp32 D too, as a cuBLAS without that form
+ *   would). Compute capability 9.0 (NS_CUDAMOCK_CC=86 says 8.6, say).
  * - Counters for the tests: ns_cudamock_stats.
  */
+#include <cblas.h>
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -40,6 +47,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "fp8.h"
 #include "ops.h"
 #include "ops_cuda.h"
 #include "sample_rule.h"
@@ -261,6 +269,16 @@ cudaError_t cudaGetDeviceCount(int *n) {
     return *n > 0 ? cudaSuccess : cudaErrorNoDevice;
 }
 
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+    if (device < 0 || device >= n_devices()) return cudaErrorInvalidDevice;
+    const char *cc = getenv("NS_CUDAMOCK_CC");
+    int v = cc ? (int)strtol(cc, NULL, 10) : 90;
+    if (attr == cudaDevAttrComputeCapabilityMajor) *value = v / 10;
+    else if (attr == cudaDevAttrComputeCapabilityMinor) *value = v % 10;
+    else return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
 cudaError_t cudaSetDevice(int d) { return d >= 0 && d < n_devices() ? cudaSuccess : cudaErrorInvalidDevice; }
 
 static int dummy_object;
@@ -479,7 +497,201 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     return LAUNCH(run_gemm, a) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
+/* ---- cuBLASLt: the FP8 GEMM ------------------------------------------------------
+ * Descriptors live inside the opaque structs cuBLASLt's header gives their handles. */
+
+typedef struct {
+    cublasComputeType_t compute;
+    cudaDataType scale_type;
+    int32_t transa, transb, a_mode, b_mode;
+    const float *a_scale, *b_scale;
+} lt_desc;
+typedef struct { cudaDataType type; uint64_t rows, cols; int64_t ld; } lt_layout;
+typedef struct { uint64_t ws; } lt_pref;
+_Static_assert(sizeof(lt_desc) <= sizeof(cublasLtMatmulDescOpaque_t), "lt_desc fits");
+_Static_assert(sizeof(lt_layout) <= sizeof(cublasLtMatrixLayoutOpaque_t), "lt_layout fits");
+_Static_assert(sizeof(lt_pref) <= sizeof(cublasLtMatmulPreferenceOpaque_t), "lt_pref fits");
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = (cublasLtHandle_t)&dummy_object;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    (void)h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute, cudaDataType scale) {
+    *d = calloc(1, sizeof **d);
+    if (!*d) return CUBLAS_STATUS_ALLOC_FAILED;
+    lt_desc *x = (lt_desc *)(*d)->data;
+    x->compute = compute;
+    x->scale_type = scale;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    free(d);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t n) {
+    lt_desc *x = (lt_desc *)d->data;
+    switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: if (n != 4) break; memcpy(&x->transa, buf, 4); return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_TRANSB: if (n != 4) break; memcpy(&x->transb, buf, 4); return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_A_SCALE_MODE: if (n != 4) break; memcpy(&x->a_mode, buf, 4); return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_B_SCALE_MODE: if (n != 4) break; memcpy(&x->b_mode, buf, 4); return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_A_SCALE_POINTER:
+        if (n != sizeof(void *)) break;
+        memcpy(&x->a_scale, buf, n);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_B_SCALE_POINTER:
+        if (n != sizeof(void *)) break;
+        memcpy(&x->b_scale, buf, n);
+        return CUBLAS_STATUS_SUCCESS;
+    default: break;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+    *l = calloc(1, sizeof **l);
+    if (!*l) return CUBLAS_STATUS_ALLOC_FAILED;
+    *(lt_layout *)(*l)->data = (lt_layout){type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    free(l);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = calloc(1, sizeof **p);
+    return *p ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    free(p);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
+                                                    size_t n) {
+    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&((lt_pref *)p->data)->ws, buf, n);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The supported form: D (m, n) = a_scale[i] b_scale[j] sum_k A(k, i) B(k, j), A (k, m) and
+ * B (k, n) e4m3 with ld k (A transposed), D (m, n) fp32 or bf16 with ld m. */
+static bool lt_supported(const lt_desc *x, const lt_layout *a, const lt_layout *b, const lt_layout *c,
+                         const lt_layout *d) {
+    return x->compute == CUBLAS_COMPUTE_32F && x->scale_type == CUDA_R_32F && x->transa == CUBLAS_OP_T &&
+           x->transb == CUBLAS_OP_N && x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F &&
+           x->b_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F && a->type == CUDA_R_8F_E4M3 &&
+           b->type == CUDA_R_8F_E4M3 && (d->type == CUDA_R_32F || d->type == CUDA_R_16BF) &&
+           !(d->type == CUDA_R_32F && getenv("NS_CUDAMOCK_LT_NO_F32")) && !memcmp(c, d, sizeof *c) &&
+           a->rows == b->rows && a->rows % 16 == 0 && (int64_t)a->rows == a->ld &&
+           (int64_t)b->rows == b->ld && d->rows == a->cols && d->cols == b->cols && (int64_t)d->rows == d->ld;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t desc,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                              cublasLtMatmulPreference_t pref, int n_req,
+                                              cublasLtMatmulHeuristicResult_t *res, int *n_found) {
+    (void)h, (void)pref;
+    *n_found = 0;
+    if (n_req < 1) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!lt_supported((const lt_desc *)desc->data, (const lt_layout *)a->data, (const lt_layout *)b->data,
+                      (const lt_layout *)c->data, (const lt_layout *)d->data))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    memset(res, 0, sizeof *res);
+    res->algo.data[0] = 0x46503851u; /* "FP8Q": checked at the call */
+    res->state = CUBLAS_STATUS_SUCCESS;
+    res->wavesCount = 1.0f;
+    *n_found = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+typedef struct {
+    int m, n, k;
+    const uint8_t *A, *B;
+    const float *a_scale, *b_scale; /* read when the GEMM runs, as on the device */
+    void *D;
+    bool d_bf16;
+} lt_args;
+
+static void run_lt(const void *p) {
+    const lt_args *g = p;
+    float lut[256];
+    for (int q = 0; q < 256; q++) lut[q] = ns_fp8_e4m3_to_float((uint8_t)q);
+    float *a = malloc((size_t)g->m * g->k * sizeof *a), *b = malloc((size_t)g->n * g->k * sizeof *b);
+    float *d = malloc((size_t)g->m * g->n * sizeof *d);
+    if (!a || !b || !d) abort();
+    for (size_t i = 0; i < (size_t)g->m * g->k; i++) a[i] = lut[g->A[i]];
+    for (size_t i = 0; i < (size_t)g->n * g->k; i++) b[i] = lut[g->B[i]];
+    /* column-major D (m, n) = A^T B: as row-major, D^T (n, m) = B^T (n, k) . A (m, k)^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, g->m, g->k, 1.0f, b, g->k, a, g->k, 0.0f, d, g->m);
+    for (int j = 0; j < g->n; j++)
+        for (int i = 0; i < g->m; i++) {
+            float v = d[i + (size_t)j * g->m] * (g->a_scale[i] * g->b_scale[j]);
+            if (g->d_bf16) ((uint16_t *)g->D)[i + (size_t)j * g->m] = ns_fp32_to_bf16(v);
+            else ((float *)g->D)[i + (size_t)j * g->m] = v;
+        }
+    free(a);
+    free(b);
+    free(d);
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t adesc, const void *B, cublasLtMatrixLayout_t bdesc,
+                              const void *beta, const void *C, cublasLtMatrixLayout_t cdesc, void *D,
+                              cublasLtMatrixLayout_t ddesc, const cublasLtMatmulAlgo_t *algo, void *ws, size_t ws_n,
+                              cudaStream_t s) {
+    (void)h, (void)s;
+    const lt_desc *x = (const lt_desc *)desc->data;
+    const lt_layout *a = (const lt_layout *)adesc->data, *b = (const lt_layout *)bdesc->data,
+                    *d = (const lt_layout *)ddesc->data;
+    if (!lt_supported(x, a, b, (const lt_layout *)cdesc->data, d) || !algo || algo->data[0] != 0x46503851u ||
+        *(const float *)alpha != 1.0f || *(const float *)beta != 0.0f || C != D || !x->a_scale || !x->b_scale)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (M.capturing) {
+        const char *f = getenv("NS_CUDAMOCK_CAPTURE_FAIL");
+        if (!ws || !ws_n || (f && !strcmp(f, "1") && M.gemms_in_capture == 0)) {
+            M.invalidated = 1;
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+        }
+        M.gemms_in_capture++;
+    }
+    lt_args g = {(int)a->cols, (int)b->cols, (int)a->rows, A, B, x->a_scale, x->b_scale, D, d->type == CUDA_R_16BF};
+    M.n.gemms_fp8++;
+    M.n.gemms_bf16_out += d->type == CUDA_R_16BF;
+    return LAUNCH(run_lt, g) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
 /* ---- kernels: the CPU references behind the ns_cuda_* launchers ------------------ */
+
+typedef struct { uint8_t *out; float *scales; const void *x; int x_type; int64_t n_rows, n; } q8_args;
+static void run_quant_fp8(const void *p) {
+    const q8_args *a = p;
+    if (a->x_type == NS_CUDA_TYPE_F32) {
+        ns_cpu_quant_rows_fp8(a->out, a->scales, a->x, a->n_rows, a->n);
+        return;
+    }
+    float *row = malloc((size_t)a->n * sizeof *row);
+    if (!row) abort();
+    for (int64_t r = 0; r < a->n_rows; r++) {
+        for (int64_t i = 0; i < a->n; i++) row[i] = ns_bf16_to_fp32(((const uint16_t *)a->x)[r * a->n + i]);
+        ns_cpu_quant_rows_fp8(a->out + r * a->n, a->scales + r, row, 1, a->n);
+    }
+    free(row);
+}
+cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, int x_type, int64_t n_rows, int64_t n,
+                                   cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n < 1 || (x_type != NS_CUDA_TYPE_F32 && x_type != NS_CUDA_TYPE_BF16)) return cudaErrorInvalidValue;
+    M.n.quant_fp8_calls++;
+    q8_args a = {out, scales, x, x_type, n_rows, n};
+    return LAUNCH(run_quant_fp8, a);
+}
 
 static void store_row(void *dst, int dst_type, size_t i, float v) {
     if (dst_type == NS_CUDA_TYPE_BF16) ((uint16_t *)dst)[i] = ns_fp32_to_bf16(v);

@@ -12,6 +12,8 @@ typedef struct ns_cudamock_counters {
     long tokens_from_ids_calls; /* batches with tokens from a pick still on the device */
     long gemms_bf16_out;        /* GEMMs writing bf16 (the fused feed-forward) */
     long add_rmsnorm_calls;     /* fused residual add + RMSNorm */
+    long gemms_fp8;             /* cuBLASLt FP8 GEMMs (NS_CUDA_FP8=1) */
+    long quant_fp8_calls;       /* rows quantized to fp8 (weights at load, matmul inputs) */
 } ns_cudamock_counters;
 
 /* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */

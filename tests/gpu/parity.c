@@ -2,7 +2,7 @@
  * run by tests/gpu/run.sh (it compiles anywhere nvcc exists, but only runs where a CUDA
  * device is present; tests/gpu/RESULTS.md has the runs).
  *
- * usage: gpu-parity kernels | greedy | throughput
+ * usage: gpu-parity kernels | greedy | synthetic | fp8 | throughput
  *   kernels     every ns_cuda_* op against its ns_cpu_*_ref on odd shapes (1, odd sizes,
  *               non-multiples of the block size, GQA groups, head_dim 40/80/256), each
  *               output checked in this order: every element finite, NMSE, per element
@@ -10,6 +10,12 @@
  *               of every device output must come back untouched. ns_cuda_sample_rows
  *               must give ns_cpu_sample_rows_ref's token in every row, exactly, and
  *               its time for 1,000 rows of 128,256 logits is printed.
+ *               FP8 (NS_CUDA_FP8=1): ns_cuda_quant_rows_fp8 equal to ns_cpu_quant_rows_fp8
+ *               byte for byte (scales bit for bit), fp32 and bf16 inputs, special rows;
+ *               the backend's FP8 matmul (cuBLASLt, outer-vector scales) against
+ *               ns_cpu_matmul_fp8_ref on odd shapes (NMSE <= 1e-5, every element within
+ *               1e-2 |ref| + 2e-3 max |ref|: the tensor cores' fp8 sums are not fp32
+ *               exact), then its time at 8192^3 beside the bf16 matmul's.
  *   greedy      tiny random models (Q8_0, Q4_1): 6 requests of greedy decoding, 48 tokens
  *               each, on the CPU and on CUDA; tokens compared. bf16 GEMM inputs can flip a
  *               near-tie late in a sequence, so the check is: no sequence diverges in its
@@ -24,12 +30,15 @@
  *               row rule vs CUDA precise picking on the device (identical, or differing
  *               only where the draw fell within 1e-3 of a boundary), and plain CUDA twice
  *               (identical).
+ *   fp8         NS_CUDA_FP8=1 on the synthetic shapes: prompt logits against the CPU's (NMSE
+ *               <= 3e-2), two FP8 greedy runs identical, token agreement reported.
  *   throughput  a random 8-layer model (n_embd 512, Q8_0) on CUDA: 256 requests, 64 prompt
  *               + 64 generated tokens, max_seqs 128; prints tokens/s. No pass bound yet.
  * Ends with "N passed, N failed, N skipped"; exit 1 on any failure.
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -555,12 +564,185 @@ static void check_sample_rows(ns_test_rng *r) { /* r: the speed run's logits */
     free(ps), free(x);
 }
 
+/* ---- FP8 ---- */
+
+/* Row r of an fp8 case: random at one of a few amplitudes, or special (zeros, an inf, a
+ * NaN at the end, values near the top code). */
+static void fp8_row(ns_test_rng *r, float *x, int64_t n, int row) {
+    const float amps[] = {1.0f, 3e-3f, 250.0f, 1e-30f, 7.0f};
+    fill(r, x, (size_t)n, amps[row % 5]);
+    if (row % 9 == 5) memset(x, 0, (size_t)n * sizeof *x);
+    if (row % 9 == 6) x[n / 2] = INFINITY;
+    if (row % 9 == 7) x[n - 1] = NAN;
+    if (row % 9 == 8) x[0] = -1000.0f;
+}
+
+static void check_quant_fp8(ns_test_rng *r) {
+    const int64_t shapes[][2] = {{9, 1}, {9, 3}, {18, 7}, {9, 576}, {10, 1000}, {9, 4099}, {3, 14336}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            const int64_t R = shapes[si][0], n = shapes[si][1];
+            const size_t N = (size_t)(R * n);
+            float *x = malloc(N * sizeof *x), *ref_s = malloc((size_t)R * sizeof *ref_s);
+            float *got_s = malloc((size_t)R * sizeof *got_s);
+            uint16_t *xb = malloc(N * sizeof *xb);
+            uint8_t *ref = malloc(N), *all = malloc(N + 2 * CANARY);
+            for (int64_t row = 0; row < R; row++) fp8_row(r, x + row * n, n, (int)row);
+            for (size_t i = 0; i < N; i++) {
+                xb[i] = ns_fp32_to_bf16(x[i]);
+                if (bf16) x[i] = ns_bf16_to_fp32(xb[i]); /* what the kernel reads */
+            }
+            ns_cpu_quant_rows_fp8(ref, ref_s, x, R, n);
+            void *dx = bf16 ? dev_copy(xb, N * 2) : dev_copy(x, N * 4);
+            uint8_t *dout;
+            float *dscale = dev_canary((size_t)R);
+            CU(cudaMalloc((void **)&dout, N + 2 * CANARY));
+            CU(cudaMemset(dout, 0xa5, N + 2 * CANARY));
+            CU(ns_cuda_quant_rows_fp8(dout + CANARY, dscale, dx, bf16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, R, n, 0));
+            int ok = fetch("quant_rows_fp8 scales", got_s, dscale, (size_t)R);
+            CU(cudaMemcpy(all, dout, N + 2 * CANARY, cudaMemcpyDeviceToHost));
+            for (int i = 0; i < CANARY; i++)
+                if (all[i] != 0xa5 || all[N + CANARY + (size_t)i] != 0xa5) ok = 0;
+            size_t bad = 0;
+            for (size_t i = 0; i < N; i++) bad += all[CANARY + i] != ref[i];
+            for (int64_t row = 0; row < R; row++) {
+                uint32_t a, b;
+                memcpy(&a, &got_s[row], 4);
+                memcpy(&b, &ref_s[row], 4);
+                bad += a != b && !(isnan(got_s[row]) && isnan(ref_s[row]));
+            }
+            printf("%s quant_rows_fp8 %lld x %lld, %s input: %zu codes or scales differ%s\n",
+                   ok && !bad ? "ok  " : "FAIL", (long long)R, (long long)n, bf16 ? "bf16" : "fp32", bad,
+                   ok ? "" : ", canary overwritten");
+            result(ok && !bad);
+            CU(cudaFree(dout));
+            CU(cudaFree(dx));
+            free(x), free(ref_s), free(got_s), free(xb), free(ref), free(all);
+        }
+}
+
+/* A weight tensor of the CUDA backend from host floats (F32 rows), named so that
+ * NS_CUDA_FP8=1 stores it as fp8. */
+static ns_bweight *fp8_weight(ns_backend *b, const float *w, int N, int K) {
+    ns_gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name.ptr = "blk.0.parity.weight";
+    t.name.len = strlen(t.name.ptr);
+    t.n_dims = 2;
+    t.ne[0] = K, t.ne[1] = N, t.ne[2] = t.ne[3] = 1;
+    t.type = NS_GGML_F32;
+    t.nbytes = (uint64_t)N * K * 4;
+    t.data = w;
+    ns_bweight *bw = NULL;
+    ns_error err;
+    if (b->ops->weight_load(b, &t, &bw, &err)) {
+        printf("FAIL fp8 weight_load %d x %d: %s\n", N, K, err.msg);
+        return NULL;
+    }
+    return bw;
+}
+
+static ns_backend *backend_with(const char *fp8) {
+    ns_backend *b = NULL;
+    ns_error err;
+    setenv("NS_CUDA_FP8", fp8, 1);
+    ns_status st = ns_backend_cuda_create(0, &b, &err);
+    unsetenv("NS_CUDA_FP8");
+    if (st) printf("FAIL cuda backend with NS_CUDA_FP8=%s: %s\n", fp8, err.msg);
+    return st ? NULL : b;
+}
+
+/* y = x . W^T through the backend's matmul op (fp8 weights: cuBLASLt FP8). */
+static int backend_matmul(ns_backend *b, const ns_bweight *w, const float *x, float *y, int M, int N, int K,
+                          int reps, double *ms) {
+    ns_error err;
+    void *dx = NULL, *dy = NULL;
+    if (b->ops->buf_alloc(b, (size_t)M * K * 4, &dx, &err) || b->ops->buf_alloc(b, (size_t)M * N * 4, &dy, &err) ||
+        b->ops->upload(b, dx, x, (size_t)M * K * 4, &err)) {
+        printf("FAIL fp8 matmul buffers: %s\n", err.msg);
+        return 0;
+    }
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    float best = 1e30f;
+    for (int i = 0; i < reps; i++) {
+        CU(cudaEventRecord(e0, ns_backend_cuda_stream(b)));
+        b->ops->matmul(b, dy, dx, w, M, N, K);
+        CU(cudaEventRecord(e1, ns_backend_cuda_stream(b)));
+        CU(cudaEventSynchronize(e1));
+        float t = 0;
+        CU(cudaEventElapsedTime(&t, e0, e1));
+        if (i > 0 || reps == 1) best = t < best ? t : best; /* the first includes the heuristic query */
+    }
+    *ms = best;
+    int ok = b->ops->download(b, y, dy, (size_t)M * N * 4, &err) == NS_OK;
+    if (!ok) printf("FAIL fp8 matmul %d x %d x %d: %s\n", M, N, K, err.msg);
+    CU(cudaEventDestroy(e0));
+    CU(cudaEventDestroy(e1));
+    b->ops->buf_free(b, dx);
+    b->ops->buf_free(b, dy);
+    return ok;
+}
+
+static void check_matmul_fp8(ns_test_rng *r) {
+    ns_backend *b = backend_with("1");
+    if (!b) {
+        result(0);
+        return;
+    }
+    const int shapes[][3] = {{1, 64, 16}, {7, 48, 576}, {33, 1000, 64}, {1000, 256, 2048}, {517, 2048, 4096}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        float *x = malloc((size_t)M * K * 4), *w = malloc((size_t)N * K * 4);
+        float *y = malloc((size_t)M * N * 4), *ref = malloc((size_t)M * N * 4);
+        float *xs = malloc((size_t)M * 4), *ws = malloc((size_t)N * 4);
+        uint8_t *xq = malloc((size_t)M * K), *wq = malloc((size_t)N * K);
+        for (int m = 0; m < M; m++) /* rows of two scales */
+            fill(r, x + (size_t)m * K, (size_t)K, m % 3 ? 1.0f : 40.0f);
+        fill(r, w, (size_t)N * K, 0.05f);
+        ns_cpu_quant_rows_fp8(xq, xs, x, M, K);
+        ns_cpu_quant_rows_fp8(wq, ws, w, N, K);
+        ns_cpu_matmul_fp8_ref(ref, xq, xs, wq, ws, M, N, K);
+        double amax = 0, ms = 0;
+        for (size_t i = 0; i < (size_t)M * N; i++) amax = fabs(ref[i]) > amax ? fabs(ref[i]) : amax;
+        ns_bweight *bw = fp8_weight(b, w, N, K);
+        char what[96];
+        snprintf(what, sizeof what, "matmul fp8 (cuBLASLt) %d x %d x %d", M, N, K);
+        result(bw && backend_matmul(b, bw, x, y, M, N, K, 1, &ms) && allclose(what, y, ref, (size_t)M * N, 2e-3 * amax,
+                                                                               1e-2, 1e-5));
+        if (bw) b->ops->weight_free(b, bw);
+        free(x), free(w), free(y), free(ref), free(xs), free(ws), free(xq), free(wq);
+    }
+    /* speed: 8192^3, fp8 and bf16 weights through the same op */
+    const int S = 8192;
+    float *x = malloc((size_t)S * S * 4), *y = malloc((size_t)S * S * 4);
+    fill(r, x, (size_t)S * S, 1.0f);
+    ns_backend *b16 = backend_with("0");
+    double ms8 = 0, ms16 = 0;
+    ns_bweight *w8 = fp8_weight(b, x, S, S), *w16 = b16 ? fp8_weight(b16, x, S, S) : NULL;
+    int ok = w8 && w16 && backend_matmul(b, w8, x, y, S, S, S, 6, &ms8) &&
+             backend_matmul(b16, w16, x, y, S, S, S, 6, &ms16);
+    if (ok)
+        printf("info matmul %d^3 through the backend (GEMM only: the converted input is kept between calls), best of "
+               "5: fp8 %.3f ms (%.0f TFLOP/s), bf16 %.3f ms (%.0f TFLOP/s), ratio %.2f\n",
+               S, ms8, 2.0 * S * S * S / (ms8 * 1e9), ms16, 2.0 * S * S * S / (ms16 * 1e9), ms16 / ms8);
+    result(ok);
+    if (w8) b->ops->weight_free(b, w8);
+    if (w16) b16->ops->weight_free(b16, w16);
+    if (b16) b16->ops->destroy(b16);
+    b->ops->destroy(b);
+    free(x), free(y);
+}
+
 static void run_kernels(void) {
     ns_test_rng r = {12345};
     check_dequant(&r);
     check_rows(&r);
     check_rope(&r);
     check_sample_rows(&r);
+    check_quant_fp8(&r);
+    check_matmul_fp8(&r);
     const int cfg[][4] = {{6, 2, 80, 7}, {4, 4, 40, 16}, {9, 3, 256, 5}, {1, 1, 1, 1},
                           {32, 8, 128, 16}, {14, 2, 64, 16}, {6, 3, 18, 3}, {16, 1, 64, 16}};
     for (int i = 0; i < 8; i++)
@@ -918,6 +1100,59 @@ static void run_synthetic(void) {
     }
 }
 
+/* NS_CUDA_FP8=1 on the synthetic shapes: the logits of a 200-token prompt against the CPU's
+ * (NMSE <= 3e-2, the per-case bound that the demo model's golden check holds on the stand-in;
+ * the bf16 path's NMSE printed beside it), the 16 greedy requests completing, the same
+ * tokens in two FP8 runs (determinism), and how many requests keep the CPU's tokens
+ * (reported: FP8 moves near-ties of flat random-weight logits). */
+static void run_fp8(void) {
+    const char *shapes[] = {"llama-small", "qwen2-small", "smollm2-135m"};
+    const int n_tok = 32;
+    for (int si = 0; si < 3; si++) {
+        ns_hparams hp;
+        synth_shape(shapes[si], &hp);
+        int32_t *tok[4];
+        float *logits[4];
+        int32_t probe[200];
+        for (int j = 0; j < 200; j++) probe[j] = (int32_t)((j * 7919 + 13) % hp.n_vocab);
+        int ok = 1;
+        for (int k = 0; k < 4; k++) { /* 0: cpu, 1: cuda bf16, 2 and 3: cuda fp8 */
+            tok[k] = malloc(sizeof(int32_t) * 16 * n_tok);
+            logits[k] = malloc(sizeof(float) * hp.n_vocab);
+            if (!ok) continue;
+            if (k >= 2) setenv("NS_CUDA_FP8", "1", 1);
+            ns_engine *e = open_synth(&hp, k ? "cuda" : "cpu", 8, false);
+            unsetenv("NS_CUDA_FP8");
+            ns_error err;
+            if (!e || ns_engine_prompt_logits(e, probe, 200, logits[k], &err) ||
+                synth_generate(e, hp.n_vocab, n_tok, tok[k]) < 0) {
+                printf("FAIL %s fp8: run %d did not complete\n", shapes[si], k);
+                ok = 0;
+            }
+            ns_engine_close(e);
+        }
+        if (ok) {
+            char what[96];
+            snprintf(what, sizeof what, "%s logits of a 200-token prompt, cuda bf16 vs cpu", shapes[si]);
+            allclose(what, logits[1], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 1.0); /* printed, not judged here */
+            snprintf(what, sizeof what, "%s logits of a 200-token prompt, cuda fp8 vs cpu", shapes[si]);
+            result(allclose(what, logits[2], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 3e-2));
+            const int det = memcmp(tok[2], tok[3], sizeof(int32_t) * 16 * n_tok) == 0;
+            printf("%s %s fp8 greedy, twice: %s\n", det ? "ok  " : "FAIL", shapes[si], det ? "identical" : "different");
+            result(det);
+            int same[2] = {0, 0};
+            for (int i = 0; i < 16; i++)
+                for (int k = 1; k < 3; k++)
+                    same[k - 1] += memcmp(tok[0] + i * n_tok, tok[k] + i * n_tok, sizeof(int32_t) * n_tok) == 0;
+            printf("info %s greedy, 16 requests x %d tokens identical to the cpu's: bf16 %d, fp8 %d\n", shapes[si],
+                   n_tok, same[0], same[1]);
+        } else {
+            result(0);
+        }
+        for (int k = 0; k < 4; k++) free(tok[k]), free(logits[k]);
+    }
+}
+
 static void run_throughput(void) {
     char path[256];
     snprintf(path, sizeof path, "%s/gpu_bench.gguf", tmpdir());
@@ -969,8 +1204,10 @@ int main(int argc, char **argv) {
         run_throughput();
     else if (!strcmp(mode, "synthetic"))
         run_synthetic();
+    else if (!strcmp(mode, "fp8"))
+        run_fp8();
     else {
-        fprintf(stderr, "usage: gpu-parity kernels|greedy|synthetic|throughput\n");
+        fprintf(stderr, "usage: gpu-parity kernels|greedy|synthetic|fp8|throughput\n");
         return 2;
     }
     printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);

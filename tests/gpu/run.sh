@@ -27,6 +27,10 @@
 #   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU) and
 #          NS_CUDA_FUSED_NORM=1 (residual add + RMSNorm in one pass), the 1B benchmark with
 #          each, the 8B with both, and the 1B/8B with every switch on at once
+#   4p.    NS_CUDA_FP8=1 (FP8 GEMMs through cuBLASLt; changes results, so never on by
+#          default): gpu-parity fp8 (logits against the CPU, determinism), the 1B/8B
+#          benchmarks with it, alone and with every other switch (its kernel and GEMM
+#          parity, and its GEMM rate beside bf16's at 8192^3, are in step 1)
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
@@ -122,6 +126,7 @@ if [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "4f. synthetic, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 "$bin/gpu-parity" synthetic
   step "5f. nightshift run, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
     bash tests/gpu/runner_cuda.sh "$bin"
+  step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
 fi
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
@@ -148,6 +153,17 @@ if [ "$mode" != profile ]; then
     bench gen-$shape-all 150 env NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
       "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
   done
+fi
+# FP8 GEMMs (the MFU column stays against the bf16 rate)
+bench gen-1b-fp8 90 env NS_CUDA_FP8=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
+bench gen-8b-fp8 150 env NS_CUDA_FP8=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+if [ "$mode" != profile ]; then
+  for shape in 1b 8b; do
+    bench gen-$shape-fp8-all 150 env NS_CUDA_FP8=1 NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 \
+      NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
+  done
+else
+  bench prof-1b-fp8 90 env NS_CUDA_PROFILE=1 NS_CUDA_FP8=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
 fi
 if [ "$mode" = profile ]; then
   bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
@@ -178,7 +194,8 @@ echo "== side by side (output tok/s)" | tee -a "$logs/summary.txt"
 for pair in "gen-1b-graphs gen-1b" "gen-8b-graphs gen-8b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
             "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
-            "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000"; do
+            "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-8b-fp8 gen-8b" \
+            "gen-1b-fp8-all gen-1b-all" "gen-8b-fp8-all gen-8b-all" "gen-1b-fp8-all hf-1b" "gen-1b-fp8-all hf-1b-b1000"; do
   ratio $pair
 done | tee -a "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"

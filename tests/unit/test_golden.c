@@ -11,90 +11,10 @@
 
 #include "../test.h"
 #include "engine.h"
+#include "golden.h"
 
 #define GOLDEN_MAX_ABS 1e-3
 #define GOLDEN_MAX_NMSE 1e-9
-#define GOLDEN_MAX_CASES 16
-
-typedef struct golden_case {
-    char name[32];
-    char *text;
-    size_t text_len;
-    int special;
-    int32_t *prompt;
-    int n_prompt;
-    int32_t greedy[64];
-    int n_greedy;
-    char logits_file[64];
-} golden_case;
-
-static int parse_ids(char *s, int32_t **out, int max) {
-    char *end;
-    long n = strtol(s, &end, 10);
-    if (end == s || n < 0 || n > max) return -1;
-    int32_t *ids = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-    for (long i = 0; i < n; i++) {
-        s = end;
-        long v = strtol(s, &end, 10);
-        if (end == s) {
-            free(ids);
-            return -1;
-        }
-        ids[i] = (int32_t)v;
-    }
-    *out = ids;
-    return (int)n;
-}
-
-static int load_golden(golden_case *cases) {
-    FILE *f = fopen("tests/golden/golden.txt", "r");
-    if (!f) return -1;
-    static char line[1 << 20];
-    int n = 0;
-    golden_case *c = NULL;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = 0;
-        if (!strncmp(line, "case ", 5)) {
-            if (n == GOLDEN_MAX_CASES) break;
-            c = &cases[n++];
-            memset(c, 0, sizeof *c);
-            snprintf(c->name, sizeof c->name, "%.31s", line + 5);
-        } else if (!c) {
-            continue;
-        } else if (!strncmp(line, "text_hex ", 9)) {
-            const char *h = line + 9;
-            size_t L = strlen(h) / 2;
-            c->text = malloc(L + 1);
-            for (size_t i = 0; i < L; i++) {
-                unsigned v;
-                sscanf(h + 2 * i, "%2x", &v);
-                c->text[i] = (char)v;
-            }
-            c->text[L] = 0;
-            c->text_len = L;
-        } else if (!strncmp(line, "special ", 8)) {
-            c->special = line[8] == '1';
-        } else if (!strncmp(line, "prompt_ids ", 11)) {
-            c->n_prompt = parse_ids(line + 11, &c->prompt, 100000);
-        } else if (!strncmp(line, "greedy_ids ", 11)) {
-            int32_t *g = NULL;
-            c->n_greedy = parse_ids(line + 11, &g, 64);
-            if (c->n_greedy > 0) memcpy(c->greedy, g, (size_t)c->n_greedy * sizeof(int32_t));
-            free(g);
-        } else if (!strncmp(line, "logits_file ", 12)) {
-            snprintf(c->logits_file, sizeof c->logits_file, "%.63s", line + 12);
-        }
-    }
-    fclose(f);
-    return n;
-}
-
-static void free_golden(golden_case *cases, int n) {
-    for (int i = 0; i < n; i++) {
-        free(cases[i].text);
-        free(cases[i].prompt);
-    }
-}
 
 static ns_engine *open_demo(int max_seqs) {
     const char *path = ns_test_demo_model();
@@ -148,14 +68,9 @@ NS_TEST(test_golden_logits) {
     float *got = malloc((size_t)V * sizeof(float)), *ref = malloc((size_t)V * sizeof(float));
     ns_error err;
     for (int i = 0; i < n; i++) {
-        char path[128];
-        snprintf(path, sizeof path, "tests/golden/%s", cases[i].logits_file);
-        FILE *f = fopen(path, "rb");
-        CHECK_MSG(f != NULL, "cannot open %s", path);
-        if (!f) continue;
-        size_t rd = fread(ref, sizeof(float), (size_t)V, f);
-        fclose(f);
-        CHECK_EQ_INT(rd, V);
+        int rd = load_golden_logits(&cases[i], ref, V);
+        CHECK_MSG(rd == 0, "cannot read tests/golden/%s (%d logits)", cases[i].logits_file, V);
+        if (rd) continue;
         CHECK_STATUS_OK(ns_engine_prompt_logits(e, cases[i].prompt, cases[i].n_prompt, got, &err), &err);
         double max_abs = 0, num = 0, den = 0;
         for (int j = 0; j < V; j++) {
