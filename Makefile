@@ -191,7 +191,8 @@ $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h k
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
-$(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+$(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \
+                 $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_fp8.cpp $(BUILD)/libnightshift.a -o $@ -lm
 

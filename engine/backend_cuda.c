@@ -27,14 +27,15 @@
  * pass is recorded once as a CUDA graph and replayed (see "CUDA graphs" below). Off by
  * default until a GPU run has checked it (tests/gpu/run.sh).
  * NS_CUDA_FP8=1 (never in precise mode; compute capability 8.9 or later): the layers'
- * weight matrices (tensors "blk.*" with rows a multiple of 16 wide) are stored as FP8 E4M3
- * with a scale per output row, each matmul input is quantized per token the same way
- * (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt multiplies them (fp32
- * accumulation, the two scale vectors applied as outer-vector scales, output fp32 or
- * bf16). The token embedding and the output head stay bf16. Twice the tensor-core rate of
- * bf16 on Hopper, at a cost in accuracy that test_cudamock_fp8_demo_model_accuracy
- * measures against the golden logits. Off by default: it changes results. Where cuBLASLt
- * has the form with bf16 output only, fp32 results are written as bf16 and widened.
+ * weight matrices (tensors "blk.*", rows a multiple of 16 wide, a multiple of 8 rows)
+ * are stored as FP8 E4M3 with a scale per output row, each matmul input is quantized per
+ * token the same way (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt
+ * multiplies them (fp32 accumulation, the two scale vectors applied as outer-vector
+ * scales, output fp32 or bf16). The token embedding and the output head stay bf16. Twice
+ * the tensor-core rate of bf16 on Hopper, at a cost in accuracy that
+ * test_cudamock_fp8_demo_model_accuracy measures against the golden logits. Off by
+ * default: it changes results. Where cuBLASLt has the form with bf16 output only, fp32
+ * results are written as bf16 and widened.
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), the quantized-weight
  * GEMV for small batches.
  */
@@ -149,6 +150,7 @@ typedef struct cuda_backend {
     /* NS_CUDA_FP8=1: the matmul input as e4m3 rows (x_bf16_cap bytes) and their scales
      * (x_scale_cap), the input they were made from (as x_bf16_src), and cuBLASLt */
     bool fp8;
+    bool all_fp8; /* every layer matrix is fp8: an op whose output feeds one may write fp8 rows only */
     uint8_t *x_fp8;
     float *x_scale;
     size_t x_scale_cap;
@@ -260,6 +262,19 @@ static uint16_t *x_shadow(cuda_backend *c, const float *out, size_t n) {
     c->x_bf16_n = n;
     c->x_fp8_src = NULL;
     return c->x_bf16;
+}
+
+/* NS_CUDA_FP8=1 with every layer matrix in fp8: an op whose output (n_rows, n) feeds the
+ * next layer matmul writes it as that matmul's input, fp8 rows and their scales (x_fp8,
+ * x_scale), and x_to_fp8 then has nothing to do; false when it cannot (the op writes its
+ * bf16 copy instead, x_shadow). */
+static bool x_shadow_fp8(cuda_backend *c, const float *out, int n_rows, int n) {
+    const size_t N = (size_t)n_rows * (size_t)n;
+    if (!c->fp8 || !c->all_fp8 || N > c->x_bf16_cap || (size_t)n_rows > c->x_scale_cap || n % 16) return false;
+    c->x_bf16_src = NULL;
+    c->x_fp8_src = out;
+    c->x_fp8_n = N;
+    return true;
 }
 
 /* ---- errors ---- */
@@ -387,8 +402,11 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     w->ne0 = t->ne[0];
     w->ne1 = n_rows;
     w->is_bf16 = is_matrix;
-    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs need rows a multiple of 16) */
-    bool as_fp8 = c->fp8 && is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4) && t->ne[0] % 16 == 0;
+    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs need rows a multiple of 16
+     * bytes, and the output's rows, n_rows wide, 16 bytes in bf16) */
+    const bool is_layer = is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4);
+    const bool as_fp8 = c->fp8 && is_layer && t->ne[0] % 16 == 0 && n_rows % 8 == 0;
+    if (c->fp8 && is_layer && !as_fp8) c->all_fp8 = false;
     char what[160];
     snprintf(what, sizeof what, "tensor '%.*s' (%lld x %lld, %s)", (int)NS_MIN(t->name.len, 96), t->name.ptr,
              (long long)n_rows, (long long)t->ne[0], as_fp8 ? "fp8" : is_matrix ? "bf16" : "f32");
@@ -696,6 +714,12 @@ static void cuda_embed(ns_backend *b, float *out, const ns_bweight *table, int n
 
 static void cuda_rmsnorm(ns_backend *b, float *out, const float *x, const ns_bweight *w, int n_rows, int n, float eps) {
     cuda_backend *c = cb(b);
+    if (x_shadow_fp8(c, out, n_rows, n)) { /* out in fp32 too: the output head (bf16) may read it */
+        prof_mark(c, P_RMSNORM);
+        op_check(c, ns_cuda_rmsnorm_fp8(out, c->x_fp8, c->x_scale, x, cuda_weight_f32(w), n_rows, n, eps, c->stream),
+                 "rmsnorm (fp8 rows)");
+        return;
+    }
     uint16_t *shadow = x_shadow(c, out, (size_t)n_rows * (size_t)n);
     prof_mark(c, P_RMSNORM);
     op_check(c, ns_cuda_rmsnorm(out, shadow, x, cuda_weight_f32(w), n_rows, n, eps, c->stream), "rmsnorm");
@@ -906,8 +930,12 @@ static void cuda_gate_up_swiglu(ns_backend *b, float *out, float *tmp, const flo
     if (!x_for(c, w_up, x, M, K)) return;
     gemm(c, u, CUDA_R_16BF, w_up, M, N, K);
     x_written(c, tmp);
-    uint16_t *shadow = x_shadow(c, out, (size_t)M * (size_t)N); /* the bf16 GEMMs read x_bf16 before this */
     prof_mark(c, P_SWIGLU);
+    if (x_shadow_fp8(c, out, M, N)) { /* the fp8 GEMMs above read x_fp8 before this writes it */
+        op_check(c, ns_cuda_swiglu_bf16_fp8(c->x_fp8, c->x_scale, g, u, M, N, c->stream), "gate_up_swiglu (fp8 rows)");
+        return;
+    }
+    uint16_t *shadow = x_shadow(c, out, (size_t)M * (size_t)N); /* the bf16 GEMMs read x_bf16 before this */
     if (!shadow) { /* no room for the copy (x_bf16 is sized for every weight's K: not expected) */
         if (!c->sticky) {
             c->sticky = ns_error_set(&c->sticky_err, NS_ERR_BACKEND,
@@ -970,8 +998,15 @@ static void cuda_swiglu(ns_backend *b, float *out, const float *gate, const floa
 static void cuda_add_rmsnorm(ns_backend *b, float *x, const float *delta, float *out, const ns_bweight *w, int n_rows,
                              int n, float eps) {
     cuda_backend *c = cb(b);
-    uint16_t *shadow = x_shadow(c, out, (size_t)n_rows * (size_t)n);
     prof_mark(c, P_RMSNORM);
+    if (x_shadow_fp8(c, out, n_rows, n)) { /* out is read only by the next layer matmuls: fp8 rows only */
+        op_check(c,
+                 ns_cuda_add_rmsnorm_fp8(x, delta, NULL, c->x_fp8, c->x_scale, cuda_weight_f32(w), n_rows, n, eps,
+                                         c->stream),
+                 "add_rmsnorm (fp8 rows)");
+        return;
+    }
+    uint16_t *shadow = x_shadow(c, out, (size_t)n_rows * (size_t)n);
     op_check(c,
              ns_cuda_add_rmsnorm(x, delta, shadow ? NULL : out, shadow, cuda_weight_f32(w), n_rows, n, eps, c->stream),
              "add_rmsnorm");
@@ -1161,6 +1196,7 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
                             "device %d has %d.%d",
                             c->device, major, minor);
     c->fp8 = true;
+    c->all_fp8 = true; /* until a layer matrix is not */
     cublasStatus_t s;
     const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
     const int32_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;

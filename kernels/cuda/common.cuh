@@ -70,22 +70,7 @@ static inline size_t ns_cuda_row_bytes(int type, int64_t n) {
     }
 }
 
-static __device__ __forceinline__ float ns_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over a block of up to 1024 threads; every thread gets the total. shared: 32 floats. */
-static __device__ __forceinline__ float ns_block_sum(float v, float *shared) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ns_warp_sum(v);
-    __syncthreads(); /* shared may still be read from a previous call */
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    int n_warps = (blockDim.x + 31) >> 5;
-    v = lane < n_warps ? shared[lane] : 0.0f;
-    return ns_warp_sum(v);
-}
+#include "reduce.cuh"
 
 /* Asynchronous 16-byte copies from global to shared memory (sm_80+): dst and src 16-byte
  * aligned; commit closes a group of copies, wait<N> returns when at most N groups are still

@@ -74,6 +74,17 @@ cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint1
  * NS_CUDA_TYPE_F32 or NS_CUDA_TYPE_BF16. The same bits as ns_cpu_quant_rows_fp8. */
 cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, int x_type, int64_t n_rows,
                                    int64_t n, cudaStream_t stream);
+/* The ops whose output feeds an FP8 GEMM, writing it as FP8 rows q (n_rows, n) and scales
+ * (n_rows) directly (NS_CUDA_FP8=1). rmsnorm_fp8: out (may be NULL, may alias x) =
+ * rmsnorm(x) * w as ns_cuda_rmsnorm, q and scales its bits through ns_cuda_quant_rows_fp8.
+ * add_rmsnorm_fp8: x += delta first, as ns_cuda_add_rmsnorm. swiglu_bf16_fp8: the rows
+ * of silu(gate) * up from bf16 gate and up (n_rows, n), quantized from fp32. */
+cudaError_t ns_cuda_rmsnorm_fp8(float *out, uint8_t *q, float *scales, const float *x, const float *w, int n_rows,
+                                int n, float eps, cudaStream_t stream);
+cudaError_t ns_cuda_add_rmsnorm_fp8(float *x, const float *delta, float *out, uint8_t *q, float *scales,
+                                    const float *w, int n_rows, int n, float eps, cudaStream_t stream);
+cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const uint16_t *gate, const uint16_t *up,
+                                    int64_t n_rows, int64_t n, cudaStream_t stream);
 /* y (n) += x (n). */
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
 /* y (M, N) += bias (N) on every row. */

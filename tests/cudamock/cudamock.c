@@ -819,6 +819,58 @@ cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint1
     swiglu16_args a = {out, gate, up, n};
     return LAUNCH(run_swiglu_bf16, a);
 }
+/* The ops writing FP8 rows (NS_CUDA_FP8=1): the fp32 values as the ops above compute them,
+ * then ns_cpu_quant_rows_fp8. */
+typedef struct { float *x; const float *delta; float *out; uint8_t *q; float *scales; const float *w; int n_rows, n; float eps; } normq_args;
+static void run_rmsnorm_fp8(const void *p) {
+    const normq_args *a = p;
+    const size_t N = (size_t)a->n_rows * (size_t)a->n;
+    float *tmp = malloc((N ? N : 1) * sizeof *tmp);
+    if (!tmp) abort();
+    if (a->delta) ns_cpu_add_ref(a->x, a->delta, (int64_t)N);
+    ns_cpu_rmsnorm_ref(tmp, a->x, a->w, a->n_rows, a->n, a->eps);
+    if (a->out) memcpy(a->out, tmp, N * sizeof *tmp);
+    ns_cpu_quant_rows_fp8(a->q, a->scales, tmp, a->n_rows, a->n);
+    free(tmp);
+}
+cudaError_t ns_cuda_rmsnorm_fp8(float *out, uint8_t *q, float *scales, const float *x, const float *w, int n_rows,
+                                int n, float eps, cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
+    normq_args a = {(float *)x, NULL, out, q, scales, w, n_rows, n, eps};
+    M.n.fused_fp8_calls++;
+    return LAUNCH(run_rmsnorm_fp8, a);
+}
+cudaError_t ns_cuda_add_rmsnorm_fp8(float *x, const float *delta, float *out, uint8_t *q, float *scales,
+                                    const float *w, int n_rows, int n, float eps, cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
+    normq_args a = {x, delta, out, q, scales, w, n_rows, n, eps};
+    M.n.fused_fp8_calls++;
+    M.n.add_rmsnorm_calls++;
+    return LAUNCH(run_rmsnorm_fp8, a);
+}
+typedef struct { uint8_t *q; float *scales; const uint16_t *gate, *up; int64_t n_rows, n; } swigluq_args;
+static void run_swiglu_bf16_fp8(const void *p) {
+    const swigluq_args *a = p;
+    const size_t N = (size_t)(a->n_rows * a->n);
+    float *tmp = malloc((N ? N : 1) * sizeof *tmp);
+    if (!tmp) abort();
+    for (size_t i = 0; i < N; i++) {
+        float g = ns_bf16_to_fp32(a->gate[i]);
+        ns_cpu_swiglu_ref(&tmp[i], &g, &(float){ns_bf16_to_fp32(a->up[i])}, 1);
+    }
+    ns_cpu_quant_rows_fp8(a->q, a->scales, tmp, a->n_rows, a->n);
+    free(tmp);
+}
+cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const uint16_t *gate, const uint16_t *up,
+                                    int64_t n_rows, int64_t n, cudaStream_t s) {
+    (void)s;
+    if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
+    swigluq_args a = {q, scales, gate, up, n_rows, n};
+    M.n.fused_fp8_calls++;
+    return LAUNCH(run_swiglu_bf16_fp8, a);
+}
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t s) {
     (void)s;
     ew_args a = {y, NULL, x, NULL, n, 1, 0, 0};

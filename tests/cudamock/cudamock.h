@@ -13,7 +13,8 @@ typedef struct ns_cudamock_counters {
     long gemms_bf16_out;        /* GEMMs writing bf16 (the fused feed-forward) */
     long add_rmsnorm_calls;     /* fused residual add + RMSNorm */
     long gemms_fp8;             /* cuBLASLt FP8 GEMMs (NS_CUDA_FP8=1) */
-    long quant_fp8_calls;       /* rows quantized to fp8 (weights at load, matmul inputs) */
+    long quant_fp8_calls;       /* rows quantized to fp8 by the quantizer (weights at load, matmul inputs) */
+    long fused_fp8_calls;       /* ops that wrote their output as fp8 rows (RMSNorm, the fused SwiGLU) */
 } ns_cudamock_counters;
 
 /* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */

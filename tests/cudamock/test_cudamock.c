@@ -75,6 +75,7 @@ typedef struct run_cfg {
     bool fp8;              /* NS_CUDA_FP8=1: the layers' GEMMs in FP8 (cuBLASLt) */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
+    const char *model;     /* NULL: model_path() */
 } run_cfg;
 
 static void run(const run_cfg *rc, run_out *out) {
@@ -88,7 +89,7 @@ static void run(const run_cfg *rc, run_out *out) {
     if (rc->fp8) setenv("NS_CUDA_FP8", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
-    cfg.model_path = model_path();
+    cfg.model_path = rc->model ? rc->model : model_path();
     cfg.backend = rc->backend;
     cfg.n_threads = 2;
     cfg.max_seqs = N_REQ + 2; /* room to pad: decode batches become 8 rows */
@@ -148,6 +149,7 @@ static void run(const run_cfg *rc, run_out *out) {
     out->mock.add_rmsnorm_calls = after.add_rmsnorm_calls - before.add_rmsnorm_calls;
     out->mock.gemms_fp8 = after.gemms_fp8 - before.gemms_fp8;
     out->mock.quant_fp8_calls = after.quant_fp8_calls - before.quant_fp8_calls;
+    out->mock.fused_fp8_calls = after.fused_fp8_calls - before.fused_fp8_calls;
     ns_engine_close(e);
     ns_cudamock_set_mem_limit(0);
 }
@@ -311,8 +313,11 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
     run(&(run_cfg){.backend = "cuda", .fp8 = true}, &fp8);
     CHECK_EQ_INT(fp8.n_done, N_REQ);
     CHECK_EQ_INT(fp8.n_failed, 0);
-    CHECK_MSG(fp8.mock.gemms_fp8 > 0 && fp8.mock.quant_fp8_calls > fp8.mock.gemms_fp8 / 8,
-              "%ld fp8 GEMMs, %ld quantizations", fp8.mock.gemms_fp8, fp8.mock.quant_fp8_calls);
+    /* per layer: q/k/v read the attention norm's fp8 rows, wo the quantized attention output,
+     * gate/up the feed-forward norm's rows, down the quantized SwiGLU output */
+    CHECK_MSG(fp8.mock.gemms_fp8 > 0 && fp8.mock.quant_fp8_calls > 0 && fp8.mock.fused_fp8_calls > 0,
+              "%ld fp8 GEMMs, %ld quantizations, %ld ops writing fp8 rows", fp8.mock.gemms_fp8,
+              fp8.mock.quant_fp8_calls, fp8.mock.fused_fp8_calls);
     CHECK_EQ_INT(bf16.mock.gemms_fp8, 0);
     if (getenv("NS_TEST_VERBOSE"))
         fprintf(stderr, "  fp8 vs bf16 on the tiny model: %d of %d requests the same tokens\n",
@@ -336,6 +341,10 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
               n_same_requests(&fp8, &ffn), N_REQ);
     CHECK_MSG(ffn.mock.gemms_bf16_out > 0 && ffn.mock.gemms_fp8 > 0, "fused feed-forward: %ld bf16-out, %ld fp8 GEMMs",
               ffn.mock.gemms_bf16_out, ffn.mock.gemms_fp8);
+    /* the fused SwiGLU writes the down GEMM's fp8 rows: one quantization pass fewer per layer */
+    CHECK_MSG(ffn.mock.fused_fp8_calls > fp8.mock.fused_fp8_calls && ffn.mock.quant_fp8_calls < fp8.mock.quant_fp8_calls,
+              "fused feed-forward: %ld ops writing fp8 rows (plain %ld), %ld quantizations (plain %ld)",
+              ffn.mock.fused_fp8_calls, fp8.mock.fused_fp8_calls, ffn.mock.quant_fp8_calls, fp8.mock.quant_fp8_calls);
     /* a cuBLASLt without fp32 output for this form: bf16 output widened, nearly the tokens */
     setenv("NS_CUDAMOCK_LT_NO_F32", "1", 1);
     run_out widened;
@@ -352,6 +361,30 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
     run(&(run_cfg){.backend = "cuda", .precise = true, .fp8 = true}, &precise);
     CHECK_EQ_INT(precise.mock.gemms_fp8, 0);
     CHECK_EQ_INT(precise.mock.quant_fp8_calls, 0);
+}
+
+/* A model with a layer matrix that cannot be fp8 (the down projection's rows, n_ff = 72
+ * wide, are not a multiple of 16): that matrix stays bf16, every other layer matrix is
+ * fp8, and no op writes fp8 rows in place of its output (a bf16 GEMM could read it). The
+ * run completes and keeps nearly the bf16 run's tokens. */
+NS_TEST(test_cudamock_fp8_mixed_weights) {
+    static char path[512];
+    ns_tiny_cfg tc;
+    ns_tiny_cfg_default(&tc);
+    tc.wtype = NS_GGML_BF16;
+    tc.n_ctx = 512;
+    tc.n_ff = 72;
+    snprintf(path, sizeof path, "%s/tiny_cudamock_ff72.gguf", ns_test_tmpdir());
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &tc, &err), &err);
+    run_out bf16, fp8;
+    run(&(run_cfg){.backend = "cuda", .model = path}, &bf16);
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true, .fused_norm = true, .fused_ffn = true}, &fp8);
+    CHECK_EQ_INT(fp8.n_done, N_REQ);
+    CHECK_MSG(fp8.mock.gemms_fp8 > 0 && fp8.mock.fused_fp8_calls == 0, "%ld fp8 GEMMs, %ld ops writing fp8 rows",
+              fp8.mock.gemms_fp8, fp8.mock.fused_fp8_calls);
+    CHECK_MSG(n_same_requests(&bf16, &fp8) >= N_REQ - 2, "%d of %d requests the same as bf16",
+              n_same_requests(&bf16, &fp8), N_REQ);
 }
 
 /* A device without FP8 tensor cores: NS_CUDA_FP8=1 refuses to open, saying why. */
@@ -380,9 +413,9 @@ NS_TEST(test_cudamock_fp8_needs_fp8_cores) {
  * the two scales) up to the order of the sums. Bounds: measured here (NS_TEST_VERBOSE=1
  * prints them), with a margin; see README "FP8". */
 #define FP8_MAX_PROMPT 256       /* the 1006-token case is left out: the stand-in's attention is slow */
-#define FP8_MAX_NMSE 3e-2        /* per case; measured 3.2e-4 to 1.1e-2 */
+#define FP8_MAX_NMSE 3e-2        /* per case; measured 3.8e-4 to 1.4e-2 */
 #define FP8_MAX_ARGMAX_DIFF 1    /* cases whose argmax differs from golden; measured 0 of 7 */
-#define FP8_MIN_GREEDY_PREFIX 10 /* mean tokens before the first difference, of 32; measured 15.0 */
+#define FP8_MIN_GREEDY_PREFIX 8  /* mean tokens before the first difference, of 32; measured 13.9 */
 NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
     if (!ns_test_demo_model()) SKIP("demo model not present (make model)");
     golden_case cases[GOLDEN_MAX_CASES];

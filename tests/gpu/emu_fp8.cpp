@@ -1,9 +1,16 @@
-/* emu_fp8.cpp: the FP8 row quantizer (kernels/cuda/fp8.cu) run on the CPU through
- * tests/gpu/emu_cuda.h (one std::thread per CUDA thread), against ns_cpu_quant_rows_fp8:
- * every byte and every scale equal, for fp32 and bf16 inputs, both the 4-wide and the
- * scalar path, rows of 1 to 14336 elements, and rows with zeros, tiny values, values that
- * round to the largest code, an infinity or a NaN; nothing written outside out and scales.
- * tests/gpu/parity.c checks the real kernel on a GPU. Built and run by `make test`. */
+/* emu_fp8.cpp: the FP8 kernels (kernels/cuda/fp8.cu) run on the CPU through
+ * tests/gpu/emu_cuda.h (one std::thread per CUDA thread).
+ * The quantizer against ns_cpu_quant_rows_fp8: every byte and every scale equal, for fp32
+ * and bf16 inputs, both the 4-wide and the scalar path, rows of 1 to 14336 elements, and
+ * rows with zeros, tiny values, values that round to the largest code, an infinity or a
+ * NaN; nothing written outside out and scales.
+ * The fused ops (RMSNorm, with the residual add or not, and the bf16 SwiGLU, writing FP8
+ * rows): their fp32 values within 1e-5 of ns_cpu_rmsnorm_ref (the block's sum runs in
+ * another order) and the residual sum exact; their codes and scales exactly those of
+ * ns_cpu_quant_rows_fp8 over the values they computed (the fp32 output they wrote, or for
+ * SwiGLU the same expression on the CPU); the same codes with the fp32 output left out or
+ * written over x; rows kept in registers (n <= 16384) and rows computed twice.
+ * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
 #include "emu_cuda.h"
 #include "../../kernels/cuda/fp8.cu"
 
@@ -84,6 +91,90 @@ static int run_case(int64_t n_rows, int64_t n, int in_type, size_t offset) {
     return bad == 0;
 }
 
+/* RMSNorm writing FP8 rows: mode 0 out separate, 1 out NULL, 2 out over x; add: the
+ * residual add first. Returns 1 if it passed. */
+static int run_norm(int n_rows, int n, bool add) {
+    const size_t N = (size_t)n_rows * n;
+    std::vector<float> x0(N), delta(N), w(n), ref(N), xsum(N);
+    for (auto &v : x0) v = rnd(2.0f);
+    for (auto &v : delta) v = rnd(0.5f);
+    for (auto &v : w) v = 0.5f + rnd(0.4f);
+    for (size_t i = 0; i < N; i++) xsum[i] = add ? x0[i] + delta[i] : x0[i];
+    ns_cpu_rmsnorm_ref(ref.data(), xsum.data(), w.data(), n_rows, n, 1e-5f);
+    std::vector<uint8_t> q[3], q_ref(N);
+    std::vector<float> sc[3], sc_ref(n_rows), out(N + 2 * CANARY, 12345.0f), x;
+    int bad = 0;
+    for (int mode = 0; mode < 3; mode++) {
+        x = x0;
+        q[mode].assign(N + 2 * CANARY, CANARY_BYTE);
+        sc[mode].assign((size_t)n_rows + 2 * CANARY, 12345.0f);
+        float *o = mode == 0 ? out.data() + CANARY : mode == 1 ? nullptr : x.data();
+        uint8_t *qq = q[mode].data() + CANARY;
+        float *ss = sc[mode].data() + CANARY;
+        const float *wp = w.data(), *dp = delta.data();
+        float *xp = x.data();
+        const bool keep = n <= FP8_KEEP_N;
+        emu_launch((unsigned)n_rows, 1, FP8_THREADS, 0, [=] {
+            if (add && keep) rmsnorm_fp8_kernel<true, true>(xp, dp, o, qq, ss, wp, n, 1e-5f);
+            if (add && !keep) rmsnorm_fp8_kernel<true, false>(xp, dp, o, qq, ss, wp, n, 1e-5f);
+            if (!add && keep) rmsnorm_fp8_kernel<false, true>(xp, nullptr, o, qq, ss, wp, n, 1e-5f);
+            if (!add && !keep) rmsnorm_fp8_kernel<false, false>(xp, nullptr, o, qq, ss, wp, n, 1e-5f);
+        });
+        if (add && mode != 2)
+            for (size_t i = 0; i < N; i++) bad += __float_as_uint(x[i]) != __float_as_uint(xsum[i]); /* x += delta, exactly */
+        if (mode == 0) {
+            for (size_t i = 0; i < N; i++) /* the values, against the CPU's */
+                if (!(std::fabs(o[i] - ref[i]) <= 1e-5f * (1.0f + std::fabs(ref[i]))) && bad++ < 3)
+                    std::printf("  rmsnorm_fp8 elem %zu: %.9g, reference %.9g\n", i, (double)o[i], (double)ref[i]);
+            ns_cpu_quant_rows_fp8(q_ref.data(), sc_ref.data(), o, n_rows, n); /* the codes of those values */
+            for (int i = 0; i < CANARY; i++) bad += out[i] != 12345.0f || out[CANARY + N + i] != 12345.0f;
+        }
+        for (size_t i = 0; i < N; i++)
+            if (qq[i] != q_ref[i] && bad++ < 6)
+                std::printf("  rmsnorm_fp8 mode %d elem %zu: code %02x, reference %02x\n", mode, i, qq[i], q_ref[i]);
+        for (int r = 0; r < n_rows; r++) bad += __float_as_uint(ss[r]) != __float_as_uint(sc_ref[r]);
+        for (int i = 0; i < CANARY; i++)
+            bad += q[mode][i] != CANARY_BYTE || q[mode][CANARY + N + i] != CANARY_BYTE ||
+                   sc[mode][i] != 12345.0f || sc[mode][CANARY + n_rows + i] != 12345.0f;
+    }
+    std::printf("%s emu %srmsnorm_fp8 %d rows x %d (%s): fp32 out, none, over x\n", bad ? "FAIL" : "ok  ",
+                add ? "add_" : "", n_rows, n, n <= FP8_KEEP_N ? "kept in registers" : "computed twice");
+    return bad == 0;
+}
+
+static int run_swiglu(int n_rows, int n) {
+    const size_t N = (size_t)n_rows * n;
+    std::vector<__nv_bfloat16> g(N), u(N);
+    std::vector<float> v(N);
+    for (size_t i = 0; i < N; i++) {
+        g[i] = __float2bfloat16_rn(rnd(6.0f));
+        u[i] = __float2bfloat16_rn(rnd(2.0f));
+        float gf = __bfloat162float(g[i]);
+        v[i] = gf / (1.0f + expf(-gf)) * __bfloat162float(u[i]);
+    }
+    std::vector<uint8_t> q(N + 2 * CANARY, CANARY_BYTE), q_ref(N);
+    std::vector<float> sc(n_rows + 2 * CANARY, 12345.0f), sc_ref(n_rows);
+    ns_cpu_quant_rows_fp8(q_ref.data(), sc_ref.data(), v.data(), n_rows, n);
+    uint8_t *qq = q.data() + CANARY;
+    float *ss = sc.data() + CANARY;
+    const __nv_bfloat16 *gp = g.data(), *up = u.data();
+    emu_launch((unsigned)n_rows, 1, FP8_THREADS, 0, [=] {
+        if (n <= FP8_KEEP_N) swiglu_bf16_fp8_kernel<true>(qq, ss, gp, up, n);
+        else swiglu_bf16_fp8_kernel<false>(qq, ss, gp, up, n);
+    });
+    int bad = 0;
+    for (size_t i = 0; i < N; i++)
+        if (qq[i] != q_ref[i] && bad++ < 3)
+            std::printf("  swiglu_bf16_fp8 elem %zu: code %02x, reference %02x\n", i, qq[i], q_ref[i]);
+    for (int r = 0; r < n_rows; r++) bad += __float_as_uint(ss[r]) != __float_as_uint(sc_ref[r]);
+    for (int i = 0; i < CANARY; i++)
+        bad += q[i] != CANARY_BYTE || q[CANARY + N + i] != CANARY_BYTE || sc[i] != 12345.0f ||
+               sc[CANARY + n_rows + i] != 12345.0f;
+    std::printf("%s emu swiglu_bf16_fp8 %d rows x %d (%s)\n", bad ? "FAIL" : "ok  ", n_rows, n,
+                n <= FP8_KEEP_N ? "kept in registers" : "computed twice");
+    return bad == 0;
+}
+
 int main() {
     const int64_t shapes[][2] = {{9, 1}, {9, 3}, {18, 7}, {9, 576}, {10, 1000}, {9, 4099}, {3, 14336}};
     int n_pass = 0, n_fail = 0;
@@ -93,6 +184,11 @@ int main() {
                 if (offset && s[1] % 4) continue; /* already scalar */
                 run_case(s[0], s[1], type, offset) ? n_pass++ : n_fail++;
             }
+    const int norm_shapes[][2] = {{2, 1}, {3, 7}, {2, 576}, {2, 2048}, {1, 16384}, {1, 20000}};
+    for (auto &s : norm_shapes)
+        for (bool add : {false, true}) run_norm(s[0], s[1], add) ? n_pass++ : n_fail++;
+    const int swiglu_shapes[][2] = {{2, 1}, {3, 1536}, {2, 8192}, {1, 20000}};
+    for (auto &s : swiglu_shapes) run_swiglu(s[0], s[1]) ? n_pass++ : n_fail++;
     std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
