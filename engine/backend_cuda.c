@@ -27,7 +27,7 @@
  * pass is recorded once as a CUDA graph and replayed (see "CUDA graphs" below). Off by
  * default until a GPU run has checked it (tests/gpu/run.sh).
  * NS_CUDA_FP8=1 (never in precise mode; compute capability 8.9 or later): the layers'
- * weight matrices (tensors "blk.*", rows a multiple of 16 wide, a multiple of 8 rows)
+ * weight matrices (tensors "blk.*", rows a multiple of 16 wide, a multiple of 16 rows)
  * are stored as FP8 E4M3 with a scale per output row, each matmul input is quantized per
  * token the same way (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt
  * multiplies them (fp32 accumulation, the two scale vectors applied as outer-vector
@@ -402,10 +402,10 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     w->ne0 = t->ne[0];
     w->ne1 = n_rows;
     w->is_bf16 = is_matrix;
-    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs need rows a multiple of 16
-     * bytes, and the output's rows, n_rows wide, 16 bytes in bf16) */
+    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs want K and N multiples of
+     * 16: rows of 16-byte multiples, aligned tiles) */
     const bool is_layer = is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4);
-    const bool as_fp8 = c->fp8 && is_layer && t->ne[0] % 16 == 0 && n_rows % 8 == 0;
+    const bool as_fp8 = c->fp8 && is_layer && t->ne[0] % 16 == 0 && n_rows % 16 == 0;
     if (c->fp8 && is_layer && !as_fp8) c->all_fp8 = false;
     char what[160];
     snprintf(what, sizeof what, "tensor '%.*s' (%lld x %lld, %s)", (int)NS_MIN(t->name.len, 96), t->name.ptr,

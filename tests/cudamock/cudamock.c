@@ -580,7 +580,8 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
 }
 
 /* The supported form: D (m, n) = a_scale[i] b_scale[j] sum_k A(k, i) B(k, j), A (k, m) and
- * B (k, n) e4m3 with ld k (A transposed), D (m, n) fp32 or bf16 with ld m. */
+ * B (k, n) e4m3 with ld k (A transposed), k and m multiples of 16, D (m, n) fp32 or bf16
+ * with ld m. */
 static bool lt_supported(const lt_desc *x, const lt_layout *a, const lt_layout *b, const lt_layout *c,
                          const lt_layout *d) {
     return x->compute == CUBLAS_COMPUTE_32F && x->scale_type == CUDA_R_32F && x->transa == CUBLAS_OP_T &&
@@ -588,7 +589,7 @@ static bool lt_supported(const lt_desc *x, const lt_layout *a, const lt_layout *
            x->b_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F && a->type == CUDA_R_8F_E4M3 &&
            b->type == CUDA_R_8F_E4M3 && (d->type == CUDA_R_32F || d->type == CUDA_R_16BF) &&
            !(d->type == CUDA_R_32F && getenv("NS_CUDAMOCK_LT_NO_F32")) && !memcmp(c, d, sizeof *c) &&
-           a->rows == b->rows && a->rows % 16 == 0 && (int64_t)a->rows == a->ld &&
+           a->rows == b->rows && a->rows % 16 == 0 && a->cols % 16 == 0 && (int64_t)a->rows == a->ld &&
            (int64_t)b->rows == b->ld && d->rows == a->cols && d->cols == b->cols && (int64_t)d->rows == d->ld;
 }
 

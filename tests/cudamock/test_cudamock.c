@@ -363,8 +363,8 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
     CHECK_EQ_INT(precise.mock.quant_fp8_calls, 0);
 }
 
-/* A model with a layer matrix that cannot be fp8 (the down projection's rows, n_ff = 72
- * wide, are not a multiple of 16): that matrix stays bf16, every other layer matrix is
+/* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
+ * down rows 72 wide, not multiples of 16): those stay bf16, the attention's matrices are
  * fp8, and no op writes fp8 rows in place of its output (a bf16 GEMM could read it). The
  * run completes and keeps nearly the bf16 run's tokens. */
 NS_TEST(test_cudamock_fp8_mixed_weights) {
