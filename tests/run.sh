@@ -47,22 +47,15 @@ if [ -x "$build/cudamock/nightshift" ]; then
   echo "== the same with CUDA graphs (NS_CUDA_GRAPHS=1)" >&2
   run env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$build/cudamock"
 fi
-if [ -x "$build/emu-sample-rows" ]; then
-  echo "== the CUDA row-sampling kernel, emulated on the CPU ($build/emu-sample-rows)" >&2
-  run "$build/emu-sample-rows"
-fi
-if [ -x "$build/emu-attention-tc" ]; then
-  echo "== the CUDA tensor-core attention kernel, emulated on the CPU ($build/emu-attention-tc)" >&2
-  run "$build/emu-attention-tc"
-fi
-if [ -x "$build/emu-fp8" ]; then
-  echo "== the CUDA FP8 row quantizer, emulated on the CPU ($build/emu-fp8)" >&2
-  run "$build/emu-fp8"
-fi
-if [ -x "$build/check-fp8-format" ]; then
-  echo "== FP8 E4M3 codes against CUDA's host conversions ($build/check-fp8-format)" >&2
-  run "$build/check-fp8-format"
-fi
+for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU" \
+             "emu-attention-tc:the CUDA tensor-core attention kernel, emulated on the CPU" \
+             "emu-fp8:the CUDA FP8 kernels, emulated on the CPU" \
+             "check-fp8-format:FP8 E4M3 codes against CUDA's host conversions"; do
+  if [ -x "$build/${check%%:*}" ]; then
+    echo "== ${check#*:} ($build/${check%%:*})" >&2
+    run "$build/${check%%:*}"
+  fi
+done
 echo "== job pipeline end to end (tests/e2e/pipeline.sh)" >&2
 run bash tests/e2e/pipeline.sh "$build"
 echo "== the same with the queue's calls inline (NS_QUEUE_THREAD=0)" >&2

@@ -82,3 +82,15 @@ int load_golden_logits(const golden_case *c, float *out, int n_vocab) {
     fclose(f);
     return rd == (size_t)n_vocab ? 0 : -1;
 }
+
+ns_status golden_submit_greedy(ns_engine *e, const golden_case *cases, int i, ns_error *err) {
+    ns_request req;
+    memset(&req, 0, sizeof req);
+    req.id = (uint64_t)i;
+    req.prompt = cases[i].prompt;
+    req.n_prompt = cases[i].n_prompt;
+    ns_sampling_default(&req.sampling);
+    req.sampling.max_tokens = cases[i].n_greedy;
+    req.sampling.ignore_eos = true;
+    return ns_engine_submit(e, &req, err);
+}

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine.h"
+
 #define GOLDEN_MAX_CASES 16
 
 typedef struct golden_case {
@@ -28,5 +30,7 @@ int load_golden(golden_case *cases);
 void free_golden(golden_case *cases, int n);
 /* The case's next-token logits (n_vocab floats) from its logits file into out; 0 on success. */
 int load_golden_logits(const golden_case *c, float *out, int n_vocab);
+/* Submits case i as request id i: its prompt, greedy, its n_greedy tokens, ignore_eos. */
+ns_status golden_submit_greedy(ns_engine *e, const golden_case *cases, int i, ns_error *err);
 
 #endif

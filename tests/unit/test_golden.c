@@ -102,17 +102,7 @@ static void check_greedy(int max_seqs) {
         return;
     }
     ns_error err;
-    for (int i = 0; i < n; i++) {
-        ns_request req;
-        memset(&req, 0, sizeof req);
-        req.id = (uint64_t)i;
-        req.prompt = cases[i].prompt;
-        req.n_prompt = cases[i].n_prompt;
-        ns_sampling_default(&req.sampling);
-        req.sampling.max_tokens = cases[i].n_greedy;
-        req.sampling.ignore_eos = true;
-        CHECK_STATUS_OK(ns_engine_submit(e, &req, &err), &err);
-    }
+    for (int i = 0; i < n; i++) CHECK_STATUS_OK(golden_submit_greedy(e, cases, i, &err), &err);
     int n_done = 0;
     while (n_done < n) {
         if (ns_engine_idle(e) && n_done < n) break;
