@@ -1233,6 +1233,9 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
         fprintf(stderr, "cuda backend: device %d: cuBLASLt has no fp8 GEMM with fp32 output and outer-vector scales "
                         "here; fp8 GEMMs write bf16, widened to fp32\n", c->device);
     }
+    /* said once per backend, so that a job's log shows it (it is not in the job's fingerprint) */
+    fprintf(stderr, "cuda backend: device %d: NS_CUDA_FP8=1: layer matrices and their inputs in FP8 E4M3 (results "
+                    "differ from bf16)\n", c->device);
     return NS_OK;
 }
 

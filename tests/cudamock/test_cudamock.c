@@ -1,8 +1,9 @@
 /* test_cudamock.c: the CUDA backend's host code (engine/backend_cuda.c) through the
  * engine, on the CPU stand-in for the device (tests/cudamock/cudamock.c): padded decode
  * batches and CUDA graph recording and replay, device sampling plumbing, recordings
- * dropped when a buffer they point into moves, a recording that fails, and out of memory
- * in a step. Built into build/unit-cudamock with tests/unit/test_cuda.c (whose device
+ * dropped when a buffer they point into moves, a recording that fails, out of memory in
+ * a step, the fused ops, and the FP8 GEMMs (with their accuracy on the demo model against
+ * the golden logits). Built into build/unit-cudamock with tests/unit/test_cuda.c (whose device
  * tests then run on the stand-in) where nvcc's headers exist. */
 #include <math.h>
 #include <stdio.h>
