@@ -148,12 +148,12 @@ typedef struct cuda_backend {
     const float *x_bf16_src;
     size_t x_bf16_n;
     /* NS_CUDA_FP8=1: the matmul input as e4m3 rows (x_bf16_cap bytes) and their scales
-     * (x_scale_cap), the input they were made from (as x_bf16_src), and cuBLASLt */
+     * (x_bf16_cap / 16 + 1: an fp8 row is at least 16 wide), the input they were made from
+     * (as x_bf16_src), and cuBLASLt */
     bool fp8;
     bool all_fp8; /* every layer matrix is fp8: an op whose output feeds one may write fp8 rows only */
     uint8_t *x_fp8;
     float *x_scale;
-    size_t x_scale_cap;
     const float *x_fp8_src;
     size_t x_fp8_n;
     cublasLtHandle_t lt;
@@ -162,8 +162,10 @@ typedef struct cuda_backend {
     lt_plan *lt_plans; /* NS_CUDA_LT_PLANS, n_lt_plans used; replaced round robin */
     int n_lt_plans, lt_next;
     /* when cuBLASLt has no fp32 output for this form (the setup's probe): fp32 results go
-     * through bf16, written to y_bf16 (y_bf16_cap elements) and widened */
+     * through bf16, written to y_bf16 (y_bf16_cap elements, sized by batch_set for the
+     * widest fp8 weight, max_n_fp8 rows) and widened */
     bool lt_bf16_only;
+    int64_t max_n_fp8;
     uint16_t *y_bf16;
     size_t y_bf16_cap;
     prof prof; /* NS_CUDA_PROFILE=1 */
@@ -270,7 +272,7 @@ static uint16_t *x_shadow(cuda_backend *c, const float *out, size_t n) {
  * bf16 copy instead, x_shadow). */
 static bool x_shadow_fp8(cuda_backend *c, const float *out, int n_rows, int n) {
     const size_t N = (size_t)n_rows * (size_t)n;
-    if (!c->fp8 || !c->all_fp8 || N > c->x_bf16_cap || (size_t)n_rows > c->x_scale_cap || n % 16) return false;
+    if (!c->fp8 || !c->all_fp8 || N > c->x_bf16_cap || n % 16) return false; /* n_rows <= cap / 16 */
     c->x_bf16_src = NULL;
     c->x_fp8_src = out;
     c->x_fp8_n = N;
@@ -407,6 +409,7 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     const bool is_layer = is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4);
     const bool as_fp8 = c->fp8 && is_layer && t->ne[0] % 16 == 0 && n_rows % 16 == 0;
     if (c->fp8 && is_layer && !as_fp8) c->all_fp8 = false;
+    if (as_fp8 && n_rows > c->max_n_fp8) c->max_n_fp8 = n_rows;
     char what[160];
     snprintf(what, sizeof what, "tensor '%.*s' (%lld x %lld, %s)", (int)NS_MIN(t->name.len, 96), t->name.ptr,
              (long long)n_rows, (long long)t->ne[0], as_fp8 ? "fp8" : is_matrix ? "bf16" : "f32");
@@ -511,7 +514,7 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     c->x_bf16 = c->x_lo = NULL;
     c->x_fp8 = NULL;
     c->x_scale = NULL;
-    c->x_bf16_cap = c->x_scale_cap = 0;
+    c->x_bf16_cap = 0;
     x_forget(c);
     c->gen++;
     ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the bf16 matmul input", (void **)&c->x_bf16, err);
@@ -521,10 +524,20 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     if (!st && c->fp8) st = dev_alloc(c, n, "the fp8 matmul input", (void **)&c->x_fp8, err);
     if (!st && c->fp8)
         st = dev_alloc(c, (n / 16 + 1) * sizeof(float), "the fp8 matmul input's scales", (void **)&c->x_scale, err);
-    if (!st) {
-        c->x_bf16_cap = n;
-        c->x_scale_cap = c->fp8 ? n / 16 + 1 : 0;
-    }
+    if (!st) c->x_bf16_cap = n;
+    return st;
+}
+
+/* The bf16 output of fp32-result fp8 GEMMs (lt_bf16_only), grown to n elements: by
+ * batch_set for the batch, so the ops of a step do not allocate. */
+static ns_status ensure_y_cap(cuda_backend *c, size_t n, ns_error *err) {
+    if (n <= c->y_bf16_cap) return NS_OK;
+    if (c->y_bf16) cudaFree(c->y_bf16);
+    c->y_bf16 = NULL;
+    c->y_bf16_cap = 0;
+    c->gen++; /* recordings pointing at the old buffer go */
+    ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the fp8 matmul's bf16 output", (void **)&c->y_bf16, err);
+    if (!st) c->y_bf16_cap = n;
     return st;
 }
 
@@ -617,6 +630,7 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
         c->batch_cap = cap;
     }
     if ((st = ensure_x_cap(c, (size_t)NS_MAX(T, L) * (size_t)c->max_k, err))) return st;
+    if (c->lt_bf16_only && (st = ensure_y_cap(c, (size_t)T * (size_t)c->max_n_fp8, err))) return st;
     if (L > c->ids_cap) {
         /* the last pick's ids move to the larger buffer (this batch may name them) */
         int32_t *ids = NULL;
@@ -759,9 +773,9 @@ static bool x_to_bf16(cuda_backend *c, const float *x, int M, int K) {
 static bool x_to_fp8(cuda_backend *c, const float *x, int M, int K) {
     if (c->sticky) return false;
     size_t n_x = (size_t)M * (size_t)K;
-    if (n_x > c->x_bf16_cap || (size_t)M > c->x_scale_cap) {
+    if (n_x > c->x_bf16_cap) { /* K >= 16, so the M scales fit too */
         ns_error e; /* outside a batch_set that sized it: grow, synchronously */
-        if (ensure_x_cap(c, NS_MAX(n_x, 16 * (size_t)M), &e)) {
+        if (ensure_x_cap(c, n_x, &e)) {
             c->sticky = e.code ? e.code : NS_ERR_BACKEND;
             c->sticky_err = e;
             return false;
@@ -843,23 +857,13 @@ static lt_plan *lt_plan_for(cuda_backend *c, int M, int N, int K, cudaDataType y
 static void gemm_fp8(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight *w, int M, int N, int K) {
     void *y_f32 = NULL; /* fp32 results through bf16 (lt_bf16_only) */
     if (y_type == CUDA_R_32F && c->lt_bf16_only) {
-        size_t n = (size_t)M * (size_t)N;
-        if (n > c->y_bf16_cap) {
-            /* grows once per larger shape, outside recordings (a recording that reaches this
-             * fails and its pass runs eagerly); recordings pointing at the old buffer go */
-            if (c->y_bf16) cudaFree(c->y_bf16);
-            c->y_bf16 = NULL;
-            c->y_bf16_cap = 0;
-            c->gen++;
-            ns_error e;
-            if (dev_alloc(c, n * sizeof(uint16_t), "the fp8 matmul's bf16 output", (void **)&c->y_bf16, &e)) {
-                if (!c->sticky) {
-                    c->sticky = e.code ? e.code : NS_ERR_BACKEND;
-                    c->sticky_err = e;
-                }
-                return;
+        ns_error e; /* sized by batch_set; outside a batch (tests), grown here */
+        if (ensure_y_cap(c, (size_t)M * (size_t)N, &e)) {
+            if (!c->sticky) {
+                c->sticky = e.code ? e.code : NS_ERR_BACKEND;
+                c->sticky_err = e;
             }
-            c->y_bf16_cap = n;
+            return;
         }
         y_f32 = y;
         y = c->y_bf16;
