@@ -42,8 +42,9 @@ limits:
   max_batch_tokens: 64
 YAML
 
-ids_once() { # every custom_id 1..40 exactly once in export $1
-  [ "$(grep -c '"custom_id"' "$1")" = 40 ] && [ "$(grep -o '"custom_id":"doc-[0-9]*"' "$1" | sort -u | wc -l)" = 40 ]
+ids_once() { # every custom_id exactly once in export $1, $2 of them (default 40)
+  local n=${2:-40}
+  [ "$(grep -c '"custom_id"' "$1")" = "$n" ] && [ "$(grep -o '"custom_id":"doc-[0-9]*"' "$1" | sort -u | wc -l)" = "$n" ]
 }
 integrity() { [ "$(sqlite3 "$1" 'PRAGMA integrity_check')" = ok ]; }
 
@@ -148,17 +149,20 @@ for k in 1 2 3; do
 done
 
 # --- data parallel: --devices starts one worker process per device on the same queue
-# (backend cpu here, so "devices" are just workers; on GPUs each gets its own device)
+# (backend cpu here, so "devices" are just workers; on GPUs each gets its own device).
+# 400 items, so that the second worker is running before the first could drain the queue
+# alone (with 40, a busy machine let one worker take them all)
 db="$T/dp.db"
 sed 's/^  max_seqs: 4/  max_seqs: 2/' "$T/job.yaml" > "$T/job-dp.yaml"
-"$BIN" submit "$T/job-dp.yaml" --db "$db" >/dev/null 2>&1
+sed 's/path: in.jsonl/path: in-term.jsonl/' "$T/job-dp.yaml" > "$T/job-dp400.yaml"
+"$BIN" submit "$T/job-dp400.yaml" --db "$db" >/dev/null 2>&1
 "$BIN" run --db "$db" --threads 1 --devices 0,1 >/dev/null 2>"$T/err"; rc=$?
 check "devices 0,1: exit 0" test $rc = 0
 check "devices 0,1: two workers announced" grep -q 'nightshift run: 2 workers, one per device: 0 1' "$T/err"
 check "devices 0,1: both workers committed results" bash -c "[ \$(grep -c 'worker [01] (device [01]): [1-9][0-9]* results committed, exit 0' '$T/err') = 2 ]"
-check "devices 0,1: 40 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(*) FROM results')" = 40
+check "devices 0,1: 400 results, none twice" test "$(sqlite3 "$db" 'SELECT COUNT(*) FROM results')" = 400
 "$BIN" export 1 --db "$db" -o "$T/out.jsonl" 2>/dev/null
-check "devices 0,1: every custom_id once" ids_once "$T/out.jsonl"
+check "devices 0,1: every custom_id once" ids_once "$T/out.jsonl" 400
 "$BIN" run --db "$db" --devices 0,0 >/dev/null 2>"$T/err"; rc=$?
 check "devices 0,0: usage error naming the flag" bash -c "test $rc = 2 && grep -q -- '--devices' '$T/err'"
 devs_bad() { # malformed, truncated, oversized, out of range: exit 2, message names the flag
