@@ -179,6 +179,10 @@ struct ns_backend {
     /* Set by the engine before loading: every op computes each row the same way whatever
      * the batch (CPU: the matmul kernel never switches with the number of rows). */
     bool batch_invariant;
+    /* Set by the backend: whether it can honour batch_invariant (CPU: yes; CUDA: not yet,
+     * since cuBLAS picks a GEMM's algorithm by its number of rows). ns_engine_open refuses
+     * batch_invariant on a backend that cannot. */
+    bool can_batch_invariant;
     /* Bytes of one element of the backend's KV pool (CPU: 4; CUDA: 2, bf16, or 4 in its
      * precise mode): the engine sizes the pool from its byte budget with it. */
     int kv_elem_bytes;

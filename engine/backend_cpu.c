@@ -595,6 +595,7 @@ ns_status ns_backend_cpu_create(int n_threads, ns_backend **out, ns_error *err) 
     c->ops = cpu_ops;
     c->base.ops = &c->ops;
     c->base.kv_elem_bytes = 4;
+    c->base.can_batch_invariant = true;
     /* a test hook: an unparsable value leaves it off */
     const char *fault = getenv("NS_FAULT_BATCH_TOKENS");
     char *end = NULL;

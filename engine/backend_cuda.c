@@ -53,6 +53,7 @@
 #include "fp8.h"
 #include "ops_cuda.h"
 #include "sample_rule.h"
+#include "switches.h"
 
 /* Recordings kept (row counts; each holds one forward pass of a few hundred nodes). */
 #define NS_CUDA_MAX_GRAPHS 48
@@ -1345,12 +1346,11 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     c->device = device;
     const char *precise = getenv("NS_CUDA_PRECISE");
     c->precise = precise && !strcmp(precise, "1");
-    const char *graphs = getenv("NS_CUDA_GRAPHS");
-    c->graphs_on = graphs && !strcmp(graphs, "1");
-    const char *ffn = getenv("NS_CUDA_FUSED_FFN");
-    if (ffn && !strcmp(ffn, "1") && !c->precise) c->ops.gate_up_swiglu = cuda_gate_up_swiglu;
-    const char *norm = getenv("NS_CUDA_FUSED_NORM");
-    if (norm && !strcmp(norm, "1")) c->ops.add_rmsnorm = cuda_add_rmsnorm;
+    /* the speed switches and their defaults: switches.h */
+    c->graphs_on = ns_switch("NS_CUDA_GRAPHS", NS_DEFAULT_CUDA_GRAPHS, 1);
+    if (ns_switch("NS_CUDA_FUSED_FFN", NS_DEFAULT_CUDA_FUSED_FFN, 1) && !c->precise)
+        c->ops.gate_up_swiglu = cuda_gate_up_swiglu;
+    if (ns_switch("NS_CUDA_FUSED_NORM", NS_DEFAULT_CUDA_FUSED_NORM, 1)) c->ops.add_rmsnorm = cuda_add_rmsnorm;
     c->capturing = -1;
     c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
     c->base.kv_elem_bytes = c->precise ? 4 : 2;

@@ -15,6 +15,7 @@
 
 #include "forward.h"
 #include "kv_cache.h"
+#include "switches.h"
 
 typedef struct pending {
     struct pending *next;
@@ -131,6 +132,17 @@ static void seq_clear(ns_engine *e, seq *s) {
     s->fl_row = s->nx_row = -1;
 }
 
+/* Batch-invariant mode asked of a backend that cannot give it: refused, not ignored. */
+static ns_status check_invariant(const ns_engine *e, ns_error *err) {
+    if (!e->cfg.batch_invariant || e->backend->can_batch_invariant) return NS_OK;
+    return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                        "engine: batch-invariant mode (a job's limits.deterministic) is not available on the %s "
+                        "backend yet: its GEMMs choose their algorithm by the number of rows, so an output's last "
+                        "bits depend on its batch; use backend cpu, or leave deterministic off (outputs still "
+                        "follow the seed)",
+                        e->cfg.backend && strcmp(e->cfg.backend, "auto") ? e->cfg.backend : "cuda");
+}
+
 ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const char **note, ns_error *err) {
     *out = NULL;
     ns_status st;
@@ -139,8 +151,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if (!e) return ns_error_set(err, NS_ERR_NOMEM, "engine: out of memory");
     e->cfg = *cfg_in;
     ns_engine_config *cfg = &e->cfg;
-    const char *ov = getenv("NS_ENGINE_OVERLAP");
-    e->overlap = ov && !strcmp(ov, "1");
+    e->overlap = ns_switch("NS_ENGINE_OVERLAP", NS_DEFAULT_ENGINE_OVERLAP, 1); /* switches.h */
     if (!cfg->model_path && !cfg->synthetic) {
         st = ns_error_set(err, NS_ERR_INVALID, "engine: no model path given");
         goto fail;
@@ -164,6 +175,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
         if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
             goto fail;
         e->backend->batch_invariant = cfg->batch_invariant;
+        if ((st = check_invariant(e, err))) goto fail;
         if ((st = ns_model_random(cfg->synthetic, cfg->synthetic_seed, e->backend, &e->model, err))) goto fail;
         goto model_ready;
     }
@@ -183,6 +195,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
         goto fail;
     e->backend->batch_invariant = cfg->batch_invariant;
+    if ((st = check_invariant(e, err))) goto fail;
     if ((st = ns_model_load(g, e->backend, &e->model, err))) goto fail;
     ns_gguf_close(g); /* weights now live in the backend; the tokenizer copied its vocab */
     g = NULL;

@@ -3,9 +3,10 @@
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
 # (tests/cudamock), the CUDA row-sampling, tensor-core attention and FP8 quantizer
-# kernels emulated on the CPU (tests/gpu/emu_cuda.h), and the FP8 codes against CUDA's
-# host conversions, when those binaries were built; then the job pipeline end to end; ends with one line
-# "N passed, N failed, N skipped" summed over all.
+# kernels emulated on the CPU (tests/gpu/emu_cuda.h), the FP8 codes against CUDA's host
+# conversions, and the GPU check's script on stand-ins, when those binaries were built;
+# then the job pipeline end to end; ends with one line "N passed, N failed, N skipped"
+# summed over all.
 set -u
 build=${1:-build}
 mode=${2:-}
@@ -46,6 +47,8 @@ if [ -x "$build/cudamock/nightshift" ]; then
   run bash tests/gpu/runner_cuda.sh "$build/cudamock"
   echo "== the same with CUDA graphs (NS_CUDA_GRAPHS=1)" >&2
   run env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$build/cudamock"
+  echo "== the prepared GPU check (tests/gpu/run.sh) with stand-ins for its programs" >&2
+  run bash tests/gpu/run_selftest.sh "$build"
 fi
 for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU" \
              "emu-attention-tc:the CUDA tensor-core attention kernel, emulated on the CPU" \

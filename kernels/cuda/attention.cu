@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include "common.cuh"
+#include "switches.h"
 
 #define ATTN_TILE 32
 #define ATTN_MAX_GROUP 16
@@ -431,8 +432,7 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
             const char *e = getenv("NS_CUDA_ATTN_SLOW");
             slow = e && e[0] == '1';
             /* tensor cores (attention_tc.cu): 1 for prompt groups, 2 for every group */
-            e = getenv("NS_CUDA_ATTN_TC");
-            tc = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
+            tc = ns_switch("NS_CUDA_ATTN_TC", NS_DEFAULT_CUDA_ATTN_TC, 2); /* switches.h */
         }
         if (!slow && (tc == 2 || (tc == 1 && !single)) &&
             ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim))

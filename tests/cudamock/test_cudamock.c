@@ -84,9 +84,10 @@ static void run(const run_cfg *rc, run_out *out) {
     memset(out->tok, 0xff, sizeof out->tok);
     setenv("NS_CUDA_PRECISE", rc->precise ? "1" : "0", 1);
     setenv("NS_CUDA_GRAPHS", rc->graphs ? "1" : "0", 1);
-    if (rc->overlap) setenv("NS_ENGINE_OVERLAP", "1", 1);
-    if (rc->fused_ffn) setenv("NS_CUDA_FUSED_FFN", "1", 1);
-    if (rc->fused_norm) setenv("NS_CUDA_FUSED_NORM", "1", 1);
+    /* every switch said either way, so that a plain run stays plain whatever switches.h's defaults */
+    setenv("NS_ENGINE_OVERLAP", rc->overlap ? "1" : "0", 1);
+    setenv("NS_CUDA_FUSED_FFN", rc->fused_ffn ? "1" : "0", 1);
+    setenv("NS_CUDA_FUSED_NORM", rc->fused_norm ? "1" : "0", 1);
     if (rc->fp8) setenv("NS_CUDA_FP8", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
@@ -404,6 +405,29 @@ NS_TEST(test_cudamock_fp8_needs_fp8_cores) {
     CHECK_MSG(st != NS_OK && strstr(err.msg, "compute capability 8.9") && strstr(err.msg, "8.6"),
               "status %d: %s", st, st ? err.msg : "opened");
     ns_engine_close(e);
+}
+
+/* Batch-invariant mode (a job's limits.deterministic) is refused on the CUDA backend, which
+ * cannot give it yet, whether asked for by name or reached through auto; the CPU takes it. */
+NS_TEST(test_cudamock_batch_invariant_refused) {
+    const char *names[] = {"cuda", "auto", "cpu"};
+    for (int i = 0; i < 3; i++) {
+        ns_engine_config cfg;
+        ns_engine_config_default(&cfg);
+        cfg.model_path = model_path();
+        cfg.backend = names[i];
+        cfg.n_threads = 1;
+        cfg.batch_invariant = true;
+        ns_engine *e = NULL;
+        ns_error err;
+        ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+        if (i < 2)
+            CHECK_MSG(st == NS_ERR_UNSUPPORTED && strstr(err.msg, "deterministic") && strstr(err.msg, "cuda backend"),
+                      "%s: status %d: %s", names[i], st, st ? err.msg : "opened");
+        else
+            CHECK_MSG(st == NS_OK, "cpu: %s", err.msg);
+        ns_engine_close(e);
+    }
 }
 
 /* FP8's cost in accuracy on the demo model (SmolLM2-135M, Q4_1 weights, so FP8 here

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the prepared GPU check, for a machine with one NVIDIA GPU (sm_80 or
 # sm_90). One call, meant to finish in 6 to 8 minutes (not yet timed: the last full run,
-# before the switches below were added, took 74 s; every step has its own timeout). Steps:
-#   0. programs: the pack from tests/gpu/pack.sh (build/gpu-pack.tar.gz, built where no GPU
-#      is needed) when present, else a build here with USE_CUDA=yes
+# before the switches below were added, took 74 s). Every step has its own timeout, and no
+# step starts or runs past NS_GPU_BUDGET_S (580 s; the device tool stops a command at
+# 600): what the budget cuts says SKIPPED, and the summary is printed all the same.
+# tests/gpu/run_selftest.sh (in make test) runs this script with stand-ins for its programs.
+# Steps:
+#   0. programs: $NS_GPU_BIN when set (the self-test's stand-ins), else the pack from
+#      tests/gpu/pack.sh (build/gpu-pack.tar.gz, built where no GPU is needed) when
+#      present, else a build here with USE_CUDA=yes
 #   1. gpu-parity kernels:    every ns_cuda_* op against the CPU references on odd shapes,
 #                             NMSE bounds, NaN failing, canaries around every output
 #   2. unit cuda:             the CUDA unit tests (backend ops, tiny-model logits vs CPU)
@@ -34,9 +39,11 @@
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
-# Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a table, the
-# side-by-side throughput ratios, each switch's checks and ratios with what they advise,
-# and "N passed, N failed, N skipped"; exit 1 on any failure.
+# The speed switches' defaults are in engine/switches.h. Every benchmark says every switch
+# either way (all 0 but those it measures), so each ratio is one switch's, whatever the
+# defaults. Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a
+# table, the side-by-side throughput ratios, each switch's checks and ratios with what they
+# advise for its default, and "N passed, N failed, N skipped"; exit 1 on any failure.
 # usage: bash tests/gpu/run.sh [quick|profile|bench]
 #   quick:   200 prompts in the benchmarks
 #   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
@@ -55,7 +62,9 @@ table=()
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee "$logs/gpu.txt"
 
 echo "== 0. programs"
-if [ -f build/gpu-pack.tar.gz ]; then
+if [ -n "${NS_GPU_BIN:-}" ]; then # programs already built (tests of this script: stand-ins)
+  bin=$NS_GPU_BIN
+elif [ -f build/gpu-pack.tar.gz ]; then
   bin=/tmp/nsgpu/pack
   rm -rf /tmp/nsgpu && mkdir -p /tmp/nsgpu && tar -C /tmp/nsgpu -xzf build/gpu-pack.tar.gz
   export LD_LIBRARY_PATH="$bin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -76,8 +85,21 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2'; then
     echo "NCCL from $nccl_dir"
 fi
 
+# The device tool stops a command at 600 s: no step starts after budget seconds, and none
+# runs past it, so that the summary below is always printed (what was cut says SKIPPED).
+budget=${NS_GPU_BUDGET_S:-580}
+in_budget() { # in_budget NAME LIMIT: false (and the row says so) when the budget is spent; sets limit
+  local left=$((budget - ($(date +%s) - t_start)))
+  if [ "$left" -lt 15 ]; then
+    echo "== $1: SKIPPED (the ${budget} s budget is spent)"; skip=$((skip + 1))
+    table+=("$(printf '%-32s SKIPPED, out of time' "$1")"); return 1
+  fi
+  limit=$(( $2 < left ? $2 : left ))
+}
 step() { # step NAME TIMEOUT CMD...: runs CMD, adds its summary line to the totals
-  local name=$1 limit=$2 out line t0=$(date +%s); shift 2
+  local name=$1 limit out line t0=$(date +%s)
+  in_budget "$1" "$2" || return 0
+  shift 2
   echo "== $name"
   timeout "$limit" "$@" >"$logs/step.txt" 2>&1; local rc=$?
   out=$(cat "$logs/step.txt"); cat "$logs/step.txt" >>"$logs/checks.txt"
@@ -93,7 +115,9 @@ step() { # step NAME TIMEOUT CMD...: runs CMD, adds its summary line to the tota
   fi
 }
 bench() { # bench NAME TIMEOUT CMD...: runs CMD, keeps its "result:" line for the table
-  local name=$1 limit=$2 t0=$(date +%s); shift 2
+  local name=$1 limit t0=$(date +%s)
+  in_budget "$1" "$2" || return 0
+  shift 2
   echo "== $name"
   timeout "$limit" "$@" 2>&1 | tee "$logs/bench-$name.txt"; local rc=${PIPESTATUS[0]}
   local res=$(grep '^result:' "$logs/bench-$name.txt" | tail -n 1 | sed 's/^result: //')
@@ -129,62 +153,62 @@ if [ "$mode" != profile ] && [ "$mode" != bench ]; then
     bash tests/gpu/runner_cuda.sh "$bin"
   step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
 fi
+# Benchmarks, most wanted first, so that a run cut short by the time budget loses the
+# least: every switch is said either way (off="... =0"), so each side-by-side pair differs
+# in one switch whatever engine/switches.h's defaults are; "-all" is every switch on.
+off="NS_CUDA_GRAPHS=0 NS_CUDA_ATTN_TC=0 NS_ENGINE_OVERLAP=0 NS_CUDA_FUSED_FFN=0 NS_CUDA_FUSED_NORM=0"
+all="NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1"
+gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench gen, switches off but those given
+  local name=$1 limit=$2 shape=$3 n=$4 seqs=$5; shift 5
+  bench "$name" "$limit" env $off "$@" "$bin/gpu-bench" gen "$shape" "$n" 128 128 "$seqs" "${peak:-0}"
+}
 bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
-bench gen-1b 90 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-8b 150 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-if [ "$mode" != profile ]; then # side by side: CUDA graphs, at the full batch and at 64 sequences
-  bench gen-1b-graphs 90 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench gen-8b-graphs 150 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench gen-1b-b64 60 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
-  bench gen-1b-b64-graphs 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
-fi
-# side by side: tensor-core attention for prompt groups (1) and for every group (2);
-# overlapped steps; then everything not yet on by default at once
-bench gen-1b-tc1 90 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-8b-tc1 150 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-1b-tc2 90 env NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-1b-ffn 90 env NS_CUDA_FUSED_FFN=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-1b-norm 90 env NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-8b-fused 150 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
+gen gen-1b 90 1b "$n_prompts" 1024
+gen gen-8b 150 8b "$n_prompts" 1024
 if [ "$mode" != profile ]; then
-  bench gen-1b-overlap 90 env NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench gen-1b-b64-graphs-overlap 60 env NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1 "$bin/gpu-bench" gen 1b 64 128 128 64 "${peak:-0}"
-  for shape in 1b 8b; do
-    bench gen-$shape-all 150 env NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
-      "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
-  done
-fi
-# FP8 GEMMs (the MFU column stays against the bf16 rate)
-bench gen-1b-fp8 90 env NS_CUDA_FP8=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-bench gen-8b-fp8 150 env NS_CUDA_FP8=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-if [ "$mode" != profile ]; then
-  for shape in 1b 8b; do
-    bench gen-$shape-fp8-all 150 env NS_CUDA_FP8=1 NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 \
-      NS_CUDA_FUSED_NORM=1 "$bin/gpu-bench" gen $shape "$n_prompts" 128 128 1024 "${peak:-0}"
-  done
+  # each switch alone on the 1B shape, then every switch at once
+  gen gen-1b-graphs 90 1b "$n_prompts" 1024 NS_CUDA_GRAPHS=1
+  gen gen-1b-tc1 90 1b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1
+  gen gen-1b-tc2 90 1b "$n_prompts" 1024 NS_CUDA_ATTN_TC=2
+  gen gen-1b-ffn 90 1b "$n_prompts" 1024 NS_CUDA_FUSED_FFN=1
+  gen gen-1b-norm 90 1b "$n_prompts" 1024 NS_CUDA_FUSED_NORM=1
+  gen gen-1b-overlap 90 1b "$n_prompts" 1024 NS_ENGINE_OVERLAP=1
+  gen gen-1b-all 90 1b "$n_prompts" 1024 $all
+  gen gen-1b-fp8 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
+  gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all NS_CUDA_FP8=1
+  if python3 -c 'import torch, transformers' 2>/dev/null; then
+    bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
+    # HF with every prompt in one generate call: if it is faster, it is the fair baseline
+    bench hf-1b-b1000 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 1000
+  else
+    echo "== hf-1b: SKIPPED (no torch/transformers here)"; skip=$((skip + 1))
+  fi
+  # the 8B shape; 64 sequences, where launch overhead weighs more
+  gen gen-8b-graphs 150 8b "$n_prompts" 1024 NS_CUDA_GRAPHS=1
+  gen gen-8b-tc1 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1
+  gen gen-8b-fused 150 8b "$n_prompts" 1024 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1
+  gen gen-8b-all 150 8b "$n_prompts" 1024 $all
+  gen gen-8b-fp8 150 8b "$n_prompts" 1024 NS_CUDA_FP8=1
+  gen gen-8b-fp8-all 150 8b "$n_prompts" 1024 $all NS_CUDA_FP8=1
+  gen gen-1b-b64 60 1b 64 64
+  gen gen-1b-b64-graphs 60 1b 64 64 NS_CUDA_GRAPHS=1
+  gen gen-1b-b64-graphs-overlap 60 1b 64 64 NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1
 else
-  bench prof-1b-fp8 90 env NS_CUDA_PROFILE=1 NS_CUDA_FP8=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-fi
-if [ "$mode" = profile ]; then
-  bench prof-1b 90 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench prof-8b 150 env NS_CUDA_PROFILE=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench slow-attn-1b 90 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench slow-attn-8b 150 env NS_CUDA_ATTN_SLOW=1 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench prof-1b-tc2 90 env NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 1b "$n_prompts" 128 128 1024 "${peak:-0}"
-  bench prof-8b-tc2 150 env NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2 "$bin/gpu-bench" gen 8b "$n_prompts" 128 128 1024 "${peak:-0}"
-elif python3 -c 'import torch, transformers' 2>/dev/null; then
-  bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
-  # HF with every prompt in one generate call: if it is faster, it is the fair baseline
-  bench hf-1b-b1000 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 1000
-else
-  echo "== hf-1b: SKIPPED (no torch/transformers here)"; skip=$((skip + 1))
+  # device time per op (NS_CUDA_PROFILE=1), and the plain attention kernel side by side
+  gen prof-1b 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1
+  gen prof-8b 150 8b "$n_prompts" 1024 NS_CUDA_PROFILE=1
+  gen prof-1b-fp8 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_FP8=1
+  gen prof-1b-tc2 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2
+  gen prof-8b-tc2 150 8b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2
+  gen slow-attn-1b 90 1b "$n_prompts" 1024 NS_CUDA_ATTN_SLOW=1
+  gen slow-attn-8b 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_SLOW=1
 fi
 
 echo
 echo "== summary ($(head -n 1 "$logs/gpu.txt"); $(( $(date +%s) - t_start )) s)"
 for row in "${table[@]}"; do echo "$row"; done | tee "$logs/summary.txt"
-# what each switch that is off by default bought, in output tok/s, in this run
+# what each switch bought, in output tok/s, against the run with every switch off
 tok_s() { grep -o 'out_tok_s=[0-9]*' "$logs/bench-$1.txt" 2>/dev/null | tail -n 1 | cut -d= -f2; }
 ratio() { # ratio NAME BASE: NAME's output tok/s over BASE's
   local a=$(tok_s "$1") b=$(tok_s "$2")
@@ -199,14 +223,20 @@ for pair in "gen-1b-graphs gen-1b" "gen-8b-graphs gen-8b" "gen-1b-b64-graphs gen
             "gen-1b-fp8-all gen-1b-all" "gen-8b-fp8-all gen-8b-all" "gen-1b-fp8-all hf-1b" "gen-1b-fp8-all hf-1b-b1000"; do
   ratio $pair
 done | tee -a "$logs/summary.txt"
-# each switch that is off by default: its checks in this run, its ratios, and what they say
-# (on by default: every check passed, no ratio below 0.98 and one at least 1.02, since two
+# each switch: its checks in this run, its ratios, and what they say of its default in
+# engine/switches.h (on: every check passed, no ratio below 0.98 and one at least 1.02, since two
 # runs of one build spread about 2%; FP8 changes results, so it stays a choice whatever its
 # numbers). Advice for the person reading the run, not a decision made here.
-step_ok() { grep -q "^${1//./\\.} .* 0 failed" "$logs/summary.txt"; }
+step_state() { # step_state ID: passed, failed, or "not run" (not in this mode, or out of time)
+  local row=$(grep "^${1//./\\.} " "$logs/summary.txt")
+  if [ -z "$row" ] || [[ $row == *"SKIPPED, out of time"* ]]; then echo "not run"
+  elif [[ $row == *" 0 failed"* ]]; then echo passed; else echo failed; fi
+}
 verdict() { # verdict SWITCH "STEP-IDS" "NAME/BASE ..."
-  local sw=$1 ok=passed min= max=0 list= r a b
-  for id in $2; do step_ok "$id" || ok=FAILED; done
+  local sw=$1 ok=passed min= max=0 list= r a b missing=
+  for id in $2; do
+    case $(step_state "$id") in failed) ok=FAILED ;; "not run") [ "$ok" = passed ] && ok="not all run" ;; esac
+  done
   for pair in $3; do
     a=$(tok_s "${pair%/*}") b=$(tok_s "${pair#*/}")
     if [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt 0 ]; then
@@ -215,13 +245,22 @@ verdict() { # verdict SWITCH "STEP-IDS" "NAME/BASE ..."
       if [ -z "$min" ] || awk -v r="$r" -v m="$min" 'BEGIN { exit !(r < m) }'; then min=$r; fi
       if awk -v r="$r" -v m="$max" 'BEGIN { exit !(r > m) }'; then max=$r; fi
     else
-      list="$list ${pair%/*} (no number)"; min=0
+      list="$list ${pair%/*} (no number)"; min=0 missing=1
     fi
   done
-  local say="keep off"
-  [ "$ok" = passed ] && [ -n "$min" ] && awk -v m="$min" -v x="$max" 'BEGIN { exit !(m >= 0.98 && x >= 1.02) }' &&
-    say="turn on by default"
-  [ "$sw" = NS_CUDA_FP8=1 ] && say="opt-in only (changes results)"
+  # engine/switches.h's NS_DEFAULT_<name without NS_> for this switch, and its value now
+  local var=NS_DEFAULT_${sw%=*}; var=${var/DEFAULT_NS_/DEFAULT_}
+  local now=$(grep -A1 "^#ifndef $var\b" engine/switches.h 2>/dev/null | sed -n 's/^#define [A-Z_]* \([0-9]\).*/\1/p')
+  local on=0 say
+  [ "$ok" = passed ] && [ -n "$min" ] && awk -v m="$min" -v x="$max" 'BEGIN { exit !(m >= 0.98 && x >= 1.02) }' && on=1
+  if [ "$sw" = NS_CUDA_FP8=1 ]; then say="opt-in only (changes results)"
+  elif [ "$on" = 1 ]; then
+    [ "$now" = "${sw#*=}" ] && say="on by default already: keep" || say="turn on: $var ${sw#*=} in engine/switches.h (now ${now:-?})"
+  elif [ "$ok" = "not all run" ]; then say="checks not all run: run the full script"
+  elif [ "$ok" = passed ] && [ -n "$missing" ]; then say="numbers missing: run again"
+  else
+    [ "${now:-0}" = 0 ] && say="keep off" || say="off: $var 0 in engine/switches.h (now $now)"
+  fi
   printf '%-22s checks %s;%s -> %s\n' "$sw" "$ok" "$list" "$say"
 }
 echo "== the switches" | tee -a "$logs/summary.txt"

@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "kv_cache.h"
 #include "ops.h"
+#include "switches.h"
 #include "tiny_model.h"
 
 /* ---- naive reference forward ---- */
@@ -1027,7 +1028,7 @@ static const char *ov_env = "1"; /* NS_ENGINE_OVERLAP for ov_run's engines */
 static void ov_run(int max_seqs, bool overlap, bool padding, const int32_t *stop_tok, char (*stop_str)[8],
                    ov_result out[OV_N], int32_t **prompts, const int *lens, int *first_done) {
     memset(out, 0, sizeof(ov_result) * OV_N);
-    if (ov_env) setenv("NS_ENGINE_OVERLAP", ov_env, 1);
+    if (ov_env) setenv("NS_ENGINE_OVERLAP", ov_env, 1); /* NULL: unset */
     ns_engine *e = rows_engine(max_seqs);
     unsetenv("NS_ENGINE_OVERLAP");
     if (!e) return;
@@ -1080,6 +1081,29 @@ static void ov_compare(const char *what, const ov_result *a, const ov_result *b)
     }
 }
 
+/* switches.h: unset or empty gives the default; a single digit up to max is the level;
+ * anything else gives the default (and a line on stderr). */
+NS_TEST(test_engine_switch_levels) {
+    const char *name = "NS_TEST_SWITCH_LEVELS";
+    static const struct {
+        const char *v; /* NULL: unset */
+        int dflt, max, want;
+    } cases[] = {
+        {NULL, 0, 1, 0}, {NULL, 1, 1, 1}, {"", 1, 1, 1},  {"0", 1, 1, 0},  {"1", 0, 1, 1},   {"2", 0, 2, 2},
+        {"2", 0, 1, 0},  {"2", 1, 1, 1},  {"10", 0, 2, 0}, {"1 ", 0, 1, 0}, {"on", 1, 1, 1}, {"-1", 0, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].v)
+            setenv(name, cases[i].v, 1);
+        else
+            unsetenv(name);
+        int got = ns_switch(name, cases[i].dflt, cases[i].max);
+        CHECK_MSG(got == cases[i].want, "'%s' (default %d, max %d): %d, not %d", cases[i].v ? cases[i].v : "(unset)",
+                  cases[i].dflt, cases[i].max, got, cases[i].want);
+    }
+    unsetenv(name);
+}
+
 NS_TEST(test_engine_overlapped_steps_same_outputs) {
     int32_t *p[OV_N];
     int lens[OV_N];
@@ -1093,12 +1117,16 @@ NS_TEST(test_engine_overlapped_steps_same_outputs) {
     ov_compare("no stops", plain, ovl);
     CHECK_EQ_INT(first_plain, 1);
     CHECK_EQ_INT(first_ovl, 2);
-    /* off by default (and with NS_ENGINE_OVERLAP=0), whatever the backend offers */
-    for (int k = 0; k < 2; k++) {
-        ov_env = k ? "0" : NULL;
+    /* off with NS_ENGINE_OVERLAP=0 whatever the backend offers; unset, or a value that is
+     * not a level (it says so on stderr), switches.h's default */
+    const char *envs[] = {"0", NULL, "", "yes"};
+    for (int k = 0; k < 4; k++) {
+        ov_env = envs[k];
         ov_run(OV_N, true, false, NULL, NULL, ovl, p, lens, &first_ovl);
-        CHECK_MSG(first_ovl == 1, "NS_ENGINE_OVERLAP %s: the steps overlapped", ov_env ? ov_env : "unset");
-        ov_compare("overlap off", plain, ovl);
+        int want = k > 0 && NS_DEFAULT_ENGINE_OVERLAP ? 2 : 1;
+        CHECK_MSG(first_ovl == want, "NS_ENGINE_OVERLAP '%s': first completion after step %d, not %d",
+                  ov_env ? ov_env : "(unset)", first_ovl, want);
+        ov_compare("overlap off or default", plain, ovl);
     }
     ov_env = "1";
     /* stops that end sequences mid-way: token 3 of some, a 2-byte string of others */

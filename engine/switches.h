@@ -1,0 +1,46 @@
+/* switches.h: the speed switches (ways of computing the same thing faster that wait for a
+ * GPU measurement before they are trusted) and their defaults, in one place.
+ *
+ * Each is read once, when a backend or engine opens, from its environment variable:
+ *   unset or empty   the default below
+ *   "0"              off
+ *   "1" .. "max"     on (NS_CUDA_ATTN_TC has two levels: 1 prompt groups, 2 every group)
+ *   anything else    the default, with a line on stderr naming the variable and its values
+ * So a switch that is on by default is turned off with NAME=0, and the other way round.
+ * tests/gpu/run.sh measures each against a run with every switch at 0 and says, at the end
+ * of its summary, which to turn on here. What changes results (NS_CUDA_FP8, precise mode)
+ * is not a speed switch and is not here. The defaults can be set when building
+ * (-DNS_DEFAULT_CUDA_GRAPHS=1), which is how the tests are checked against either.
+ */
+#ifndef NS_SWITCHES_H
+#define NS_SWITCHES_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifndef NS_DEFAULT_CUDA_GRAPHS     /* decode steps replayed as CUDA graphs (backend_cuda.c) */
+#define NS_DEFAULT_CUDA_GRAPHS 0
+#endif
+#ifndef NS_DEFAULT_CUDA_ATTN_TC    /* attention on the tensor cores (attention_tc.cu) */
+#define NS_DEFAULT_CUDA_ATTN_TC 0
+#endif
+#ifndef NS_DEFAULT_CUDA_FUSED_FFN  /* gate/up GEMMs writing bf16 for a bf16 SwiGLU */
+#define NS_DEFAULT_CUDA_FUSED_FFN 0
+#endif
+#ifndef NS_DEFAULT_CUDA_FUSED_NORM /* residual add + RMSNorm in one pass */
+#define NS_DEFAULT_CUDA_FUSED_NORM 0
+#endif
+#ifndef NS_DEFAULT_ENGINE_OVERLAP  /* the host takes in step k's tokens while step k + 1 runs */
+#define NS_DEFAULT_ENGINE_OVERLAP 0
+#endif
+
+/* The switch `name`'s level in 0 .. max (see above). */
+static inline int ns_switch(const char *name, int dflt, int max) {
+    const char *v = getenv(name);
+    if (!v || !v[0]) return dflt;
+    if (v[0] >= '0' && v[0] - '0' <= max && !v[1]) return v[0] - '0';
+    fprintf(stderr, "nightshift: %s='%s' is not one of 0..%d; using the default, %d\n", name, v, max, dflt);
+    return dflt;
+}
+
+#endif
