@@ -107,7 +107,7 @@ $(BUILD)/unit: $(TEST_OBJS) $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 # The parser tests (GGUF, tokenizer) again under AddressSanitizer + UBSan, in make test.
-PARSER_ASAN_SRCS := engine/common.c engine/gguf.c engine/tokenizer.c engine/sampler.c jobs/spec.c jobs/input.c $(wildcard kernels/cpu/*.c) \
+PARSER_ASAN_SRCS := engine/common.c engine/gguf.c engine/tokenizer.c engine/sampler.c jobs/spec.c jobs/input.c jobs/fingerprint.c jobs/sampling_json.c $(wildcard kernels/cpu/*.c) \
                     tests/unit/main.c tests/unit/tiny_model.c tests/unit/test_gguf.c tests/unit/test_tokenizer.c \
                     tests/unit/test_spec.c tests/unit/test_input.c
 $(BUILD)/unit-asan-parsers: $(PARSER_ASAN_SRCS)

@@ -157,6 +157,10 @@ typedef struct ns_backend_ops {
      * recording failed and nothing ran: the caller runs the ops again (no recording is
      * made then). */
     ns_status (*graph_end)(ns_backend *b, bool *rerun, ns_error *err);
+    /* Optional (NULL: the backend has no FP8 path): from now on, layer matrices loaded are
+     * kept in FP8 E4M3 and the matmuls that use them quantize their input the same way.
+     * Called once, before any weight_load; fails, saying why, where the device cannot. */
+    ns_status (*use_fp8)(ns_backend *b, ns_error *err);
 } ns_backend_ops;
 
 /* The row count a backend that records its passes (graph_begin) pads this batch to, or

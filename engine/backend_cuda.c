@@ -26,7 +26,7 @@
  * NS_CUDA_GRAPHS=1: decode batches are padded to a few sizes and each size's forward
  * pass is recorded once as a CUDA graph and replayed (see "CUDA graphs" below). Off by
  * default until a GPU run has checked it (tests/gpu/run.sh).
- * NS_CUDA_FP8=1 (never in precise mode; compute capability 8.9 or later): the layers'
+ * precision fp8 (use_fp8; never in precise mode; compute capability 8.9 or later): the layers'
  * weight matrices (tensors "blk.*", rows a multiple of 16 wide, a multiple of 16 rows)
  * are stored as FP8 E4M3 with a scale per output row, each matmul input is quantized per
  * token the same way (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt
@@ -59,7 +59,7 @@
 #define NS_CUDA_MAX_GRAPHS 48
 /* cuBLAS workspace given at creation (Hopper's recommended size). */
 #define NS_CUDA_CUBLAS_WS (32u << 20)
-/* cuBLASLt plans (layouts and algorithm) kept for FP8 GEMM shapes (NS_CUDA_FP8=1). */
+/* cuBLASLt plans (layouts and algorithm) kept for FP8 GEMM shapes (precision fp8). */
 #define NS_CUDA_LT_PLANS 256
 
 _Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F16 == (int)NS_GGML_F16 &&
@@ -69,7 +69,7 @@ _Static_assert((int)NS_CUDA_TYPE_F32 == (int)NS_GGML_F32 && (int)NS_CUDA_TYPE_F1
 
 struct ns_bweight {
     void *data;     /* device: (ne1, ne0) bf16 for matrices, (ne0) fp32 for vectors; NULL when fp8 */
-    uint8_t *fp8;   /* NS_CUDA_FP8=1, layer matrices: (ne1, ne0) e4m3, row r times fp8_scale[r] */
+    uint8_t *fp8;   /* precision fp8, layer matrices: (ne1, ne0) e4m3, row r times fp8_scale[r] */
     float *fp8_scale; /* (ne1) */
     int64_t ne0, ne1;
     bool is_bf16;   /* a matrix (bf16, or fp8 when fp8 is set); false: an fp32 vector */
@@ -148,7 +148,8 @@ typedef struct cuda_backend {
      * input, e.g. q/k/v or gate/up; any other op clears it, since it might write there) */
     const float *x_bf16_src;
     size_t x_bf16_n;
-    /* NS_CUDA_FP8=1: the matmul input as e4m3 rows (x_bf16_cap bytes) and their scales
+    int n_weights; /* loaded so far (use_fp8 comes before the first) */
+    /* precision fp8 (use_fp8): the matmul input as e4m3 rows (x_bf16_cap bytes) and their scales
      * (x_bf16_cap / 16 + 1: an fp8 row is at least 16 wide), the input they were made from
      * (as x_bf16_src), and cuBLASLt */
     bool fp8;
@@ -267,7 +268,7 @@ static uint16_t *x_shadow(cuda_backend *c, const float *out, size_t n) {
     return c->x_bf16;
 }
 
-/* NS_CUDA_FP8=1 with every layer matrix in fp8: an op whose output (n_rows, n) feeds the
+/* precision fp8 with every layer matrix in fp8: an op whose output (n_rows, n) feeds the
  * next layer matmul writes it as that matmul's input, fp8 rows and their scales (x_fp8,
  * x_scale), and x_to_fp8 then has nothing to do; false when it cannot (the op writes its
  * bf16 copy instead, x_shadow). */
@@ -405,7 +406,7 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     w->ne0 = t->ne[0];
     w->ne1 = n_rows;
     w->is_bf16 = is_matrix;
-    /* NS_CUDA_FP8=1: the layers' matrices as e4m3 rows (FP8 GEMMs want K and N multiples of
+    /* precision fp8: the layers' matrices as e4m3 rows (FP8 GEMMs want K and N multiples of
      * 16: rows of 16-byte multiples, aligned tiles) */
     const bool is_layer = is_matrix && t->name.len > 4 && !memcmp(t->name.ptr, "blk.", 4);
     const bool as_fp8 = c->fp8 && is_layer && t->ne[0] % 16 == 0 && n_rows % 16 == 0;
@@ -445,6 +446,7 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     cudaFree(raw);
     if (f32) cudaFree(f32);
     if (is_matrix && w->ne0 > c->max_k) c->max_k = w->ne0;
+    c->n_weights++;
     *out = w;
     return NS_OK;
 fail:
@@ -1188,7 +1190,7 @@ static ns_status cuda_graph_end(ns_backend *b, bool *rerun, ns_error *err) {
 
 /* ---- lifetime ---- */
 
-/* NS_CUDA_FP8=1: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
+/* use_fp8: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
  * accumulation, outer-vector scales), and a first plan, so that a device or cuBLAS
  * without the FP8 GEMM fails here, naming why, rather than at the first step. */
 static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
@@ -1197,7 +1199,7 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
     CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, c->device), "cudaDeviceGetAttribute");
     if (major * 10 + minor < 89)
         return ns_error_set(err, NS_ERR_UNSUPPORTED,
-                            "cuda backend: NS_CUDA_FP8=1 needs FP8 tensor cores (compute capability 8.9 or later); "
+                            "cuda backend: precision fp8 needs FP8 tensor cores (compute capability 8.9 or later); "
                             "device %d has %d.%d",
                             c->device, major, minor);
     c->fp8 = true;
@@ -1238,10 +1240,23 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
         fprintf(stderr, "cuda backend: device %d: cuBLASLt has no fp8 GEMM with fp32 output and outer-vector scales "
                         "here; fp8 GEMMs write bf16, widened to fp32\n", c->device);
     }
-    /* said once per backend, so that a job's log shows it (it is not in the job's fingerprint) */
-    fprintf(stderr, "cuda backend: device %d: NS_CUDA_FP8=1: layer matrices and their inputs in FP8 E4M3 (results "
+    /* said once per backend, so that a job's log shows it */
+    fprintf(stderr, "cuda backend: device %d: precision fp8: layer matrices and their inputs in FP8 E4M3 (results "
                     "differ from bf16)\n", c->device);
     return NS_OK;
+}
+
+/* use_fp8 (the engine's precision fp8): before any weight is loaded or matmul run. */
+static ns_status cuda_use_fp8(ns_backend *b, ns_error *err) {
+    cuda_backend *c = cb(b);
+    if (c->fp8) return NS_OK;
+    if (c->precise)
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "cuda backend: precision fp8 and NS_CUDA_PRECISE=1 (fp32-accurate GEMMs, for tests) "
+                            "exclude each other");
+    if (c->n_weights || c->x_bf16_cap)
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: precision fp8 asked after weights were loaded");
+    return fp8_setup(c, err);
 }
 
 static void cuda_destroy(ns_backend *b) {
@@ -1303,6 +1318,7 @@ static const ns_backend_ops cuda_ops = {
     .pick_wait = cuda_pick_wait,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
+    .use_fp8 = cuda_use_fp8,
 };
 
 int ns_backend_cuda_device(const ns_backend *b) {
@@ -1394,8 +1410,6 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
         st = cublas_fail(err, s, "cublasSetWorkspace");
         goto fail;
     }
-    const char *fp8 = getenv("NS_CUDA_FP8");
-    if (fp8 && !strcmp(fp8, "1") && !c->precise && (st = fp8_setup(c, err))) goto fail;
     *out = &c->base;
     return NS_OK;
 fail:

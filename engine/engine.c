@@ -132,8 +132,19 @@ static void seq_clear(ns_engine *e, seq *s) {
     s->fl_row = s->nx_row = -1;
 }
 
-/* Batch-invariant mode asked of a backend that cannot give it: refused, not ignored. */
-static ns_status check_invariant(const ns_engine *e, ns_error *err) {
+/* What the configuration asks of the backend before the weights load: FP8 switched on, or
+ * refused where the backend has none; batch-invariant mode refused where the backend
+ * cannot give it (not ignored). */
+static ns_status backend_modes(const ns_engine *e, ns_error *err) {
+    if (e->cfg.fp8) {
+        if (!e->backend->ops->use_fp8)
+            return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                                "engine: precision fp8 needs the cuda backend (FP8 tensor cores, compute capability "
+                                "8.9 or later); this run's backend is the CPU%s",
+                                e->cfg.backend && !strcmp(e->cfg.backend, "auto") ? " (backend auto found no GPU)" : "");
+        ns_status st = e->backend->ops->use_fp8(e->backend, err);
+        if (st) return st;
+    }
     if (!e->cfg.batch_invariant || e->backend->can_batch_invariant) return NS_OK;
     return ns_error_set(err, NS_ERR_UNSUPPORTED,
                         "engine: batch-invariant mode (a job's limits.deterministic) is not available on the %s "
@@ -175,7 +186,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
         if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
             goto fail;
         e->backend->batch_invariant = cfg->batch_invariant;
-        if ((st = check_invariant(e, err))) goto fail;
+        if ((st = backend_modes(e, err))) goto fail;
         if ((st = ns_model_random(cfg->synthetic, cfg->synthetic_seed, e->backend, &e->model, err))) goto fail;
         goto model_ready;
     }
@@ -195,7 +206,7 @@ ns_status ns_engine_open(const ns_engine_config *cfg_in, ns_engine **out, const 
     if ((st = ns_backend_create_on(cfg->backend ? cfg->backend : "auto", cfg->n_threads, cfg->device, &e->backend, note, err)))
         goto fail;
     e->backend->batch_invariant = cfg->batch_invariant;
-    if ((st = check_invariant(e, err))) goto fail;
+    if ((st = backend_modes(e, err))) goto fail;
     if ((st = ns_model_load(g, e->backend, &e->model, err))) goto fail;
     ns_gguf_close(g); /* weights now live in the backend; the tokenizer copied its vocab */
     g = NULL;

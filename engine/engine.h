@@ -41,6 +41,8 @@ typedef struct ns_engine_config {
     bool no_prefix_cache;  /* turn off sharing of KV blocks between prompts with a common prefix */
     bool optimistic;       /* admit on prompt blocks only; preempt (and later recompute) on KV pressure */
     bool batch_invariant;  /* bit-identical outputs whatever the batch composition (slower) */
+    bool fp8;              /* layer matrices and their inputs in FP8 E4M3 (a backend with use_fp8:
+                            * CUDA, compute capability 8.9+); results differ; refused elsewhere */
     /* Benchmarks and backend comparisons: with synthetic set (and model_path NULL) the
      * engine runs ns_model_random(synthetic, synthetic_seed) and has no tokenizer, so
      * completions carry tokens and no text, and only stop_tokens and max_tokens end them. */

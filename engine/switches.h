@@ -8,7 +8,7 @@
  *   anything else    the default, with a line on stderr naming the variable and its values
  * So a switch that is on by default is turned off with NAME=0, and the other way round.
  * tests/gpu/run.sh measures each against a run with every switch at 0 and says, at the end
- * of its summary, which to turn on here. What changes results (NS_CUDA_FP8, precise mode)
+ * of its summary, which to turn on here. What changes results (precision fp8, precise mode)
  * is not a speed switch and is not here. The defaults can be set when building
  * (-DNS_DEFAULT_CUDA_GRAPHS=1), which is how the tests are checked against either.
  */

@@ -69,6 +69,7 @@ char *ns_fingerprint_make(const ns_job_spec *spec, const char *model_hash, uint6
     json_object_set_new(o, "engine", json_string(NS_ENGINE_VERSION));
     json_object_set_new(o, "model_hash", json_string(model_hash));
     json_object_set_new(o, "model_size", json_integer((json_int_t)model_size));
+    json_object_set_new(o, "precision", json_string(spec->fp8 ? "fp8" : "default"));
     json_object_set_new(o, "prompt", prompt);
     json_object_set_new(o, "sampling", sj);
     char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));

@@ -678,11 +678,12 @@ static ns_status parse_devices(spec_parser *p, yaml_node_t *v) {
 
 enum {
     TO_VERSION, TO_NAME, TO_MODEL, TO_BACKEND, TO_DEVICES, TO_INPUT, TO_PROMPT, TO_SAMPLING,
-    TO_OUTPUT, TO_LIMITS, TO_ON_BAD_INPUT, TO_N
+    TO_OUTPUT, TO_LIMITS, TO_ON_BAD_INPUT, TO_PRECISION, TO_N
 };
 static const char *const k_top[TO_N] = {"version", "name",    "model",  "backend",
                                         "devices", "input",   "prompt", "sampling",
-                                        "output",  "limits",  "on_bad_input"};
+                                        "output",  "limits",  "on_bad_input", "precision"};
+static const char *const k_precisions[] = {"default", "fp8"};
 
 static ns_status parse_root(spec_parser *p, yaml_node_t *root) {
     ns_job_spec *o = p->out;
@@ -727,6 +728,10 @@ static ns_status parse_root(spec_parser *p, yaml_node_t *root) {
     memcpy(o->backend, k_backends[backend], nb);
 
     if (a[TO_DEVICES] && (st = parse_devices(p, a[TO_DEVICES]))) return st;
+    int precision = 0;
+    if (a[TO_PRECISION] && (st = get_enum(p, a[TO_PRECISION], "precision", k_precisions, 2, &precision)))
+        return st;
+    o->fp8 = precision == 1;
     if ((st = parse_input(p, f.key[TO_INPUT], a[TO_INPUT]))) return st;
     if ((st = parse_prompt(p, f.key[TO_PROMPT], a[TO_PROMPT]))) return st;
     if ((st = parse_sampling(p, a[TO_SAMPLING]))) return st;

@@ -60,6 +60,7 @@ typedef struct ns_job_spec {
     int priority;          /* higher runs first; default 0 */
     int max_retries;       /* attempts after the first; default 2 */
     bool deterministic;    /* batch-invariant engine: bit-identical outputs whatever the batch */
+    bool fp8;              /* precision: fp8 (CUDA: layer matrices and their inputs in FP8 E4M3) */
     ns_bad_input on_bad_input;
 } ns_job_spec;
 

@@ -31,6 +31,8 @@ static const char *help =
     "  --threads N           CPU threads (default: all cores)\n"
     "  --backend B           auto, cpu or cuda (default auto)\n"
     "  --device N            CUDA device (default 0)\n"
+    "  --precision P         default, or fp8: layer matrices and their inputs in FP8 (cuda, compute\n"
+    "                        capability 8.9+; faster, results differ; refused elsewhere)\n"
     "  --ctx N               context length per sequence (default min(model, 4096))\n"
     "  --quiet               no statistics on stderr\n";
 
@@ -77,6 +79,13 @@ int ns_cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--prompt-file")) { NEED_VAL(); prompt_file = val;
         } else if (!strcmp(a, "--system")) { NEED_VAL(); system = val;
         } else if (!strcmp(a, "--backend")) { NEED_VAL(); backend = val;
+        } else if (!strcmp(a, "--precision")) {
+            NEED_VAL();
+            if (strcmp(val, "default") && strcmp(val, "fp8")) {
+                fprintf(stderr, "nightshift generate: --precision '%s': expected default or fp8\n", val);
+                return NS_EXIT_USAGE;
+            }
+            cfg.fp8 = !strcmp(val, "fp8");
         } else if (!strcmp(a, "--chat")) { chat = true;
         } else if (!strcmp(a, "--special")) { special = true;
         } else if (!strcmp(a, "--quiet")) { quiet = true;

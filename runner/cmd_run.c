@@ -544,6 +544,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     cfg.max_seqs = spec.max_seqs;
     cfg.max_batch_tokens = spec.max_batch_tokens;
     cfg.batch_invariant = spec.deterministic;
+    cfg.fp8 = spec.fp8;
     cfg.device = o->device;
     if (cfg.max_seqs && cfg.max_batch_tokens && cfg.max_batch_tokens < cfg.max_seqs) cfg.max_batch_tokens = cfg.max_seqs;
     const char *note = NULL;

@@ -1,5 +1,5 @@
 /* fp8.cu: rows to FP8 E4M3 with one fp32 scale per row (the rule in kernels/cpu/fp8.h),
- * the input of the FP8 GEMMs (NS_CUDA_FP8=1):
+ * the input of the FP8 GEMMs (a job's precision: fp8):
  *   ns_cuda_quant_rows_fp8: a row of fp32 or bf16 (the activations when nothing below
  *     wrote them, and each weight matrix once at load);
  *   ns_cuda_rmsnorm_fp8, ns_cuda_add_rmsnorm_fp8, ns_cuda_swiglu_bf16_fp8: RMSNorm (after

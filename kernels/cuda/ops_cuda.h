@@ -75,7 +75,7 @@ cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint1
 cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, int x_type, int64_t n_rows,
                                    int64_t n, cudaStream_t stream);
 /* The ops whose output feeds an FP8 GEMM, writing it as FP8 rows q (n_rows, n) and scales
- * (n_rows) directly (NS_CUDA_FP8=1). rmsnorm_fp8: out (may be NULL, may alias x) =
+ * (n_rows) directly (precision fp8). rmsnorm_fp8: out (may be NULL, may alias x) =
  * rmsnorm(x) * w as ns_cuda_rmsnorm, q and scales its bits through ns_cuda_quant_rows_fp8.
  * add_rmsnorm_fp8: x += delta first, as ns_cuda_add_rmsnorm. swiglu_bf16_fp8: the rows
  * of silu(gate) * up from bf16 gate and up (n_rows, n), quantized from fp32. */

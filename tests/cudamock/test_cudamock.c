@@ -14,6 +14,7 @@
 #include "../unit/golden.h"
 #include "../unit/tiny_model.h"
 #include "backend.h"
+#include "backend_cuda.h"
 #include "cudamock.h"
 #include "engine.h"
 #include "ops.h"
@@ -73,7 +74,7 @@ typedef struct run_cfg {
     bool no_logprobs;      /* request 5 without logprobs: every row picked on the device */
     bool fused_ffn;        /* NS_CUDA_FUSED_FFN=1: gate/up GEMMs writing bf16, the bf16 SwiGLU */
     bool fused_norm;       /* NS_CUDA_FUSED_NORM=1: residual add + RMSNorm in one op */
-    bool fp8;              /* NS_CUDA_FP8=1: the layers' GEMMs in FP8 (cuBLASLt) */
+    bool fp8;              /* precision fp8: the layers' GEMMs in FP8 (cuBLASLt) */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
     const char *model;     /* NULL: model_path() */
@@ -88,11 +89,11 @@ static void run(const run_cfg *rc, run_out *out) {
     setenv("NS_ENGINE_OVERLAP", rc->overlap ? "1" : "0", 1);
     setenv("NS_CUDA_FUSED_FFN", rc->fused_ffn ? "1" : "0", 1);
     setenv("NS_CUDA_FUSED_NORM", rc->fused_norm ? "1" : "0", 1);
-    if (rc->fp8) setenv("NS_CUDA_FP8", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = rc->model ? rc->model : model_path();
     cfg.backend = rc->backend;
+    cfg.fp8 = rc->fp8;
     cfg.n_threads = 2;
     cfg.max_seqs = N_REQ + 2; /* room to pad: decode batches become 8 rows */
     cfg.max_batch_tokens = 96;
@@ -104,7 +105,6 @@ static void run(const run_cfg *rc, run_out *out) {
     unsetenv("NS_ENGINE_OVERLAP");
     unsetenv("NS_CUDA_FUSED_FFN");
     unsetenv("NS_CUDA_FUSED_NORM");
-    unsetenv("NS_CUDA_FP8");
     CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
     if (st) return;
     if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
@@ -304,11 +304,11 @@ NS_TEST(test_cudamock_fused_norm_bit_identical) {
     }
 }
 
-/* FP8 GEMMs (NS_CUDA_FP8=1): the layers' matmuls go through cuBLASLt in FP8 (weights
+/* FP8 GEMMs (precision fp8): the layers' matmuls go through cuBLASLt in FP8 (weights
  * quantized at load, inputs per token), the output head stays bf16. On the tiny model:
  * every request completes; graphs, overlap and the fused norm give the plain FP8 run's
  * outputs bit for bit (a padded or overlapped batch quantizes each row alone); the fused
- * feed-forward nearly its tokens; precise mode ignores the switch. */
+ * feed-forward nearly its tokens. */
 NS_TEST(test_cudamock_fp8_runs_and_composes) {
     run_out bf16, fp8;
     run(&(run_cfg){.backend = "cuda"}, &bf16);
@@ -359,10 +359,6 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
     CHECK_MSG(widened.mock.gemms_bf16_out >= widened.mock.gemms_fp8, "%ld of %ld fp8 GEMMs wrote bf16",
               widened.mock.gemms_bf16_out, widened.mock.gemms_fp8);
     CHECK_MSG(widened.mock.graph_launches > 0, "bf16 output widened: no recording replayed");
-    run_out precise;
-    run(&(run_cfg){.backend = "cuda", .precise = true, .fp8 = true}, &precise);
-    CHECK_EQ_INT(precise.mock.gemms_fp8, 0);
-    CHECK_EQ_INT(precise.mock.quant_fp8_calls, 0);
 }
 
 /* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
@@ -389,22 +385,60 @@ NS_TEST(test_cudamock_fp8_mixed_weights) {
               n_same_requests(&bf16, &fp8), N_REQ);
 }
 
-/* A device without FP8 tensor cores: NS_CUDA_FP8=1 refuses to open, saying why. */
-NS_TEST(test_cudamock_fp8_needs_fp8_cores) {
-    setenv("NS_CUDAMOCK_CC", "86", 1);
-    setenv("NS_CUDA_FP8", "1", 1);
-    ns_engine_config cfg;
-    ns_engine_config_default(&cfg);
-    cfg.model_path = model_path();
-    cfg.backend = "cuda";
-    ns_engine *e = NULL;
+/* precision fp8 refused, saying why: on a device without FP8 tensor cores; in precise mode
+ * (fp32-accurate GEMMs, for tests); on the CPU backend, asked for or reached through auto
+ * without a device; and by the CUDA backend once weights are loaded. */
+NS_TEST(test_cudamock_fp8_refused_where_it_cannot_run) {
+    static const struct {
+        const char *backend, *cc, *precise, *want1, *want2;
+    } cases[] = {
+        {"cuda", "86", NULL, "compute capability 8.9", "8.6"},
+        {"cuda", NULL, "1", "precision fp8 and NS_CUDA_PRECISE=1", "exclude"},
+        {"cpu", NULL, NULL, "precision fp8 needs the cuda backend", "the CPU"},
+        {"auto", "0", NULL, "precision fp8 needs the cuda backend", "backend auto found no GPU"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].cc && strcmp(cases[i].cc, "0")) setenv("NS_CUDAMOCK_CC", cases[i].cc, 1);
+        if (cases[i].cc && !strcmp(cases[i].cc, "0")) setenv("NS_CUDAMOCK_DEVICES", "0", 1);
+        if (cases[i].precise) setenv("NS_CUDA_PRECISE", cases[i].precise, 1);
+        ns_engine_config cfg;
+        ns_engine_config_default(&cfg);
+        cfg.model_path = model_path();
+        cfg.backend = cases[i].backend;
+        cfg.n_threads = 1;
+        cfg.fp8 = true;
+        ns_engine *e = NULL;
+        ns_error err;
+        ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+        unsetenv("NS_CUDAMOCK_CC");
+        unsetenv("NS_CUDAMOCK_DEVICES");
+        unsetenv("NS_CUDA_PRECISE");
+        CHECK_MSG(st != NS_OK && strstr(err.msg, cases[i].want1) && strstr(err.msg, cases[i].want2),
+                  "case %zu (%s): status %d: %s", i, cases[i].backend, st, st ? err.msg : "opened");
+        ns_engine_close(e);
+    }
+    /* the backend's own order: use_fp8 after a weight is loaded is refused */
+    ns_backend *b = NULL;
     ns_error err;
-    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
-    unsetenv("NS_CUDAMOCK_CC");
-    unsetenv("NS_CUDA_FP8");
-    CHECK_MSG(st != NS_OK && strstr(err.msg, "compute capability 8.9") && strstr(err.msg, "8.6"),
-              "status %d: %s", st, st ? err.msg : "opened");
-    ns_engine_close(e);
+    CHECK_STATUS_OK(ns_backend_cuda_create(0, &b, &err), &err);
+    if (!b) return;
+    float w[16 * 16] = {0};
+    ns_gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name.ptr = "blk.0.attn_q.weight";
+    t.name.len = strlen(t.name.ptr);
+    t.n_dims = 2;
+    t.ne[0] = 16, t.ne[1] = 16, t.ne[2] = t.ne[3] = 1;
+    t.type = NS_GGML_F32;
+    t.nbytes = sizeof w;
+    t.data = w;
+    ns_bweight *bw = NULL;
+    CHECK_STATUS_OK(b->ops->weight_load(b, &t, &bw, &err), &err);
+    ns_status st = b->ops->use_fp8(b, &err);
+    CHECK_MSG(st == NS_ERR_INVALID && strstr(err.msg, "after weights were loaded"), "status %d: %s", st,
+              st ? err.msg : "accepted");
+    if (bw) b->ops->weight_free(b, bw);
+    ns_backend_destroy(b);
 }
 
 /* Batch-invariant mode (a job's limits.deterministic) is refused on the CUDA backend, which
@@ -451,9 +485,9 @@ NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
     if (n < 6) return;
     const bool baseline = getenv("NS_TEST_FP8_BASELINE") != NULL;
     const char *label = baseline ? "bf16" : "fp8";
-    if (!baseline) setenv("NS_CUDA_FP8", "1", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
+    cfg.fp8 = !baseline;
     cfg.model_path = ns_test_demo_model();
     cfg.backend = "cuda";
     cfg.max_seqs = 16;
@@ -462,8 +496,7 @@ NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
     ns_engine *e = NULL;
     ns_error err;
     ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
-    unsetenv("NS_CUDA_FP8");
-    CHECK_MSG(st == NS_OK, "open demo model with NS_CUDA_FP8=1: %s", err.msg);
+    CHECK_MSG(st == NS_OK, "open demo model (%s): %s", label, err.msg);
     if (st) {
         free_golden(cases, n);
         return;

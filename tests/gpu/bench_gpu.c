@@ -126,6 +126,9 @@ static int run_gen(int argc, char **argv) {
     cfg.max_batch_tokens = NS_MAX(max_seqs, 8192);
     cfg.n_ctx = n_in + n_out;
     cfg.kv_bytes = 0;
+    /* the benchmark's own switch for precision fp8 (a job says precision: fp8) */
+    const char *fp8 = getenv("NS_CUDA_FP8");
+    cfg.fp8 = fp8 && !strcmp(fp8, "1");
     ns_engine *e;
     ns_error err;
     double t_open = ns_time_now();

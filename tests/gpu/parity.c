@@ -10,7 +10,7 @@
  *               of every device output must come back untouched. ns_cuda_sample_rows
  *               must give ns_cpu_sample_rows_ref's token in every row, exactly, and
  *               its time for 1,000 rows of 128,256 logits is printed.
- *               FP8 (NS_CUDA_FP8=1): ns_cuda_quant_rows_fp8 equal to ns_cpu_quant_rows_fp8
+ *               FP8 (precision fp8): ns_cuda_quant_rows_fp8 equal to ns_cpu_quant_rows_fp8
  *               byte for byte (scales bit for bit), fp32 and bf16 inputs, special rows;
  *               the ops writing FP8 rows (rmsnorm, add_rmsnorm, the bf16 SwiGLU) bit-equal
  *               to the unfused ops followed by the quantizer;
@@ -32,7 +32,7 @@
  *               row rule vs CUDA precise picking on the device (identical, or differing
  *               only where the draw fell within 1e-3 of a boundary), and plain CUDA twice
  *               (identical).
- *   fp8         NS_CUDA_FP8=1 on the synthetic shapes: prompt logits against the CPU's (NMSE
+ *   fp8         precision fp8 on the synthetic shapes: prompt logits against the CPU's (NMSE
  *               <= 0.25: random weights, see run_fp8), two FP8 greedy runs identical, token
  *               agreement reported.
  *   throughput  a random 8-layer model (n_embd 512, Q8_0) on CUDA: 256 requests, 64 prompt
@@ -705,7 +705,7 @@ static void check_fused_fp8(ns_test_rng *r) {
 }
 
 /* A weight tensor of the CUDA backend from host floats (F32 rows), named so that
- * NS_CUDA_FP8=1 stores it as fp8. */
+ * a backend with use_fp8 stores it as fp8. */
 static ns_bweight *fp8_weight(ns_backend *b, const float *w, int N, int K) {
     ns_gguf_tensor t;
     memset(&t, 0, sizeof t);
@@ -725,13 +725,13 @@ static ns_bweight *fp8_weight(ns_backend *b, const float *w, int N, int K) {
     return bw;
 }
 
-static ns_backend *backend_with(const char *fp8) {
+static ns_backend *backend_with(bool fp8) {
     ns_backend *b = NULL;
     ns_error err;
-    setenv("NS_CUDA_FP8", fp8, 1);
     ns_status st = ns_backend_cuda_create(0, &b, &err);
-    unsetenv("NS_CUDA_FP8");
-    if (st) printf("FAIL cuda backend with NS_CUDA_FP8=%s: %s\n", fp8, err.msg);
+    if (!st && fp8) st = b->ops->use_fp8(b, &err);
+    if (st) printf("FAIL cuda backend%s: %s\n", fp8 ? " with fp8" : "", err.msg);
+    if (st) ns_backend_destroy(b);
     return st ? NULL : b;
 }
 
@@ -769,7 +769,7 @@ static int backend_matmul(ns_backend *b, const ns_bweight *w, const float *x, fl
 }
 
 static void check_matmul_fp8(ns_test_rng *r) {
-    ns_backend *b = backend_with("1");
+    ns_backend *b = backend_with(true);
     if (!b) {
         result(0);
         return;
@@ -802,7 +802,7 @@ static void check_matmul_fp8(ns_test_rng *r) {
     const int S = 8192;
     float *x = malloc((size_t)S * S * 4), *y = malloc((size_t)S * S * 4);
     fill(r, x, (size_t)S * S, 1.0f);
-    ns_backend *b16 = backend_with("0");
+    ns_backend *b16 = backend_with(false);
     double ms8 = 0, ms16 = 0;
     ns_bweight *w8 = fp8_weight(b, x, S, S), *w16 = b16 ? fp8_weight(b16, x, S, S) : NULL;
     int ok = w8 && w16 && backend_matmul(b, w8, x, y, S, S, S, 6, &ms8) &&
@@ -934,9 +934,11 @@ static void run_greedy(void) {
 
 /* ---- synthetic models at real shapes: CPU vs CUDA ---- */
 
+static bool synth_fp8; /* open_synth's engines with precision fp8 */
 static ns_engine *open_synth(const ns_hparams *hp, const char *backend, int max_seqs, bool precise) {
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
+    cfg.fp8 = synth_fp8;
     cfg.backend = backend;
     cfg.synthetic = hp;
     cfg.synthetic_seed = 1234;
@@ -1185,7 +1187,7 @@ static void run_synthetic(void) {
     }
 }
 
-/* NS_CUDA_FP8=1 on the synthetic shapes: the logits of a 200-token prompt against the CPU's
+/* precision fp8 on the synthetic shapes: the logits of a 200-token prompt against the CPU's
  * fp32 ones (NMSE <= 0.25; the bf16 path's NMSE printed beside it), the 16 greedy requests
  * completing, the same tokens in two FP8 runs (determinism), and how many requests keep
  * the CPU's tokens (reported). Random weights give flat logits, so FP8's rounding weighs
@@ -1210,9 +1212,9 @@ static void run_fp8(void) {
             tok[k] = malloc(sizeof(int32_t) * 16 * n_tok);
             logits[k] = malloc(sizeof(float) * hp.n_vocab);
             if (!ok) continue;
-            if (k >= 2) setenv("NS_CUDA_FP8", "1", 1);
+            synth_fp8 = k >= 2;
             ns_engine *e = open_synth(&hp, k ? "cuda" : "cpu", 8, false);
-            unsetenv("NS_CUDA_FP8");
+            synth_fp8 = false;
             ns_error err;
             if (!e || ns_engine_prompt_logits(e, probe, 200, logits[k], &err) ||
                 synth_generate(e, hp.n_vocab, n_tok, tok[k]) < 0) {

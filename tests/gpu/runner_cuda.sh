@@ -4,7 +4,8 @@
 # job on the CPU (greedy; bf16 GEMM inputs can flip a near-tie, so identical outputs are
 # counted and reported, and at least 36 of 40 are required); the same job sampled
 # (temperature, top_k, top_p, min_p, a seed: tokens picked on the device) twice, whose
-# exports must be identical; and the job on worker processes through the spec's devices.
+# exports must be identical; the job with precision: fp8 (and refused on the CPU); and the
+# job on worker processes through the spec's devices.
 # Ends with "N passed, N failed, N skipped".
 set -u
 bin=${1:-build}
@@ -61,6 +62,32 @@ check "sampled: two runs, identical outputs" test -s "$T/s1.jsonl" -a -s "$T/s2.
 differ=$(paste <(grep -o '"output":"[^"]*"' "$T/s1.jsonl") <(grep -o '"output":"[^"]*"' "$T/cuda.jsonl") |
          awk -F'\t' '$1 != $2' | wc -l)
 check "sampled: outputs differ from greedy ($differ of 40)" test -s "$T/s1.jsonl" -a "$differ" -ge 10
+# precision: fp8 (FP8 GEMMs, compute capability 8.9 or later): the job runs where the card
+# has FP8 tensor cores, and is refused, naming why, where not; outputs against bf16's are
+# reported, not required (FP8 changes results). On the CPU the same job is refused before
+# any item is touched.
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d .)
+{ cat "$T/job-cuda.yaml"; echo "precision: fp8"; } > "$T/job-fp8.yaml"
+"$BIN" submit "$T/job-fp8.yaml" --db "$T/fp8.db" >/dev/null 2>&1 && "$BIN" run --db "$T/fp8.db" 2>"$T/err-fp8" >/dev/null
+rc=$?
+if [ "$gpu" = cuda ] && { [ -z "$cc" ] || [ "$cc" -ge 89 ]; }; then
+  "$BIN" export 1 --db "$T/fp8.db" -o "$T/fp8.jsonl" 2>/dev/null
+  check "precision fp8: run exit 0, 40 results" test $rc = 0 -a "$(grep -c custom_id "$T/fp8.jsonl" 2>/dev/null)" = 40
+  check "precision fp8: said in the run's log" grep -q "precision fp8" "$T/err-fp8"
+  same8=$(paste <(grep -o '"output":"[^"]*"' "$T/fp8.jsonl") <(grep -o '"output":"[^"]*"' "$T/cuda.jsonl") |
+          awk -F'\t' '$1 == $2' | wc -l)
+  echo "     $same8 of 40 outputs identical between fp8 and bf16"
+else
+  check "precision fp8 on ${gpu} (compute capability ${cc:-?}): refused (exit 3), saying why" \
+    bash -c "[ $rc = 3 ] && grep -q 'precision fp8' '$T/err-fp8'"
+fi
+sed 's/^backend: .*/backend: cpu/' "$T/job-fp8.yaml" > "$T/job-fp8-cpu.yaml"
+"$BIN" submit "$T/job-fp8-cpu.yaml" --db "$T/fp8c.db" >/dev/null 2>&1; "$BIN" run --db "$T/fp8c.db" 2>"$T/err-fp8c" >/dev/null
+rc=$?
+check "precision fp8 on the cpu backend: refused (exit 3) naming the cuda backend" \
+  bash -c "[ $rc = 3 ] && grep -q 'precision fp8 needs the cuda backend' '$T/err-fp8c'"
+check "precision fp8 on the cpu backend: 40 items still pending" \
+  grep -q '"request_counts":{"total":40,"completed":0,"failed":0}' <("$BIN" status --json 1 --db "$T/fp8c.db")
 # two worker processes through the spec's devices, both on device 0 where only one GPU exists
 n_dev=$(nvidia-smi -L 2>/dev/null | grep -c GPU)
 devs="[0, 1]"; [ "$n_dev" -lt 2 ] && devs="[0]"

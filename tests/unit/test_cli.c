@@ -53,6 +53,14 @@ NS_TEST(test_cli_help_and_usage) {
     CHECK_EQ_INT(run_cmd(cmd, &out), 2);
     CHECK(out && strstr(out, "not an integer"));
     free(out);
+    snprintf(cmd, sizeof cmd, "%s generate --model x.gguf --prompt hi --precision fp16 2>&1", bin());
+    CHECK_EQ_INT(run_cmd(cmd, &out), 2);
+    CHECK_MSG(out && strstr(out, "--precision 'fp16': expected default or fp8"), "got: %s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s generate --help 2>&1", bin());
+    CHECK_EQ_INT(run_cmd(cmd, &out), 0);
+    CHECK_MSG(out && strstr(out, "--precision P"), "got: %s", out ? out : "");
+    free(out);
     snprintf(cmd, sizeof cmd, "%s generate --model /nonexistent.gguf --prompt hi 2>&1", bin());
     int rc = run_cmd(cmd, &out);
     CHECK(rc == 1 || rc == 3);

@@ -5,9 +5,11 @@
  * scalar, alias cycles, deep nesting) must give a clean error, never a crash. */
 #include "../test.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 
 #include "common.h"
+#include "fingerprint.h"
 #include "spec.h"
 
 #define SPEC_PATH "specs/job.yaml"
@@ -172,6 +174,7 @@ NS_TEST(test_spec_minimal_defaults) {
     CHECK_EQ_INT(s.priority, 0);
     CHECK_EQ_INT(s.max_retries, 2);
     CHECK_EQ_INT(s.on_bad_input, NS_BAD_INPUT_REJECT);
+    CHECK(!s.fp8);
     ns_job_spec_free(&s);
 }
 
@@ -433,6 +436,9 @@ NS_TEST(test_spec_bad_enums) {
     CHECK_ERR(MINIMAL "on_bad_input: skip\n", NS_ERR_INVALID, SPEC_PATH ":7:15:", "on_bad_input",
               "reject, queue");
     CHECK_ERR(MINIMAL "backend: [cpu]\n", NS_ERR_INVALID, "backend", "got a list");
+    CHECK_ERR(MINIMAL "precision: fp16\n", NS_ERR_INVALID, SPEC_PATH ":7:12:", "precision",
+              "default, fp8", "'fp16'");
+    CHECK_ERR(MINIMAL "precision: {fp8: true}\n", NS_ERR_INVALID, SPEC_PATH ":7:", "precision");
 }
 
 NS_TEST(test_spec_duplicates_and_documents) {
@@ -556,4 +562,34 @@ NS_TEST(test_spec_deterministic_flag) {
     CHECK(ns_job_spec_parse(bad, strlen(bad), "d.yaml", &s, e) == NS_ERR_INVALID);
     CHECK_MSG(strstr(err.msg, "d.yaml:8:") && strstr(err.msg, "limits.deterministic") && strstr(err.msg, "true or false"),
               "%s", err.msg);
+}
+
+/* precision: fp8 parses, goes into the fingerprint, and a resume with another precision
+ * is refused naming it; a fingerprint recorded before the key existed still resumes. */
+NS_TEST(test_spec_precision_and_fingerprint) {
+    ns_job_spec a, b;
+    ns_error err, *e = &err;
+    CHECK_STATUS_OK(parse(MINIMAL "precision: fp8\n", &a, &err), e);
+    CHECK_STATUS_OK(parse(MINIMAL "precision: default\n", &b, &err), e);
+    CHECK(a.fp8 && !b.fp8);
+    char *fa = ns_fingerprint_make(&a, "0123456789abcdef", 42), *fb = ns_fingerprint_make(&b, "0123456789abcdef", 42);
+    CHECK(fa && fb && strstr(fa, "\"precision\":\"fp8\"") && strstr(fb, "\"precision\":\"default\""));
+    if (fa && fb) {
+        CHECK_STATUS_OK(ns_fingerprint_compare(fa, fa, &err), e);
+        CHECK(ns_fingerprint_compare(fb, fa, &err) == NS_ERR_INVALID);
+        CHECK_MSG(strstr(err.msg, "precision was \"default\", now \"fp8\""), "%s", err.msg);
+        /* recorded without the key (an older nightshift): only recorded keys are compared */
+        json_error_t je;
+        json_t *old = json_loads(fb, 0, &je);
+        CHECK(old && json_object_del(old, "precision") == 0);
+        char *fold = old ? json_dumps(old, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        CHECK(fold && !strstr(fold, "precision"));
+        if (fold) CHECK_STATUS_OK(ns_fingerprint_compare(fold, fa, &err), e);
+        free(fold);
+        json_decref(old);
+    }
+    free(fa);
+    free(fb);
+    ns_job_spec_free(&a);
+    ns_job_spec_free(&b);
 }
