@@ -145,7 +145,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(BUILD)/emu-fp8 \
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(BUILD)/emu-attention $(BUILD)/emu-fp8 \
       $(CUDAMOCK_BIN)
 	@bash tests/run.sh $(BUILD)
 
@@ -189,6 +189,13 @@ $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h k
                            $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
+
+# The fast attention kernel (bf16 and FP8 KV pools) and the FP8 KV store, the same way
+# (no strict aliasing: the kernel reads bf16 pairs through casts, as CUDA code does).
+$(BUILD)/emu-attention: tests/gpu/emu_attention.cpp tests/gpu/emu_cuda.h kernels/cuda/attention.cu \
+                        kernels/cuda/reduce.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	    tests/gpu/emu_attention.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
 $(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \

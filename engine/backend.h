@@ -161,6 +161,11 @@ typedef struct ns_backend_ops {
      * kept in FP8 E4M3 and the matmuls that use them quantize their input the same way.
      * Called once, before any weight_load; fails, saying why, where the device cannot. */
     ns_status (*use_fp8)(ns_backend *b, ns_error *err);
+    /* Optional (NULL: no FP8 KV cache): the KV cache as FP8 E4M3 codes with one scale per
+     * (slot, KV head) row, where the backend takes the shape; *on says whether it will be
+     * (kv_elem_bytes and kv_row_extra_bytes then say its size). Before kv_alloc; fails,
+     * saying why, where the device cannot. */
+    ns_status (*use_kv_fp8)(ns_backend *b, int n_head, int n_head_kv, int head_dim, bool *on, ns_error *err);
 } ns_backend_ops;
 
 /* The row count a backend that records its passes (graph_begin) pads this batch to, or
@@ -190,6 +195,8 @@ struct ns_backend {
     /* Bytes of one element of the backend's KV pool (CPU: 4; CUDA: 2, bf16, or 4 in its
      * precise mode): the engine sizes the pool from its byte budget with it. */
     int kv_elem_bytes;
+    /* Bytes more per (token, KV head) row of K, and of V (the FP8 KV cache's scale: 4). */
+    int kv_row_extra_bytes;
 };
 
 /* Creates the CPU backend with n_threads worker threads (0 = all cores). */

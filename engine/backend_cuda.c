@@ -114,11 +114,15 @@ typedef struct cuda_backend {
     cublasHandle_t cublas;
     cudaEvent_t batch_copied; /* the pinned batch buffer may be rewritten once this fired */
     /* KV pool: (n_layer) device pointers, each (n_blocks, block_size, n_head_kv, head_dim)
-     * of kv_type (bf16; fp32 in precise mode) */
+     * of kv_type (bf16; fp32 in precise mode; e4m3 codes with use_kv_fp8, then with
+     * k_scale / v_scale: (n_layer) pointers, each (n_blocks, block_size, n_head_kv) fp32) */
     ns_kv_shape kv;
     int kv_type;
     void **k_pool;
     void **v_pool;
+    float **k_scale;
+    float **v_scale;
+    int kv_n_head; /* use_kv_fp8's n_head (the attention kernel's group size with n_head_kv) */
     /* the current batch: one pinned host buffer and its device copy, int32 each */
     int32_t *h_batch, *d_batch;
     size_t batch_cap; /* int32 elements */
@@ -467,10 +471,15 @@ static void free_kv(cuda_backend *c) {
     for (int i = 0; i < c->kv.n_layer; i++) {
         if (c->k_pool && c->k_pool[i]) cudaFree(c->k_pool[i]);
         if (c->v_pool && c->v_pool[i]) cudaFree(c->v_pool[i]);
+        if (c->k_scale && c->k_scale[i]) cudaFree(c->k_scale[i]);
+        if (c->v_scale && c->v_scale[i]) cudaFree(c->v_scale[i]);
     }
     free(c->k_pool);
     free(c->v_pool);
+    free(c->k_scale);
+    free(c->v_scale);
     c->k_pool = c->v_pool = NULL;
+    c->k_scale = c->v_scale = NULL;
     memset(&c->kv, 0, sizeof c->kv);
 }
 
@@ -485,19 +494,30 @@ static ns_status cuda_kv_alloc(ns_backend *b, const ns_kv_shape *shape, ns_error
     /* one block more than the engine's: padding rows of a recorded decode batch use it */
     size_t per_layer = (size_t)(shape->n_blocks + 1) * (size_t)shape->block_size * (size_t)shape->n_head_kv *
                        (size_t)shape->head_dim * (size_t)c->base.kv_elem_bytes;
+    const bool f8 = c->kv_type == NS_CUDA_TYPE_E4M3;
+    if (f8 && !ns_cuda_kv_fp8_fits(c->kv_n_head, shape->n_head_kv, shape->head_dim))
+        return ns_error_set(err, NS_ERR_INVALID, "cuda backend: the FP8 KV cache does not take %d KV heads of %d",
+                            shape->n_head_kv, shape->head_dim);
     c->k_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
     c->v_pool = ns_calloc_array((size_t)shape->n_layer, sizeof(void *));
-    if (!c->k_pool || !c->v_pool) {
+    c->k_scale = f8 ? ns_calloc_array((size_t)shape->n_layer, sizeof(float *)) : NULL;
+    c->v_scale = f8 ? ns_calloc_array((size_t)shape->n_layer, sizeof(float *)) : NULL;
+    if (!c->k_pool || !c->v_pool || (f8 && (!c->k_scale || !c->v_scale))) {
         free_kv(c);
         return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
     }
     c->kv = *shape;
     c->pad_block = shape->n_blocks;
+    const size_t scales = (size_t)(shape->n_blocks + 1) * (size_t)shape->block_size * (size_t)shape->n_head_kv *
+                          sizeof(float);
     char what[96];
-    snprintf(what, sizeof what, "the KV cache (%d layers x 2 x %zu bytes)", shape->n_layer, per_layer);
+    snprintf(what, sizeof what, "the KV cache (%d layers x 2 x %zu bytes)", shape->n_layer,
+             per_layer + (f8 ? scales : 0));
     for (int i = 0; i < shape->n_layer; i++) {
         ns_status st = dev_alloc(c, per_layer, what, (void **)&c->k_pool[i], err);
         if (!st) st = dev_alloc(c, per_layer, what, (void **)&c->v_pool[i], err);
+        if (!st && f8) st = dev_alloc(c, scales, what, (void **)&c->k_scale[i], err);
+        if (!st && f8) st = dev_alloc(c, scales, what, (void **)&c->v_scale[i], err);
         if (st) {
             free_kv(c);
             return st;
@@ -973,10 +993,16 @@ static void cuda_kv_store(ns_backend *b, int layer, const float *k, const float 
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
     x_forget(c);
     prof_mark(c, P_KV_STORE);
-    op_check(c,
-             ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], c->kv_type, k, v, c->d_slot, c->n_tokens,
-                              c->kv.n_head_kv * c->kv.head_dim, c->stream),
-             "kv_store");
+    if (c->kv_type == NS_CUDA_TYPE_E4M3)
+        op_check(c,
+                 ns_cuda_kv_store_fp8(c->k_pool[layer], c->v_pool[layer], c->k_scale[layer], c->v_scale[layer], k, v,
+                                      c->d_slot, c->n_tokens, c->kv.n_head_kv, c->kv.head_dim, c->stream),
+                 "kv_store (fp8)");
+    else
+        op_check(c,
+                 ns_cuda_kv_store(c->k_pool[layer], c->v_pool[layer], c->kv_type, k, v, c->d_slot, c->n_tokens,
+                                  c->kv.n_head_kv * c->kv.head_dim, c->stream),
+                 "kv_store");
 }
 
 static void cuda_attention(ns_backend *b, int layer, float *out, const float *q, int n_head, float scale) {
@@ -984,6 +1010,16 @@ static void cuda_attention(ns_backend *b, int layer, float *out, const float *q,
     NS_ASSERT(layer >= 0 && layer < c->kv.n_layer);
     uint16_t *shadow = x_shadow(c, out, (size_t)c->n_tokens * (size_t)n_head * (size_t)c->kv.head_dim);
     prof_mark(c, P_ATTENTION);
+    if (c->kv_type == NS_CUDA_TYPE_E4M3) {
+        op_check(c,
+                 ns_cuda_attention_paged_fp8(out, shadow, q, c->d_pos, c->d_tok_seq, c->d_groups, c->n_groups,
+                                             c->n_groups == c->n_tokens, c->d_block_table, c->max_blocks_per_seq,
+                                             c->k_pool[layer], c->v_pool[layer], c->k_scale[layer], c->v_scale[layer],
+                                             c->kv.block_size, n_head, c->kv.n_head_kv, c->kv.head_dim, scale,
+                                             c->stream),
+                 "attention (fp8 KV)");
+        return;
+    }
     op_check(c,
              ns_cuda_attention_paged(out, shadow, q, c->d_pos, c->d_tok_seq, c->d_groups, c->n_groups,
                                      c->n_groups == c->n_tokens, c->d_block_table, c->max_blocks_per_seq,
@@ -1259,6 +1295,37 @@ static ns_status cuda_use_fp8(ns_backend *b, ns_error *err) {
     return fp8_setup(c, err);
 }
 
+/* use_kv_fp8 (the engine's precision fp8): the KV cache as e4m3 codes with a scale per
+ * (slot, KV head) row, where the fast attention kernel takes the shape
+ * (ns_cuda_kv_fp8_fits) on a device with FP8 conversions (compute capability 8.9 or
+ * later); *on says whether it will be. Before kv_alloc. */
+static ns_status cuda_use_kv_fp8(ns_backend *b, int n_head, int n_head_kv, int head_dim, bool *on, ns_error *err) {
+    cuda_backend *c = cb(b);
+    *on = false;
+    if (c->precise)
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "cuda backend: precision fp8 and NS_CUDA_PRECISE=1 (fp32-accurate GEMMs, for tests) "
+                            "exclude each other");
+    if (c->k_pool) return ns_error_set(err, NS_ERR_INVALID, "cuda backend: FP8 KV cache asked after kv_alloc");
+    int major = 0, minor = 0;
+    CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device), "cudaDeviceGetAttribute");
+    CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, c->device), "cudaDeviceGetAttribute");
+    if (major * 10 + minor < 89)
+        return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                            "cuda backend: precision fp8 needs FP8 tensor cores (compute capability 8.9 or later); "
+                            "device %d has %d.%d",
+                            c->device, major, minor);
+    if (!ns_cuda_kv_fp8_fits(n_head, n_head_kv, head_dim)) return NS_OK;
+    c->kv_type = NS_CUDA_TYPE_E4M3;
+    c->kv_n_head = n_head;
+    c->base.kv_elem_bytes = 1;
+    c->base.kv_row_extra_bytes = sizeof(float);
+    *on = true;
+    fprintf(stderr, "cuda backend: device %d: precision fp8: the KV cache in FP8 E4M3, a scale per token and KV head\n",
+            c->device);
+    return NS_OK;
+}
+
 static void cuda_destroy(ns_backend *b) {
     cuda_backend *c = cb(b);
     if (!c) return;
@@ -1319,6 +1386,7 @@ static const ns_backend_ops cuda_ops = {
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .use_fp8 = cuda_use_fp8,
+    .use_kv_fp8 = cuda_use_kv_fp8,
 };
 
 int ns_backend_cuda_device(const ns_backend *b) {

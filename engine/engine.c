@@ -225,8 +225,23 @@ model_ready:;
         goto fail;
     }
     e->max_blocks_per_seq = (e->n_ctx + cfg->block_size - 1) / cfg->block_size;
-    size_t kv_per_token = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv * hp->head_dim *
-                          (size_t)(e->backend->kv_elem_bytes > 0 ? e->backend->kv_elem_bytes : 4);
+    if (cfg->kv_fp8) {
+        bool on = false;
+        if (!e->backend->ops->use_kv_fp8) {
+            st = ns_error_set(err, NS_ERR_UNSUPPORTED,
+                              "engine: an FP8 KV cache (precision fp8) needs the cuda backend; this run's backend is "
+                              "the CPU");
+            goto fail;
+        }
+        if ((st = e->backend->ops->use_kv_fp8(e->backend, hp->n_head, hp->n_head_kv, hp->head_dim, &on, err)))
+            goto fail;
+        if (!on)
+            fprintf(stderr, "engine: the FP8 KV cache takes head_dim 64 or 128 (this model: %d heads of %d, %d KV "
+                            "heads); the KV cache stays bf16\n", hp->n_head, hp->head_dim, hp->n_head_kv);
+    }
+    size_t kv_per_token = (size_t)hp->n_layer * 2 * (size_t)hp->n_head_kv *
+                          ((size_t)hp->head_dim * (size_t)(e->backend->kv_elem_bytes > 0 ? e->backend->kv_elem_bytes : 4) +
+                           (size_t)(e->backend->kv_row_extra_bytes > 0 ? e->backend->kv_row_extra_bytes : 0));
     if (cfg->kv_bytes == 0) {
         /* room for max_seqs sequences of up to 1024 tokens, and at least one full context */
         size_t tokens = NS_MAX((size_t)cfg->max_seqs * (size_t)NS_MIN(e->n_ctx, 1024), (size_t)e->n_ctx);

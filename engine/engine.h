@@ -43,6 +43,8 @@ typedef struct ns_engine_config {
     bool batch_invariant;  /* bit-identical outputs whatever the batch composition (slower) */
     bool fp8;              /* layer matrices and their inputs in FP8 E4M3 (a backend with use_fp8:
                             * CUDA, compute capability 8.9+); results differ; refused elsewhere */
+    bool kv_fp8;           /* the KV cache in FP8 E4M3 (use_kv_fp8: CUDA, head_dim 64 or 128, else
+                            * bf16, said on stderr); results differ; refused on the CPU */
     /* Benchmarks and backend comparisons: with synthetic set (and model_path NULL) the
      * engine runs ns_model_random(synthetic, synthetic_seed) and has no tokenizer, so
      * completions carry tokens and no text, and only stop_tokens and max_tokens end them. */

@@ -31,8 +31,8 @@ static const char *help =
     "  --threads N           CPU threads (default: all cores)\n"
     "  --backend B           auto, cpu or cuda (default auto)\n"
     "  --device N            CUDA device (default 0)\n"
-    "  --precision P         default, or fp8: layer matrices and their inputs in FP8 (cuda, compute\n"
-    "                        capability 8.9+; faster, results differ; refused elsewhere)\n"
+    "  --precision P         default, or fp8: layer matrices, their inputs and the KV cache in FP8\n"
+    "                        (cuda, compute capability 8.9+; faster, results differ; refused elsewhere)\n"
     "  --ctx N               context length per sequence (default min(model, 4096))\n"
     "  --quiet               no statistics on stderr\n";
 
@@ -85,7 +85,7 @@ int ns_cmd_generate(int argc, char **argv) {
                 fprintf(stderr, "nightshift generate: --precision '%s': expected default or fp8\n", val);
                 return NS_EXIT_USAGE;
             }
-            cfg.fp8 = !strcmp(val, "fp8");
+            cfg.fp8 = cfg.kv_fp8 = !strcmp(val, "fp8");
         } else if (!strcmp(a, "--chat")) { chat = true;
         } else if (!strcmp(a, "--special")) { special = true;
         } else if (!strcmp(a, "--quiet")) { quiet = true;

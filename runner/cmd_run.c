@@ -544,7 +544,7 @@ static int run_job(ns_store *store, const run_opts *o, int64_t job_id, const cha
     cfg.max_seqs = spec.max_seqs;
     cfg.max_batch_tokens = spec.max_batch_tokens;
     cfg.batch_invariant = spec.deterministic;
-    cfg.fp8 = spec.fp8;
+    cfg.fp8 = cfg.kv_fp8 = spec.fp8; /* precision: fp8 is FP8 GEMMs and the FP8 KV cache */
     cfg.device = o->device;
     if (cfg.max_seqs && cfg.max_batch_tokens && cfg.max_batch_tokens < cfg.max_seqs) cfg.max_batch_tokens = cfg.max_seqs;
     const char *note = NULL;

@@ -2,9 +2,10 @@
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
-# (tests/cudamock), the CUDA row-sampling, tensor-core attention and FP8 quantizer
-# kernels emulated on the CPU (tests/gpu/emu_cuda.h), the FP8 codes against CUDA's host
-# conversions, and the GPU check's script on stand-ins, when those binaries were built;
+# (tests/cudamock), the CUDA row-sampling, attention (tensor-core, and the fast kernel
+# with bf16 and FP8 KV pools) and FP8 kernels emulated on the CPU (tests/gpu/emu_cuda.h),
+# the FP8 codes against CUDA's host conversions, and the GPU check's script on stand-ins,
+# when those binaries were built;
 # then the job pipeline end to end; ends with one line "N passed, N failed, N skipped"
 # summed over all.
 set -u
@@ -52,6 +53,7 @@ if [ -x "$build/cudamock/nightshift" ]; then
 fi
 for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU" \
              "emu-attention-tc:the CUDA tensor-core attention kernel, emulated on the CPU" \
+             "emu-attention:the CUDA fast attention kernel (bf16 and FP8 KV) and FP8 KV store, emulated" \
              "emu-fp8:the CUDA FP8 kernels, emulated on the CPU" \
              "check-fp8-format:FP8 E4M3 codes against CUDA's host conversions"; do
   if [ -x "$build/${check%%:*}" ]; then

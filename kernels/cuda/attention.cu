@@ -3,7 +3,11 @@
  * decode tokens of many sequences) over each sequence's blocks.
  *
  * The pools hold bf16 (the default: half the bytes of fp32, and attention at decode is
- * bound by reading them) or fp32 (the backend's precise mode, for exact comparisons).
+ * bound by reading them), fp32 (the backend's precise mode, for exact comparisons), or
+ * FP8 E4M3 codes with a scale per (slot, KV head) row (the FP8 KV cache: half bf16's bytes
+ * again; head_dim 64 or 128, through the fast kernel only).
+ * NS_CUDA_EMU: tests/gpu/emu_attention.cpp compiles the kernels (not the launches) for the
+ * host through tests/gpu/emu_cuda.h.
  *
  * Attention: one thread block per (query token, KV head); its G = n_head / n_head_kv
  * warps are the query heads that share that KV head, so each K/V row is read from device
@@ -21,8 +25,15 @@
  */
 #include <stdlib.h>
 
+#ifndef NS_CUDA_EMU
+#include <cuda_fp8.h>
+
 #include "common.cuh"
 #include "switches.h"
+#else
+#include "reduce.cuh"
+#endif
+#include "fp8.h"
 
 #define ATTN_TILE 32
 #define ATTN_MAX_GROUP 16
@@ -62,7 +73,7 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     attention_gqa_kernel(float *out, __nv_bfloat16 *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
                          const int32_t *groups, const int32_t *block_table, int max_blocks_per_seq, const T *k_pool,
                          const T *v_pool, int block_size, int n_head, int n_head_kv, int head_dim, float scale) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    NS_DYNAMIC_SMEM(smem);
     __shared__ size_t s_row[ATTN_TILE];
     const int G = n_head / n_head_kv;
     const int hd2 = (head_dim + 1) & ~1;
@@ -200,6 +211,7 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     }
 }
 
+#ifndef NS_CUDA_EMU /* host code: launches */
 static size_t attn_smem_bytes(int kv_type, int head_dim) {
     size_t el = kv_type == NS_CUDA_TYPE_BF16 ? 2 : 4;
     size_t hd2 = (size_t)(head_dim + 1) & ~(size_t)1;
@@ -238,52 +250,93 @@ static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf
                                                       max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
                                                       n_head_kv, head_dim, scale, smem, stream);
 }
+#endif /* NS_CUDA_EMU */
 
-
-/* ---- the fast path: bf16 pools, head_dim 64 or 128, 16-byte aligned rows ----
+/* ---- the fast path: bf16 or e4m3 pools, head_dim 64 or 128, 16-byte aligned rows ----
  * The same algorithm, with the K/V tiles copied by cp.async into two shared-memory stages,
  * so that tile i+1 is in flight while tile i is computed. K rows are stored as 16-byte
- * chunks at position chunk ^ (row & 7): lane j reading row j, chunk c as one 16-byte load
- * then touches 8 different chunk positions per quarter-warp, all 32 banks. Each lane owns
- * HD/32 consecutive dims of the output. */
+ * chunks at a swizzled position (kv_swz): lane j reading row j, chunk c as one 16-byte
+ * load then touches 8 different chunk positions per quarter-warp, all 32 banks. Each lane
+ * owns HD/32 consecutive dims of the output.
+ * F8 (the FP8 KV cache, NS_CUDA_TYPE_E4M3): the rows are e4m3 codes, one byte per element,
+ * and each key's K and V scale comes with its tile (4-byte copies); a score is
+ * q . codes * k_scale, a value's weight p * v_scale. */
+
+/* Two e4m3 codes (the low byte first) as floats, exactly: one conversion to half2 on
+ * sm_89 and later; the emulator (and older devices, through cuda_fp8.h) decode in software. */
+static __device__ __forceinline__ float2 fp8x2_to_float2(uint32_t two) {
+#ifdef NS_CUDA_EMU
+    return make_float2(ns_fp8_e4m3_to_float((uint8_t)(two & 0xffu)), ns_fp8_e4m3_to_float((uint8_t)((two >> 8) & 0xffu)));
+#else
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return __half22float2(__half2(h));
+#endif
+}
+
+/* Element bytes, 16-byte chunks per row, and the chunk swizzle of row j (rows of 4 chunks,
+ * 64 bytes, pair up in a quarter-warp: (j >> 1) & 3; rows of 8 or more: j & 7). */
+template <int HD, bool F8> struct kv_tile {
+    static constexpr int EB = F8 ? 1 : 2;
+    static constexpr int CH = HD * EB / 16;
+    static constexpr int ROW = HD * EB; /* bytes */
+    static __device__ __forceinline__ int swz(int j) { return CH >= 8 ? (j & 7) : ((j >> 1) & 3); }
+};
+
 /* Issues the copies of the K/V rows of keys k0 .. k0 + ATTN_TILE - 1 (those < n_seen) into
- * stage `stage` of the shared tiles, and commits them as one group. */
-template <int HD>
-static __device__ __forceinline__ void fast_load_tile(__nv_bfloat16 *sk, __nv_bfloat16 *sv, int stage, int k0,
-                                                      int n_seen, const int32_t *table, int block_size,
-                                                      const __nv_bfloat16 *k_pool, const __nv_bfloat16 *v_pool,
-                                                      size_t row_stride, size_t kv_off) {
-    constexpr int CH = HD / 8;
-    __nv_bfloat16 *dk = sk + stage * ATTN_TILE * HD, *dv = sv + stage * ATTN_TILE * HD;
-    for (int i = threadIdx.x; i < ATTN_TILE * CH; i += blockDim.x) {
-        int j = i / CH, c = i % CH, key = k0 + j;
+ * stage `stage` of the shared tiles (and with F8 their scales), and commits them as one
+ * group. */
+template <int HD, bool F8>
+static __device__ __forceinline__ void fast_load_tile(unsigned char *sk, unsigned char *sv, float *s_scale, int stage,
+                                                      int k0, int n_seen, const int32_t *table, int block_size,
+                                                      const unsigned char *k_pool, const unsigned char *v_pool,
+                                                      const float *k_scale, const float *v_scale, int n_head_kv,
+                                                      int kvh, size_t row_stride, size_t kv_off) {
+    typedef kv_tile<HD, F8> L;
+    unsigned char *dk = sk + stage * ATTN_TILE * L::ROW, *dv = sv + stage * ATTN_TILE * L::ROW;
+    for (int i = threadIdx.x; i < ATTN_TILE * L::CH; i += blockDim.x) {
+        int j = i / L::CH, c = i % L::CH, key = k0 + j;
         if (key >= n_seen) break; /* i grows with j: this thread's later rows are past the end too */
         size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
-        size_t src = r * row_stride + kv_off + (size_t)c * 8;
-        ns_cp_async16(dk + j * HD + ((c ^ (j & 7)) * 8), k_pool + src);
-        ns_cp_async16(dv + j * HD + c * 8, v_pool + src);
+        size_t src = (r * row_stride + kv_off) * L::EB + (size_t)c * 16;
+        ns_cp_async16(dk + j * L::ROW + ((c ^ L::swz(j)) * 16), k_pool + src);
+        ns_cp_async16(dv + j * L::ROW + c * 16, v_pool + src);
+    }
+    if (F8 && (int)threadIdx.x < ATTN_TILE && k0 + (int)threadIdx.x < n_seen) {
+        int key = k0 + threadIdx.x;
+        size_t r = (size_t)table[key / block_size] * block_size + (size_t)(key % block_size);
+        float *st = s_scale + stage * 2 * ATTN_TILE; /* [K scales][V scales] */
+        ns_cp_async4(st + threadIdx.x, k_scale + r * n_head_kv + kvh);
+        ns_cp_async4(st + ATTN_TILE + threadIdx.x, v_scale + r * n_head_kv + kvh);
     }
     ns_cp_async_commit();
 }
 
-template <int HD, int QT>
+/* Shared memory of the fast kernel: two stages of K and V tiles, and with F8 two stages of
+ * the tile's K and V scales. */
+template <int HD, bool F8> static constexpr size_t fast_smem_bytes() {
+    return 4 * ATTN_TILE * kv_tile<HD, F8>::ROW + (F8 ? 4 * ATTN_TILE * sizeof(float) : 0);
+}
+
+template <int HD, int QT, bool F8>
 static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     attention_fast_kernel(float *out, __nv_bfloat16 *out_bf16, const float *q, const int32_t *q_pos,
                           const int32_t *tok_seq, const int32_t *groups, const int32_t *block_table,
-                          int max_blocks_per_seq, const __nv_bfloat16 *k_pool, const __nv_bfloat16 *v_pool,
-                          int block_size, int n_head, int n_head_kv, float scale) {
-    constexpr int CH = HD / 8;   /* 16-byte chunks per row */
+                          int max_blocks_per_seq, const unsigned char *k_pool, const unsigned char *v_pool,
+                          const float *k_scale, const float *v_scale, int block_size, int n_head, int n_head_kv,
+                          float scale) {
+    typedef kv_tile<HD, F8> L;
     constexpr int DPL = HD / 32; /* output dims per lane */
-    extern __shared__ __align__(16) unsigned char smem[];
-    __nv_bfloat16 *sk = (__nv_bfloat16 *)smem;    /* [2][ATTN_TILE * HD], swizzled */
-    __nv_bfloat16 *sv = sk + 2 * ATTN_TILE * HD; /* [2][ATTN_TILE * HD] */
+    NS_DYNAMIC_SMEM(smem);
+    unsigned char *sk = smem;                            /* [2][ATTN_TILE rows], swizzled */
+    unsigned char *sv = sk + 2 * ATTN_TILE * L::ROW;     /* [2][ATTN_TILE rows] */
+    float *s_scale = (float *)(sv + 2 * ATTN_TILE * L::ROW); /* F8: [2][K, V][ATTN_TILE] */
     const int G = n_head / n_head_kv;
     const int t0 = groups[2 * blockIdx.x], nq = groups[2 * blockIdx.x + 1], kvh = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int h = kvh * G + warp;
     const int32_t *table = block_table + (size_t)tok_seq[t0] * max_blocks_per_seq;
     const int n_seen_max = q_pos[t0 + nq - 1] + 1;
-    const size_t row_stride = (size_t)n_head_kv * HD;
+    const size_t row_stride = (size_t)n_head_kv * HD; /* elements */
     const size_t kv_off = (size_t)kvh * HD;
     const int n_tiles = (n_seen_max + ATTN_TILE - 1) / ATTN_TILE;
 
@@ -295,19 +348,21 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
         for (int u = 0; u < DPL; u++) acc[i][u] = 0.0f;
     }
 
-    fast_load_tile<HD>(sk, sv, 0, 0, n_seen_max, table, block_size, k_pool, v_pool, row_stride, kv_off);
+    fast_load_tile<HD, F8>(sk, sv, s_scale, 0, 0, n_seen_max, table, block_size, k_pool, v_pool, k_scale, v_scale,
+                           n_head_kv, kvh, row_stride, kv_off);
     for (int it = 0; it < n_tiles; it++) {
         const int k0 = it * ATTN_TILE, n_keys = min(ATTN_TILE, n_seen_max - k0);
         if (it + 1 < n_tiles) {
-            fast_load_tile<HD>(sk, sv, (it + 1) & 1, k0 + ATTN_TILE, n_seen_max, table, block_size, k_pool, v_pool,
-                               row_stride, kv_off);
+            fast_load_tile<HD, F8>(sk, sv, s_scale, (it + 1) & 1, k0 + ATTN_TILE, n_seen_max, table, block_size,
+                                   k_pool, v_pool, k_scale, v_scale, n_head_kv, kvh, row_stride, kv_off);
             ns_cp_async_wait<1>(); /* this tile's copies are done, the next may still fly */
         } else {
             ns_cp_async_wait<0>();
         }
         __syncthreads();
-        const __nv_bfloat16 *ck = sk + (it & 1) * ATTN_TILE * HD, *cv = sv + (it & 1) * ATTN_TILE * HD;
-        const __nv_bfloat16 *kr = ck + lane * HD;
+        const unsigned char *ck = sk + (it & 1) * ATTN_TILE * L::ROW, *cv = sv + (it & 1) * ATTN_TILE * L::ROW;
+        const unsigned char *kr = ck + lane * L::ROW;
+        const float *ks = s_scale + (it & 1) * 2 * ATTN_TILE, *vs = ks + ATTN_TILE;
 #pragma unroll
         for (int qi = 0; qi < QT; qi++) {
             if (qi >= nq) break;
@@ -316,20 +371,33 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
             if (nk <= 0) continue;
             const float4 *qh = (const float4 *)(q + ((size_t)t * n_head + h) * HD);
             float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma unroll 4
-            for (int c = 0; c < CH; c++) {
-                uint4 kk = *(const uint4 *)(kr + ((c ^ (lane & 7)) * 8));
-                float4 qa = __ldg(qh + 2 * c), qb = __ldg(qh + 2 * c + 1);
-                float2 k01 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.x);
-                float2 k23 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.y);
-                float2 k45 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.z);
-                float2 k67 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.w);
-                s0 = fmaf(qa.x, k01.x, s0), s1 = fmaf(qa.y, k01.y, s1);
-                s2 = fmaf(qa.z, k23.x, s2), s3 = fmaf(qa.w, k23.y, s3);
-                s0 = fmaf(qb.x, k45.x, s0), s1 = fmaf(qb.y, k45.y, s1);
-                s2 = fmaf(qb.z, k67.x, s2), s3 = fmaf(qb.w, k67.y, s3);
+#pragma unroll(F8 ? 2 : 4) /* F8: 16 codes per chunk; 4 chunks at a time spill at head_dim 64 */
+            for (int c = 0; c < L::CH; c++) {
+                uint4 kk = *(const uint4 *)(kr + ((c ^ L::swz(lane)) * 16));
+                if constexpr (F8) { /* 16 codes: dims 16c .. 16c + 15 */
+                    const uint32_t w[4] = {kk.x, kk.y, kk.z, kk.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float4 qa = __ldg(qh + 4 * c + e);
+                        float2 k01 = fp8x2_to_float2(w[e]), k23 = fp8x2_to_float2(w[e] >> 16);
+                        s0 = fmaf(qa.x, k01.x, s0), s1 = fmaf(qa.y, k01.y, s1);
+                        s2 = fmaf(qa.z, k23.x, s2), s3 = fmaf(qa.w, k23.y, s3);
+                    }
+                } else { /* 8 bf16: dims 8c .. 8c + 7 */
+                    float4 qa = __ldg(qh + 2 * c), qb = __ldg(qh + 2 * c + 1);
+                    float2 k01 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.x);
+                    float2 k23 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.y);
+                    float2 k45 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.z);
+                    float2 k67 = __bfloat1622float2(*(const __nv_bfloat162 *)&kk.w);
+                    s0 = fmaf(qa.x, k01.x, s0), s1 = fmaf(qa.y, k01.y, s1);
+                    s2 = fmaf(qa.z, k23.x, s2), s3 = fmaf(qa.w, k23.y, s3);
+                    s0 = fmaf(qb.x, k45.x, s0), s1 = fmaf(qb.y, k45.y, s1);
+                    s2 = fmaf(qb.z, k67.x, s2), s3 = fmaf(qb.w, k67.y, s3);
+                }
             }
-            float sc = lane < nk ? ((s0 + s1) + (s2 + s3)) * scale : -INFINITY;
+            float dot = (s0 + s1) + (s2 + s3);
+            if constexpr (F8) dot *= ks[lane]; /* rows past n_keys: masked below */
+            float sc = lane < nk ? dot * scale : -INFINITY;
             float m_tile = sc;
             for (int o = 16; o > 0; o >>= 1) m_tile = fmaxf(m_tile, __shfl_xor_sync(0xffffffffu, m_tile, o));
             float m_new = fmaxf(m[qi], m_tile);
@@ -344,8 +412,20 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
             for (int j = 0; j < ATTN_TILE; j++) {
                 if (j >= nk) break;
                 float pj = __shfl_sync(0xffffffffu, p, j);
-                const __nv_bfloat16 *vr = cv + j * HD + lane * DPL;
-                if (DPL == 4) {
+                const unsigned char *vr = cv + j * L::ROW + lane * DPL * L::EB;
+                if constexpr (F8) {
+                    pj *= vs[j];
+                    if (DPL == 4) {
+                        uint32_t vv = *(const uint32_t *)vr;
+                        float2 v01 = fp8x2_to_float2(vv), v23 = fp8x2_to_float2(vv >> 16);
+                        a[0] = fmaf(pj, v01.x, a[0]), a[1] = fmaf(pj, v01.y, a[1]);
+                        a[DPL > 2 ? 2 : 0] = fmaf(pj, v23.x, a[DPL > 2 ? 2 : 0]);
+                        a[DPL > 3 ? 3 : 0] = fmaf(pj, v23.y, a[DPL > 3 ? 3 : 0]);
+                    } else {
+                        float2 v01 = fp8x2_to_float2(*(const uint16_t *)vr);
+                        a[0] = fmaf(pj, v01.x, a[0]), a[1] = fmaf(pj, v01.y, a[1]);
+                    }
+                } else if (DPL == 4) {
                     uint2 vv = *(const uint2 *)vr;
                     float2 v01 = __bfloat1622float2(*(const __nv_bfloat162 *)&vv.x);
                     float2 v23 = __bfloat1622float2(*(const __nv_bfloat162 *)&vv.y);
@@ -376,23 +456,93 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     }
 }
 
-template <int HD, int QT>
+/* The FP8 KV store: one warp per (token, KV head) row of head_dim values (kept in
+ * registers, head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM), K then V: the row's amax over the
+ * warp, its scale, its codes (kernels/cpu/fp8.h), as ns_cpu_quant_rows_fp8. */
+static __device__ __forceinline__ void kv_row_fp8(uint8_t *codes, float *scale, const float *x, int head_dim,
+                                                  int lane) {
+    constexpr int NV = NS_CUDA_ATTN_MAX_HEAD_DIM / 32;
+    float v[NV], m = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NV; u++) {
+        int i = lane + 32 * u;
+        v[u] = i < head_dim ? x[i] : 0.0f;
+        m = ns_amax_join(m, fabsf(v[u]));
+    }
+    for (int o = 16; o > 0; o >>= 1) m = ns_amax_join(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float inv, s = ns_fp8_row_scale(m, &inv);
+#pragma unroll
+    for (int u = 0; u < NV; u++) {
+        int i = lane + 32 * u;
+        if (i < head_dim) codes[i] = ns_fp8_e4m3_from_float(v[u] * inv);
+    }
+    if (lane == 0) *scale = s;
+}
+
+static __global__ void kv_store_fp8_kernel(uint8_t *k_pool, uint8_t *v_pool, float *k_scale, float *v_scale,
+                                           const float *k, const float *v, const int32_t *slot, int n_tokens,
+                                           int n_head_kv, int head_dim) {
+    const int lane = threadIdx.x & 31;
+    const int64_t n_rows = (int64_t)n_tokens * n_head_kv;
+    for (int64_t r = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; r < n_rows;
+         r += ((int64_t)gridDim.x * blockDim.x) >> 5) {
+        const int t = (int)(r / n_head_kv), h = (int)(r % n_head_kv);
+        const size_t dst_row = (size_t)slot[t] * n_head_kv + h, src = (size_t)r * head_dim;
+        kv_row_fp8(k_pool + dst_row * head_dim, k_scale + dst_row, k + src, head_dim, lane);
+        kv_row_fp8(v_pool + dst_row * head_dim, v_scale + dst_row, v + src, head_dim, lane);
+    }
+}
+
+#ifndef NS_CUDA_EMU
+template <int HD, int QT, bool F8>
 static cudaError_t launch_fast(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                const int32_t *tok_seq, const int32_t *groups, int n_groups,
                                const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
-                               const void *v_pool, int block_size, int n_head, int n_head_kv, float scale,
-                               cudaStream_t stream) {
-    size_t smem = 4 * ATTN_TILE * HD * sizeof(__nv_bfloat16);
+                               const void *v_pool, const float *k_scale, const float *v_scale, int block_size,
+                               int n_head, int n_head_kv, float scale, cudaStream_t stream) {
+    constexpr size_t smem = fast_smem_bytes<HD, F8>();
     if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attention_fast_kernel<HD, QT>,
+        cudaError_t e = cudaFuncSetAttribute(attention_fast_kernel<HD, QT, F8>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
-    attention_fast_kernel<HD, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+    attention_fast_kernel<HD, QT, F8><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
         out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq,
-        (const __nv_bfloat16 *)k_pool, (const __nv_bfloat16 *)v_pool, block_size, n_head, n_head_kv, scale);
+        (const unsigned char *)k_pool, (const unsigned char *)v_pool, k_scale, v_scale, block_size, n_head, n_head_kv,
+        scale);
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t ns_cuda_kv_store_fp8(void *k_pool, void *v_pool, float *k_scale, float *v_scale,
+                                            const float *k, const float *v, const int32_t *slot, int n_tokens,
+                                            int n_head_kv, int head_dim, cudaStream_t stream) {
+    if (n_tokens < 0 || n_head_kv < 1 || head_dim < 1 || head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM)
+        return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    kv_store_fp8_kernel<<<ns_grid_for((int64_t)n_tokens * n_head_kv * 32, 256), 256, 0, stream>>>(
+        (uint8_t *)k_pool, (uint8_t *)v_pool, k_scale, v_scale, k, v, slot, n_tokens, n_head_kv, head_dim);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const float *q,
+                                                   const int32_t *q_pos, const int32_t *tok_seq, const int32_t *groups,
+                                                   int n_groups, int single, const int32_t *block_table,
+                                                   int max_blocks_per_seq, const void *k_pool, const void *v_pool,
+                                                   const float *k_scale, const float *v_scale, int block_size,
+                                                   int n_head, int n_head_kv, int head_dim, float scale,
+                                                   cudaStream_t stream) {
+    if (n_groups < 0 || block_size < 1 || max_blocks_per_seq < 1 || !ns_cuda_kv_fp8_fits(n_head, n_head_kv, head_dim) ||
+        (uintptr_t)k_pool % 16 || (uintptr_t)v_pool % 16 || (uintptr_t)k_scale % 4 || (uintptr_t)v_scale % 4)
+        return cudaErrorInvalidValue;
+    if (n_groups == 0) return cudaSuccess;
+#define NS_FAST8_ARGS                                                                                          \
+    out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, k_scale, \
+        v_scale, block_size, n_head, n_head_kv, scale, stream
+    if (head_dim == 64)
+        return single ? launch_fast<64, 1, true>(NS_FAST8_ARGS) : launch_fast<64, ATTN_QT, true>(NS_FAST8_ARGS);
+    return single ? launch_fast<128, 1, true>(NS_FAST8_ARGS) : launch_fast<128, ATTN_QT, true>(NS_FAST8_ARGS);
+#undef NS_FAST8_ARGS
 }
 
 extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const float *k, const float *v,
@@ -441,15 +591,16 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
                                         n_head_kv, head_dim, scale, stream);
         bool aligned = ((uintptr_t)k_pool % 16 == 0) && ((uintptr_t)v_pool % 16 == 0) && n_head_kv * head_dim % 8 == 0;
 #define NS_FAST_ARGS                                                                                           \
-    out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, block_size, \
-        n_head, n_head_kv, scale, stream
+    out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, NULL, NULL, \
+        block_size, n_head, n_head_kv, scale, stream
         if (!slow && aligned && head_dim == 64)
-            return single ? launch_fast<64, 1>(NS_FAST_ARGS) : launch_fast<64, ATTN_QT>(NS_FAST_ARGS);
+            return single ? launch_fast<64, 1, false>(NS_FAST_ARGS) : launch_fast<64, ATTN_QT, false>(NS_FAST_ARGS);
         if (!slow && aligned && head_dim == 128)
-            return single ? launch_fast<128, 1>(NS_FAST_ARGS) : launch_fast<128, ATTN_QT>(NS_FAST_ARGS);
+            return single ? launch_fast<128, 1, false>(NS_FAST_ARGS) : launch_fast<128, ATTN_QT, false>(NS_FAST_ARGS);
 #undef NS_FAST_ARGS
         return launch_attention_qt<__nv_bfloat16>(NS_ATTN_ARGS);
     }
     return launch_attention_qt<float>(NS_ATTN_ARGS);
 #undef NS_ATTN_ARGS
 }
+#endif /* NS_CUDA_EMU */

@@ -79,6 +79,11 @@ static __device__ __forceinline__ void ns_cp_async16(void *smem_dst, const void 
     unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem_src));
 }
+/* The same for 4 bytes (dst and src 4-byte aligned; through L1: .ca). */
+static __device__ __forceinline__ void ns_cp_async4(void *smem_dst, const void *gmem_src) {
+    unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(gmem_src));
+}
 static __device__ __forceinline__ void ns_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ __forceinline__ void ns_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));

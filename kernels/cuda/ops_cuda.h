@@ -28,6 +28,7 @@ enum {
     NS_CUDA_TYPE_Q4_1 = 3,
     NS_CUDA_TYPE_Q8_0 = 8,
     NS_CUDA_TYPE_BF16 = 30,
+    NS_CUDA_TYPE_E4M3 = 200, /* not a ggml type: the FP8 KV cache's codes (kernels/cpu/fp8.h) */
 };
 
 /* Largest head_dim ns_cuda_attention_paged supports (8 dims per lane of one warp). */
@@ -117,6 +118,27 @@ cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const floa
  * out, q (n_tokens, n_head, head_dim) fp32; head_dim <= NS_CUDA_ATTN_MAX_HEAD_DIM;
  * n_head / n_head_kv <= 16. */
 #define NS_CUDA_ATTN_QT 8
+/* The FP8 KV cache (NS_CUDA_TYPE_E4M3): each (slot, KV head) row of head_dim values is
+ * stored as e4m3 codes in the pools, with one fp32 scale in k_scale / v_scale
+ * (n_blocks_total * block_size, n_head_kv): exactly ns_cpu_quant_rows_fp8 of that row.
+ * kv_store_fp8: rows t of k, v (n_tokens, n_head_kv * head_dim, fp32) to pool rows slot[t].
+ * attention_paged_fp8: ns_cuda_attention_paged over such pools; head_dim 64 or 128,
+ * pools 16-byte aligned, n_head_kv * head_dim a multiple of 16 (ns_cuda_kv_fp8_fits).
+ * A key's score is q . codes * k_scale * scale, a value's weight p * v_scale; the codes
+ * are decoded exactly. */
+static inline int ns_cuda_kv_fp8_fits(int n_head, int n_head_kv, int head_dim) {
+    return (head_dim == 64 || head_dim == 128) && n_head_kv > 0 && n_head % n_head_kv == 0 &&
+           n_head / n_head_kv <= 16 && (n_head_kv * head_dim) % 16 == 0;
+}
+cudaError_t ns_cuda_kv_store_fp8(void *k_pool, void *v_pool, float *k_scale, float *v_scale, const float *k,
+                                 const float *v, const int32_t *slot, int n_tokens, int n_head_kv, int head_dim,
+                                 cudaStream_t stream);
+cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                        const int32_t *tok_seq, const int32_t *groups, int n_groups, int single,
+                                        const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                        const void *v_pool, const float *k_scale, const float *v_scale,
+                                        int block_size, int n_head, int n_head_kv, int head_dim, float scale,
+                                        cudaStream_t stream);
 cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                     const int32_t *tok_seq, const int32_t *groups, int n_groups,
                                     int single, const int32_t *block_table, int max_blocks_per_seq,

@@ -942,6 +942,34 @@ cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const floa
     return LAUNCH(run_kv_store, a);
 }
 
+/* The FP8 KV store: each (token, KV head) row through ns_cpu_quant_rows_fp8, to its slot. */
+typedef struct {
+    uint8_t *k_pool, *v_pool;
+    float *k_scale, *v_scale;
+    const float *k, *v;
+    const int32_t *slot;
+    int n_tokens, n_head_kv, head_dim;
+} kvs8_args;
+static void run_kv_store_fp8(const void *p) {
+    const kvs8_args *a = p;
+    for (int t = 0; t < a->n_tokens; t++)
+        for (int h = 0; h < a->n_head_kv; h++) {
+            const size_t dst = (size_t)a->slot[t] * a->n_head_kv + h, src = ((size_t)t * a->n_head_kv + h) * a->head_dim;
+            ns_cpu_quant_rows_fp8(a->k_pool + dst * a->head_dim, a->k_scale + dst, a->k + src, 1, a->head_dim);
+            ns_cpu_quant_rows_fp8(a->v_pool + dst * a->head_dim, a->v_scale + dst, a->v + src, 1, a->head_dim);
+        }
+}
+cudaError_t ns_cuda_kv_store_fp8(void *k_pool, void *v_pool, float *k_scale, float *v_scale, const float *k,
+                                 const float *v, const int32_t *slot, int n_tokens, int n_head_kv, int head_dim,
+                                 cudaStream_t s) {
+    (void)s;
+    if (n_tokens < 0 || n_head_kv < 1 || head_dim < 1 || head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM)
+        return cudaErrorInvalidValue;
+    kvs8_args a = {k_pool, v_pool, k_scale, v_scale, k, v, slot, n_tokens, n_head_kv, head_dim};
+    M.n.kv_fp8_stores++;
+    return LAUNCH(run_kv_store_fp8, a);
+}
+
 typedef struct {
     float *out;
     uint16_t *out_bf16;
@@ -950,9 +978,12 @@ typedef struct {
     int n_groups, max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim;
     const void *k_pool, *v_pool;
     float scale;
+    const float *k_scale, *v_scale; /* NS_CUDA_TYPE_E4M3: per (slot, KV head) row */
 } attn_args;
 
-static float pool_at(const void *pool, int kv_type, size_t i) {
+/* Element i of a pool as fp32 (e4m3: the code times its row's scale). */
+static float pool_at(const void *pool, const float *scales, int kv_type, int head_dim, size_t i) {
+    if (kv_type == NS_CUDA_TYPE_E4M3) return ns_fp8_e4m3_to_float(((const uint8_t *)pool)[i]) * scales[i / head_dim];
     return kv_type == NS_CUDA_TYPE_BF16 ? ns_bf16_to_fp32(((const uint16_t *)pool)[i]) : ((const float *)pool)[i];
 }
 
@@ -973,8 +1004,8 @@ static void run_attention(const void *p) {
             for (int b = 0; b < nb; b++) {
                 local[b] = b;
                 for (size_t i = 0; i < blk; i++) {
-                    k[(size_t)b * blk + i] = pool_at(a->k_pool, a->kv_type, (size_t)tab[b] * blk + i);
-                    v[(size_t)b * blk + i] = pool_at(a->v_pool, a->kv_type, (size_t)tab[b] * blk + i);
+                    k[(size_t)b * blk + i] = pool_at(a->k_pool, a->k_scale, a->kv_type, a->head_dim, (size_t)tab[b] * blk + i);
+                    v[(size_t)b * blk + i] = pool_at(a->v_pool, a->v_scale, a->kv_type, a->head_dim, (size_t)tab[b] * blk + i);
                 }
             }
             const int32_t pos = a->q_pos[t];
@@ -993,7 +1024,23 @@ cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float 
     (void)s, (void)single;
     if (head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM || n_head % n_head_kv) return cudaErrorInvalidValue;
     attn_args a = {out,      out_bf16, q,        q_pos,      tok_seq,   groups,    block_table, n_groups,
-                   max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool, scale};
+                   max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool, scale,
+                   NULL, NULL};
+    return LAUNCH(run_attention, a);
+}
+cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                        const int32_t *tok_seq, const int32_t *groups, int n_groups, int single,
+                                        const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                        const void *v_pool, const float *k_scale, const float *v_scale,
+                                        int block_size, int n_head, int n_head_kv, int head_dim, float scale,
+                                        cudaStream_t s) {
+    (void)s, (void)single;
+    if (!ns_cuda_kv_fp8_fits(n_head, n_head_kv, head_dim) || (uintptr_t)k_pool % 16 || (uintptr_t)v_pool % 16)
+        return cudaErrorInvalidValue;
+    attn_args a = {out,      out_bf16, q,        q_pos,      tok_seq,   groups,    block_table, n_groups,
+                   max_blocks_per_seq, NS_CUDA_TYPE_E4M3, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool,
+                   scale, k_scale, v_scale};
+    M.n.attention_fp8_calls++;
     return LAUNCH(run_attention, a);
 }
 

@@ -15,6 +15,8 @@ typedef struct ns_cudamock_counters {
     long gemms_fp8;             /* cuBLASLt FP8 GEMMs (NS_CUDA_FP8=1) */
     long quant_fp8_calls;       /* rows quantized to fp8 by the quantizer (weights at load, matmul inputs) */
     long fused_fp8_calls;       /* ops that wrote their output as fp8 rows (RMSNorm, the fused SwiGLU) */
+    long kv_fp8_stores;         /* ns_cuda_kv_store_fp8 calls (the FP8 KV cache) */
+    long attention_fp8_calls;   /* ns_cuda_attention_paged_fp8 calls */
 } ns_cudamock_counters;
 
 /* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */

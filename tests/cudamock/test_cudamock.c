@@ -75,6 +75,7 @@ typedef struct run_cfg {
     bool fused_ffn;        /* NS_CUDA_FUSED_FFN=1: gate/up GEMMs writing bf16, the bf16 SwiGLU */
     bool fused_norm;       /* NS_CUDA_FUSED_NORM=1: residual add + RMSNorm in one op */
     bool fp8;              /* precision fp8: the layers' GEMMs in FP8 (cuBLASLt) */
+    bool kv_fp8;           /* precision fp8: the FP8 KV cache */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
     size_t mem_slack;      /* > 0: after open, the stand-in allows only this much more memory */
     const char *model;     /* NULL: model_path() */
@@ -94,6 +95,7 @@ static void run(const run_cfg *rc, run_out *out) {
     cfg.model_path = rc->model ? rc->model : model_path();
     cfg.backend = rc->backend;
     cfg.fp8 = rc->fp8;
+    cfg.kv_fp8 = rc->kv_fp8;
     cfg.n_threads = 2;
     cfg.max_seqs = N_REQ + 2; /* room to pad: decode batches become 8 rows */
     cfg.max_batch_tokens = 96;
@@ -152,6 +154,8 @@ static void run(const run_cfg *rc, run_out *out) {
     out->mock.gemms_fp8 = after.gemms_fp8 - before.gemms_fp8;
     out->mock.quant_fp8_calls = after.quant_fp8_calls - before.quant_fp8_calls;
     out->mock.fused_fp8_calls = after.fused_fp8_calls - before.fused_fp8_calls;
+    out->mock.kv_fp8_stores = after.kv_fp8_stores - before.kv_fp8_stores;
+    out->mock.attention_fp8_calls = after.attention_fp8_calls - before.attention_fp8_calls;
     ns_engine_close(e);
     ns_cudamock_set_mem_limit(0);
 }
@@ -361,6 +365,62 @@ NS_TEST(test_cudamock_fp8_runs_and_composes) {
     CHECK_MSG(widened.mock.graph_launches > 0, "bf16 output widened: no recording replayed");
 }
 
+/* The tiny model with head_dim 64 (2 heads of 64, 1 KV head), which the FP8 KV cache
+ * takes. */
+static const char *model_hd64_path(void) {
+    static char path[512];
+    if (!path[0]) {
+        ns_tiny_cfg c;
+        ns_tiny_cfg_default(&c);
+        c.wtype = NS_GGML_BF16;
+        c.n_embd = 128, c.n_ff = 256, c.n_head = 2, c.n_head_kv = 1, c.n_ctx = 512;
+        snprintf(path, sizeof path, "%s/tiny_cudamock_hd64.gguf", ns_test_tmpdir());
+        ns_error err;
+        CHECK_STATUS_OK(ns_tiny_model_write(path, &c, &err), &err);
+    }
+    return path;
+}
+
+/* The FP8 KV cache (precision fp8's other half): K and V rows stored as e4m3 with a scale
+ * per (slot, KV head), attention over them. On the stand-in: every request completes,
+ * nearly with the bf16 cache's tokens; graphs, overlap and the fused norm give the plain
+ * FP8-cache run's tokens and logprobs bit for bit (padding rows write only the spare
+ * block's codes and scales); with FP8 GEMMs too it runs; a model whose head_dim the kernel
+ * does not take (16) keeps the bf16 cache and says so. */
+NS_TEST(test_cudamock_kv_fp8_runs_and_composes) {
+    const char *m64 = model_hd64_path();
+    run_out bf16, kv8;
+    run(&(run_cfg){.backend = "cuda", .model = m64}, &bf16);
+    run(&(run_cfg){.backend = "cuda", .model = m64, .kv_fp8 = true}, &kv8);
+    CHECK_EQ_INT(kv8.n_done, N_REQ);
+    CHECK_EQ_INT(kv8.n_failed, 0);
+    CHECK_MSG(kv8.mock.kv_fp8_stores > 0 && kv8.mock.attention_fp8_calls > 0, "%ld fp8 stores, %ld fp8 attention calls",
+              kv8.mock.kv_fp8_stores, kv8.mock.attention_fp8_calls);
+    CHECK_EQ_INT(bf16.mock.attention_fp8_calls, 0);
+    CHECK_MSG(n_same_requests(&bf16, &kv8) >= N_REQ - 2, "%d of %d requests the same as with the bf16 cache",
+              n_same_requests(&bf16, &kv8), N_REQ);
+    for (int v = 0; v < 3; v++) {
+        run_out o;
+        run(&(run_cfg){.backend = "cuda", .model = m64, .kv_fp8 = true, .graphs = v == 0 || v == 2, .overlap = v >= 1,
+                       .no_logprobs = v == 1, .fused_norm = v == 2},
+            &o);
+        bool lp_same = v == 1 || memcmp(o.lp, kv8.lp, sizeof o.lp) == 0;
+        CHECK_MSG(n_same_requests(&kv8, &o) == N_REQ && lp_same, "variant %d: %d of %d requests the same%s", v,
+                  n_same_requests(&kv8, &o), N_REQ, lp_same ? "" : ", logprobs differ");
+        CHECK_MSG(o.mock.attention_fp8_calls > 0, "variant %d: no fp8 attention", v);
+        if (v == 0) CHECK_MSG(o.mock.graph_launches > 0, "no recording replayed");
+    }
+    run_out both;
+    run(&(run_cfg){.backend = "cuda", .model = m64, .kv_fp8 = true, .fp8 = true}, &both);
+    CHECK_EQ_INT(both.n_done, N_REQ);
+    CHECK_MSG(both.mock.gemms_fp8 > 0 && both.mock.attention_fp8_calls > 0, "%ld fp8 GEMMs, %ld fp8 attention calls",
+              both.mock.gemms_fp8, both.mock.attention_fp8_calls);
+    run_out hd16;
+    run(&(run_cfg){.backend = "cuda", .kv_fp8 = true}, &hd16);
+    CHECK_EQ_INT(hd16.n_done, N_REQ);
+    CHECK_EQ_INT(hd16.mock.attention_fp8_calls, 0);
+}
+
 /* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
  * down rows 72 wide, not multiples of 16): those stay bf16, the attention's matrices are
  * fp8, and no op writes fp8 rows in place of its output (a bf16 GEMM could read it). The
@@ -484,10 +544,15 @@ NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
     CHECK_MSG(n >= 6, "tests/golden/golden.txt has %d cases", n);
     if (n < 6) return;
     const bool baseline = getenv("NS_TEST_FP8_BASELINE") != NULL;
-    const char *label = baseline ? "bf16" : "fp8";
+    /* precision fp8: FP8 GEMMs and the FP8 KV cache; NS_TEST_FP8_PART=gemm or kv measures
+     * one of the two alone (judged by the same bounds) */
+    const char *part = getenv("NS_TEST_FP8_PART");
+    const bool only_gemm = part && !strcmp(part, "gemm"), only_kv = part && !strcmp(part, "kv");
+    const char *label = baseline ? "bf16" : only_gemm ? "fp8 GEMMs" : only_kv ? "fp8 KV" : "fp8";
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
-    cfg.fp8 = !baseline;
+    cfg.fp8 = !baseline && !only_kv;
+    cfg.kv_fp8 = !baseline && !only_gemm;
     cfg.model_path = ns_test_demo_model();
     cfg.backend = "cuda";
     cfg.max_seqs = 16;
@@ -502,6 +567,8 @@ NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
         return;
     }
     const int V = ns_engine_hparams(e)->n_vocab;
+    ns_cudamock_counters c0;
+    ns_cudamock_stats(&c0);
     float *got = malloc((size_t)V * sizeof(float)), *ref = malloc((size_t)V * sizeof(float));
     int n_argmax_same = 0;
     int n_used = 0;
@@ -551,6 +618,12 @@ NS_TEST(test_cudamock_fp8_demo_model_accuracy) {
         }
     }
     CHECK_EQ_INT(n_done, n_used);
+    ns_cudamock_counters c1;
+    ns_cudamock_stats(&c1);
+    CHECK_MSG((c1.attention_fp8_calls > c0.attention_fp8_calls) == cfg.kv_fp8 &&
+                  (c1.gemms_fp8 > c0.gemms_fp8) == cfg.fp8,
+              "%s: %ld attention calls over the FP8 KV cache, %ld FP8 GEMMs", label,
+              c1.attention_fp8_calls - c0.attention_fp8_calls, c1.gemms_fp8 - c0.gemms_fp8);
     if (getenv("NS_TEST_VERBOSE"))
         fprintf(stderr, "  %s golden: %.1f tokens on average before the first difference\n", label,
                 (double)prefix_sum / n_used);

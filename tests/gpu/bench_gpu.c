@@ -127,8 +127,9 @@ static int run_gen(int argc, char **argv) {
     cfg.n_ctx = n_in + n_out;
     cfg.kv_bytes = 0;
     /* the benchmark's own switch for precision fp8 (a job says precision: fp8) */
-    const char *fp8 = getenv("NS_CUDA_FP8");
+    const char *fp8 = getenv("NS_CUDA_FP8"), *kv8 = getenv("NS_CUDA_KV_FP8");
     cfg.fp8 = fp8 && !strcmp(fp8, "1");
+    cfg.kv_fp8 = kv8 && !strcmp(kv8, "1"); /* the FP8 KV cache (a job's precision: fp8 has both) */
     ns_engine *e;
     ns_error err;
     double t_open = ns_time_now();

@@ -5,13 +5,15 @@
  *
  *   __syncthreads     a barrier of the block's threads
  *   __syncwarp        a barrier of the 32 threads of the caller's warp
- *   __shfl_xor_sync   through a per-warp exchange between two __syncwarp (float, full mask)
+ *   __shfl_xor_sync   through a per-warp exchange between two __syncwarp (float, full mask);
+ *   __shfl_sync       the same, from one source lane
+ *   __ldg             a plain load (alignment checked)
  *   atomicAdd         an atomic add
  *   __f*_rn           the plain IEEE operations (build with -ffp-contract=off)
  *   bf16              round to nearest even, as __float2bfloat16_rn
- *   cp.async          copies queued per thread and done at the wait that must cover
- *                     them, so a read before its wait sees stale data; 16-byte alignment
- *                     of both ends checked
+ *   cp.async          copies (16 or 4 bytes) queued per thread and done at the wait that
+ *                     must cover them, so a read before its wait sees stale data; the
+ *                     alignment of both ends checked
  *   wmma (m16n16k16)  every thread of a warp holds whole matrices in its fragments
  *                     (num_elements 256, element i at row i / cols, column i % cols, so
  *                     code that maps elements to rows through a loaded fragment works as
@@ -79,6 +81,16 @@ static inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
     __syncwarp();
     return r;
 }
+/* Every lane of the warp writes its value, then reads lane src's. */
+static inline float __shfl_sync(unsigned mask, float v, int src) {
+    if (mask != 0xffffffffu) emu_fail("__shfl_sync with a partial mask");
+    const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+    emu_shfl_slots[w][l] = v;
+    __syncwarp();
+    const float r = emu_shfl_slots[w][(unsigned)src % 32];
+    __syncwarp();
+    return r;
+}
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
@@ -92,7 +104,15 @@ using std::max;
 using std::min;
 
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+static inline float2 make_float2(float x, float y) { return {x, y}; }
+/* __ldg: a read-only load, here a plain one, with CUDA's natural-alignment requirement */
+template <class T> static inline T __ldg(const T *p) {
+    if ((uintptr_t)p % alignof(T)) emu_fail("__ldg of a misaligned address");
+    return *p;
+}
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
@@ -104,14 +124,20 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return {(uint16_t)(u >> 16)};
 }
 static inline float __bfloat162float(__nv_bfloat16 b) { return __int_as_float((int32_t)((uint32_t)b.bits << 16)); }
+struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
+static inline float2 __bfloat1622float2(__nv_bfloat162 b) { return {__bfloat162float(b.x), __bfloat162float(b.y)}; }
 
 /* ---- cp.async: queued per thread, done by the wait that must cover them ---- */
-struct emu_copy { void *dst; const void *src; };
+struct emu_copy { void *dst; const void *src; size_t n; };
 static thread_local std::vector<emu_copy> emu_cp_open;
 static thread_local std::deque<std::vector<emu_copy>> emu_cp_groups;
 static inline void ns_cp_async16(void *dst, const void *src) {
     if ((uintptr_t)dst % 16 || (uintptr_t)src % 16) emu_fail("cp.async of 16 bytes with an address not 16-byte aligned");
-    emu_cp_open.push_back({dst, src});
+    emu_cp_open.push_back({dst, src, 16});
+}
+static inline void ns_cp_async4(void *dst, const void *src) {
+    if ((uintptr_t)dst % 4 || (uintptr_t)src % 4) emu_fail("cp.async of 4 bytes with an address not 4-byte aligned");
+    emu_cp_open.push_back({dst, src, 4});
 }
 static inline void ns_cp_async_commit() {
     emu_cp_groups.push_back(std::move(emu_cp_open));
@@ -119,7 +145,7 @@ static inline void ns_cp_async_commit() {
 }
 template <int N> static inline void ns_cp_async_wait() {
     while (emu_cp_groups.size() > (size_t)N) {
-        for (const emu_copy &c : emu_cp_groups.front()) std::memcpy(c.dst, c.src, 16);
+        for (const emu_copy &c : emu_cp_groups.front()) std::memcpy(c.dst, c.src, c.n);
         emu_cp_groups.pop_front();
     }
 }

@@ -18,6 +18,9 @@
  *               ns_cpu_matmul_fp8_ref on odd shapes (NMSE <= 1e-5, every element within
  *               1e-2 |ref| + 2e-3 max |ref|: the tensor cores' fp8 sums are not fp32
  *               exact), then its time at 8192^3 beside the bf16 matmul's.
+ *               The FP8 KV cache: kv_store_fp8's codes and scales equal to
+ *               ns_cpu_quant_rows_fp8's, attention_paged_fp8 (groups, one token per
+ *               group) against the CPU attention over what the codes decode to.
  *   greedy      tiny random models (Q8_0, Q4_1): 6 requests of greedy decoding, 48 tokens
  *               each, on the CPU and on CUDA; tokens compared. bf16 GEMM inputs can flip a
  *               near-tie late in a sequence, so the check is: no sequence diverges in its
@@ -51,6 +54,7 @@
 #include "backend.h"
 #include "backend_cuda.h"
 #include "engine.h"
+#include "fp8.h"
 #include "gguf.h"
 #include "ops.h"
 #include "ops_cuda.h"
@@ -493,6 +497,101 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     free(kp), free(vp), free(q), free(k), free(v), free(ref), free(got), free(scratch), free(pool_got);
 }
 
+/* The FP8 KV cache: the same mixed batch as check_attention over e4m3 pools with a scale
+ * per (slot, KV head) row. kv_store_fp8 must write exactly ns_cpu_quant_rows_fp8's codes
+ * and scales at each token's slot (and nothing elsewhere); attention (the backend's groups,
+ * then one token per group) must match the CPU reference over fp32 pools holding what the
+ * codes decode to, with check_attention's bounds (only the order of fp32 sums differs). */
+static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs) {
+    const int S = 3, n_past[3] = {37, 100, 0}, n_new[3] = {9, 1, 23}, MB = 128;
+    int n_blocks = 3 * 128, T = 0, tok_start[3];
+    for (int s = 0; s < S; s++) tok_start[s] = T, T += n_new[s];
+    const size_t row = (size_t)n_head_kv * hd, n_slot = (size_t)n_blocks * bs, pool_n = n_slot * row;
+    const size_t n_rows = n_slot * (size_t)n_head_kv;
+    float *kp = malloc(pool_n * 4), *vp = malloc(pool_n * 4), *ks = malloc(n_rows * 4), *vs = malloc(n_rows * 4);
+    uint8_t *k8 = malloc(pool_n), *v8 = malloc(pool_n), *k8_got = malloc(pool_n), *v8_got = malloc(pool_n);
+    float *ks_got = malloc(n_rows * 4), *vs_got = malloc(n_rows * 4);
+    fill(r, kp, pool_n, 2.0f), fill(r, vp, pool_n, 0.5f);
+    ns_cpu_quant_rows_fp8(k8, ks, kp, (int64_t)n_rows, hd);
+    ns_cpu_quant_rows_fp8(v8, vs, vp, (int64_t)n_rows, hd);
+    int32_t table[3 * 128], pos[64], tok_seq[64], slot[64];
+    int perm[3 * 128];
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(ns_test_rng_u64(r) % (unsigned)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int i = 0; i < S * MB; i++) table[i] = perm[i % n_blocks];
+    size_t qn = (size_t)T * n_head * hd;
+    float *q = malloc(qn * 4), *k = malloc((size_t)T * row * 4), *v = malloc((size_t)T * row * 4);
+    float *ref = malloc(qn * 4), *got = malloc(qn * 4), *scratch = malloc(4096 * 4);
+    fill(r, q, qn, 1.0f), fill(r, k, (size_t)T * row, 3.0f), fill(r, v, (size_t)T * row, 1.0f);
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < n_new[s]; i++) {
+            int t = tok_start[s] + i, p = n_past[s] + i;
+            pos[t] = p, tok_seq[t] = s;
+            slot[t] = table[s * MB + p / bs] * bs + p % bs;
+        }
+    uint8_t *dk = dev_copy(k8, pool_n), *dv = dev_copy(v8, pool_n);
+    float *dks = dev_copy(ks, n_rows * 4), *dvs = dev_copy(vs, n_rows * 4);
+    /* the CPU side: the same stores as codes and scales, then the pools as fp32 */
+    for (int t = 0; t < T; t++) {
+        const size_t r0 = (size_t)slot[t] * n_head_kv;
+        ns_cpu_quant_rows_fp8(k8 + r0 * hd, ks + r0, k + (size_t)t * row, n_head_kv, hd);
+        ns_cpu_quant_rows_fp8(v8 + r0 * hd, vs + r0, v + (size_t)t * row, n_head_kv, hd);
+    }
+    for (size_t i = 0; i < pool_n; i++)
+        kp[i] = ns_fp8_e4m3_to_float(k8[i]) * ks[i / hd], vp[i] = ns_fp8_e4m3_to_float(v8[i]) * vs[i / hd];
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int s = 0; s < S; s++) {
+        int t0 = tok_start[s];
+        ns_cpu_attention_paged_ref(ref + (size_t)t0 * n_head * hd, q + (size_t)t0 * n_head * hd, pos + t0, n_new[s], kp,
+                                   vp, table + s * MB, n_past[s] + n_new[s], bs, n_head, n_head_kv, hd, scale, 0,
+                                   n_head, scratch);
+    }
+    float *dq = dev_copy(q, qn * 4), *dkk = dev_copy(k, (size_t)T * row * 4), *dvv = dev_copy(v, (size_t)T * row * 4);
+    int32_t *dpos = dev_copy(pos, T * 4), *dseq = dev_copy(tok_seq, T * 4), *dslot = dev_copy(slot, T * 4);
+    int32_t *dtab = dev_copy(table, sizeof table);
+    CU(ns_cuda_kv_store_fp8(dk, dv, dks, dvs, dkk, dvv, dslot, T, n_head_kv, hd, 0));
+    char what[96];
+    snprintf(what, sizeof what, "fp8 KV H%d/%d hd%d bs%d T%d", n_head, n_head_kv, hd, bs, T);
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(k8_got, dk, pool_n, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(v8_got, dv, pool_n, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(ks_got, dks, n_rows * 4, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(vs_got, dvs, n_rows * 4, cudaMemcpyDeviceToHost));
+    int same = !memcmp(k8_got, k8, pool_n) && !memcmp(v8_got, v8, pool_n) && !memcmp(ks_got, ks, n_rows * 4) &&
+               !memcmp(vs_got, vs, n_rows * 4);
+    printf("%s %s: kv_store_fp8 codes and scales %s ns_cpu_quant_rows_fp8's, the rest of the pools untouched\n",
+           same ? "ok  " : "FAIL", what, same ? "equal to" : "NOT equal to");
+    result(same);
+    int32_t groups[2 * 64];
+    int n_groups = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < n_new[s]; i += NS_CUDA_ATTN_QT, n_groups++) {
+            groups[2 * n_groups] = tok_start[s] + i;
+            groups[2 * n_groups + 1] = n_new[s] - i < NS_CUDA_ATTN_QT ? n_new[s] - i : NS_CUDA_ATTN_QT;
+        }
+    int32_t singles[2 * 64];
+    for (int t = 0; t < T; t++) singles[2 * t] = t, singles[2 * t + 1] = 1;
+    int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
+    int32_t *dsingles = dev_copy(singles, sizeof(int32_t) * 2 * T);
+    for (int pass = 0; pass < 2; pass++) {
+        float *dout = dev_canary(qn);
+        CU(ns_cuda_attention_paged_fp8(dout, NULL, dq, dpos, dseq, pass ? dsingles : dgroups, pass ? T : n_groups, pass,
+                                       dtab, MB, dk, dv, dks, dvs, bs, n_head, n_head_kv, hd, scale, 0));
+        char w[144];
+        snprintf(w, sizeof w, "attention_paged_fp8 %s, %s", what, pass ? "one token per group" : "the backend's groups");
+        int ok = fetch(w, got, dout, qn);
+        result(ok && allclose(w, got, ref, qn, 1e-4, 1e-3, 1e-8));
+    }
+    CU(cudaFree(dgroups)); CU(cudaFree(dsingles));
+    CU(cudaFree(dq)); CU(cudaFree(dkk)); CU(cudaFree(dvv)); CU(cudaFree(dpos)); CU(cudaFree(dseq));
+    CU(cudaFree(dslot)); CU(cudaFree(dtab)); CU(cudaFree(dk)); CU(cudaFree(dv)); CU(cudaFree(dks)); CU(cudaFree(dvs));
+    free(kp), free(vp), free(ks), free(vs), free(k8), free(v8), free(k8_got), free(v8_got), free(ks_got), free(vs_got);
+    free(q), free(k), free(v), free(ref), free(got), free(scratch);
+}
+
 /* ns_cuda_sample_rows against ns_cpu_sample_rows_ref: the same token in every row (the
  * rule is integer arithmetic after one float exp written op for op on both sides, so
  * there is no tolerance). Rows mix greedy and sampled ones, every cut, ties, NaN, -inf,
@@ -833,6 +932,8 @@ static void run_kernels(void) {
     for (int i = 0; i < 8; i++)
         for (int t = 0; t < 2; t++)
             check_attention(&r, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3], t ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16);
+    const int cfg8[][4] = {{32, 8, 128, 16}, {14, 2, 64, 16}, {9, 3, 64, 7}, {16, 1, 64, 16}, {8, 8, 128, 5}};
+    for (int i = 0; i < 5; i++) check_attention_fp8(&r, cfg8[i][0], cfg8[i][1], cfg8[i][2], cfg8[i][3]);
 }
 
 /* ---- engine: greedy tokens, throughput ---- */
@@ -934,11 +1035,11 @@ static void run_greedy(void) {
 
 /* ---- synthetic models at real shapes: CPU vs CUDA ---- */
 
-static bool synth_fp8; /* open_synth's engines with precision fp8 */
+static bool synth_fp8; /* open_synth's engines with precision fp8 (FP8 GEMMs and KV cache) */
 static ns_engine *open_synth(const ns_hparams *hp, const char *backend, int max_seqs, bool precise) {
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
-    cfg.fp8 = synth_fp8;
+    cfg.fp8 = cfg.kv_fp8 = synth_fp8;
     cfg.backend = backend;
     cfg.synthetic = hp;
     cfg.synthetic_seed = 1234;

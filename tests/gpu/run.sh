@@ -32,10 +32,11 @@
 #   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU) and
 #          NS_CUDA_FUSED_NORM=1 (residual add + RMSNorm in one pass), the 1B benchmark with
 #          each, the 8B with both, and the 1B/8B with every switch on at once
-#   4p.    NS_CUDA_FP8=1 (FP8 GEMMs through cuBLASLt; changes results, so never on by
-#          default): gpu-parity fp8 (logits against the CPU, determinism), the 1B/8B
-#          benchmarks with it, alone and with every other switch (its kernel and GEMM
-#          parity, and its GEMM rate beside bf16's at 8192^3, are in step 1)
+#   4p.    precision fp8 (FP8 GEMMs through cuBLASLt and the FP8 KV cache; changes results,
+#          so never on by default): gpu-parity fp8 (logits against the CPU, determinism),
+#          the 1B/8B benchmarks with it (gpu-bench: NS_CUDA_FP8=1 NS_CUDA_KV_FP8=1), each
+#          half alone, and with every other switch (its kernel, KV cache and GEMM parity,
+#          and its GEMM rate beside bf16's at 8192^3, are in step 1)
 # (the CUDA unit tests in step 2 include tensor parallelism over NCCL with one rank per
 # device: one rank on a one-GPU machine; step 1 includes the device sampler, step 4 its
 # sampled requests end to end)
@@ -158,6 +159,7 @@ fi
 # in one switch whatever engine/switches.h's defaults are; "-all" is every switch on.
 off="NS_CUDA_GRAPHS=0 NS_CUDA_ATTN_TC=0 NS_ENGINE_OVERLAP=0 NS_CUDA_FUSED_FFN=0 NS_CUDA_FUSED_NORM=0"
 all="NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1"
+fp8="NS_CUDA_FP8=1 NS_CUDA_KV_FP8=1" # a job's precision: fp8 (gpu-bench's names for its two halves)
 gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench gen, switches off but those given
   local name=$1 limit=$2 shape=$3 n=$4 seqs=$5; shift 5
   bench "$name" "$limit" env $off "$@" "$bin/gpu-bench" gen "$shape" "$n" 128 128 "$seqs" "${peak:-0}"
@@ -175,8 +177,11 @@ if [ "$mode" != profile ]; then
   gen gen-1b-norm 90 1b "$n_prompts" 1024 NS_CUDA_FUSED_NORM=1
   gen gen-1b-overlap 90 1b "$n_prompts" 1024 NS_ENGINE_OVERLAP=1
   gen gen-1b-all 90 1b "$n_prompts" 1024 $all
-  gen gen-1b-fp8 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
-  gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all NS_CUDA_FP8=1
+  # precision fp8 (FP8 GEMMs and the FP8 KV cache), each half alone, and with every switch
+  gen gen-1b-fp8 90 1b "$n_prompts" 1024 $fp8
+  gen gen-1b-fp8gemm 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
+  gen gen-1b-kvfp8 90 1b "$n_prompts" 1024 NS_CUDA_KV_FP8=1
+  gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8
   if python3 -c 'import torch, transformers' 2>/dev/null; then
     bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
     # HF with every prompt in one generate call: if it is faster, it is the fair baseline
@@ -185,23 +190,23 @@ if [ "$mode" != profile ]; then
     echo "== hf-1b: SKIPPED (no torch/transformers here)"; skip=$((skip + 1))
   fi
   # the 8B shape; 64 sequences, where launch overhead weighs more
-  gen gen-8b-graphs 150 8b "$n_prompts" 1024 NS_CUDA_GRAPHS=1
   gen gen-8b-tc1 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1
   gen gen-8b-fused 150 8b "$n_prompts" 1024 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1
   gen gen-8b-all 150 8b "$n_prompts" 1024 $all
-  gen gen-8b-fp8 150 8b "$n_prompts" 1024 NS_CUDA_FP8=1
-  gen gen-8b-fp8-all 150 8b "$n_prompts" 1024 $all NS_CUDA_FP8=1
+  gen gen-8b-fp8 150 8b "$n_prompts" 1024 $fp8
+  gen gen-8b-fp8-all 150 8b "$n_prompts" 1024 $all $fp8
+  gen gen-8b-kvfp8 150 8b "$n_prompts" 1024 NS_CUDA_KV_FP8=1
   gen gen-1b-b64 60 1b 64 64
   gen gen-1b-b64-graphs 60 1b 64 64 NS_CUDA_GRAPHS=1
   gen gen-1b-b64-graphs-overlap 60 1b 64 64 NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1
   # where the time goes with everything on: the next step's starting point (timing events
   # between ops slow it a little, so its tok/s is not compared)
-  gen prof-1b-fp8-all 90 1b "$n_prompts" 1024 $all NS_CUDA_FP8=1 NS_CUDA_PROFILE=1
+  gen prof-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8 NS_CUDA_PROFILE=1
 else
   # device time per op (NS_CUDA_PROFILE=1), and the plain attention kernel side by side
   gen prof-1b 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1
   gen prof-8b 150 8b "$n_prompts" 1024 NS_CUDA_PROFILE=1
-  gen prof-1b-fp8 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_FP8=1
+  gen prof-1b-fp8 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1 $fp8
   gen prof-1b-tc2 90 1b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2
   gen prof-8b-tc2 150 8b "$n_prompts" 1024 NS_CUDA_PROFILE=1 NS_CUDA_ATTN_TC=2
   gen slow-attn-1b 90 1b "$n_prompts" 1024 NS_CUDA_ATTN_SLOW=1
@@ -219,10 +224,11 @@ ratio() { # ratio NAME BASE: NAME's output tok/s over BASE's
     awk -v a="$a" -v b="$b" -v n="$1" -v m="$2" 'BEGIN { printf "%-28s %8d tok/s  x%.3f of %s\n", n, a, a / b, m }'
 }
 echo "== side by side (output tok/s)" | tee -a "$logs/summary.txt"
-for pair in "gen-1b-graphs gen-1b" "gen-8b-graphs gen-8b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
+for pair in "gen-1b-graphs gen-1b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
             "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
-            "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-8b-fp8 gen-8b" \
+            "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-1b-fp8gemm gen-1b" "gen-1b-kvfp8 gen-1b" \
+            "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" \
             "gen-1b-fp8-all gen-1b-all" "gen-8b-fp8-all gen-8b-all" "gen-1b-fp8-all hf-1b" "gen-1b-fp8-all hf-1b-b1000"; do
   ratio $pair
 done | tee -a "$logs/summary.txt"
@@ -268,13 +274,13 @@ verdict() { # verdict SWITCH "STEP-IDS" "NAME/BASE ..."
 }
 echo "== the switches" | tee -a "$logs/summary.txt"
 {
-  verdict NS_CUDA_GRAPHS=1 "3g. 4g. 5g." "gen-1b-graphs/gen-1b gen-8b-graphs/gen-8b gen-1b-b64-graphs/gen-1b-b64"
+  verdict NS_CUDA_GRAPHS=1 "3g. 4g. 5g." "gen-1b-graphs/gen-1b gen-1b-b64-graphs/gen-1b-b64"
   verdict NS_CUDA_ATTN_TC=1 "1. 4t." "gen-1b-tc1/gen-1b gen-8b-tc1/gen-8b"
   verdict NS_CUDA_ATTN_TC=2 "1. 4t." "gen-1b-tc2/gen-1b"
   verdict NS_ENGINE_OVERLAP=1 "4o. 5o." "gen-1b-overlap/gen-1b gen-1b-b64-graphs-overlap/gen-1b-b64-graphs"
   verdict NS_CUDA_FUSED_FFN=1 "1. 4f. 5f." "gen-1b-ffn/gen-1b"
   verdict NS_CUDA_FUSED_NORM=1 "1. 4f. 5f." "gen-1b-norm/gen-1b"
-  verdict NS_CUDA_FP8=1 "1. 4p." "gen-1b-fp8/gen-1b gen-8b-fp8/gen-8b"
+  verdict NS_CUDA_FP8=1 "1. 4p." "gen-1b-fp8/gen-1b gen-8b-fp8/gen-8b gen-1b-fp8gemm/gen-1b gen-1b-kvfp8/gen-1b gen-8b-kvfp8/gen-8b"
 } | tee -a "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"
 [ $fail -eq 0 ]

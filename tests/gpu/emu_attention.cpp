@@ -1,0 +1,234 @@
+/* emu_attention.cpp: the fast paged-attention kernel (kernels/cuda/attention.cu) for bf16
+ * pools and for the FP8 KV cache, and the FP8 KV store, run on the CPU through
+ * tests/gpu/emu_cuda.h (one std::thread per CUDA thread, cp.async emulated).
+ * KV store: every code and every scale equal to ns_cpu_quant_rows_fp8 of the same
+ * (token, KV head) row, written at the row's slot and nowhere else, rows of zeros, of an
+ * infinity, and near the top code among them.
+ * Attention, with groups of 8, 1 and 3 tokens, over shuffled block tables, against
+ * ns_cpu_attention_paged_ref on fp32 pools holding exactly what the kernel's pools decode
+ * to (bf16 values; e4m3 codes times their row's scale): NMSE <= 1e-10 and every element
+ * within 1e-5 (only the order of the fp32 sums differs), the bf16 copy of out equal to out
+ * rounded, nothing written outside out. It fails for a wrong chunk swizzle, a scale from
+ * another key or head, a read before its cp.async wait, or a misaligned copy.
+ * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
+#define NS_CUDA_ATTN_QT 8             /* as kernels/cuda/ops_cuda.h (not includable here) */
+#define NS_CUDA_ATTN_MAX_HEAD_DIM 256 /* as kernels/cuda/ops_cuda.h */
+#include "emu_cuda.h"
+#include "../../kernels/cuda/attention.cu"
+
+extern "C" {
+#include "ops.h"
+}
+
+static uint64_t rng_state = 0x6a09e667f3bcc908ull;
+static float rnd(float amp) { /* uniform in [-amp, amp) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return amp * ((float)(rng_state >> 40) / (float)(1u << 24) * 2.0f - 1.0f);
+}
+
+struct attn_case {
+    int n_head, n_head_kv, hd, bs;
+    float q_amp; /* large: peaked softmax rows, the running max moves between tiles */
+};
+
+/* Sequences of the batch: tokens already cached and new tokens (a prompt chunk, a decode
+ * token, a chunk from position 0, a chunk across a tile edge, a long context). */
+static const int SEQ_PAST[] = {37, 100, 0, 31, 140};
+static const int SEQ_NEW[] = {9, 1, 23, 2, 5};
+enum { N_SEQ = 5, MAX_BLOCKS = 160 };
+static const size_t CANARY = 64;
+static const float CANARY_VAL = 12345.0f;
+
+/* The KV store through kv_store_fp8_kernel: n_tok rows of k, v (some special) to shuffled
+ * slots of a pool of n_slots; returns 1 if it passed. */
+static int store_case(int n_head_kv, int hd) {
+    const int n_tok = 37, n_slots = 300;
+    const size_t row = (size_t)n_head_kv * hd;
+    std::vector<float> k((size_t)n_tok * row), v((size_t)n_tok * row);
+    for (size_t i = 0; i < k.size(); i++) k[i] = rnd(3.0f), v[i] = rnd(0.01f);
+    for (int d = 0; d < hd; d++) k[(size_t)5 * hd + d] = 0.0f;  /* token 0, head 5 % n_head_kv: zeros */
+    k[(size_t)7 * hd + 3] = INFINITY;                           /* a row with an infinity: scale NaN */
+    v[(size_t)11 * hd + 2] = NAN;                                /* and one with a NaN (kept by the amax) */
+    v[(size_t)9 * hd] = 448.0f, v[(size_t)9 * hd + 1] = -447.9f; /* near the top code */
+    std::vector<int32_t> slot(n_tok);
+    for (int t = 0; t < n_tok; t++) slot[t] = (t * 97 + 13) % n_slots;
+    const uint8_t FILL = 0x5a;
+    const float FILL_S = -7.0f;
+    std::vector<uint8_t> kp((size_t)n_slots * row, FILL), vp((size_t)n_slots * row, FILL);
+    std::vector<float> ks((size_t)n_slots * n_head_kv, FILL_S), vs((size_t)n_slots * n_head_kv, FILL_S);
+    const int threads = 256;
+    const int64_t n_rows = (int64_t)n_tok * n_head_kv;
+    emu_launch((unsigned)((n_rows * 32 + threads - 1) / threads), 1, threads, 0, [&] {
+        kv_store_fp8_kernel(kp.data(), vp.data(), ks.data(), vs.data(), k.data(), v.data(), slot.data(), n_tok, n_head_kv,
+                            hd);
+    });
+    std::vector<uint8_t> want_k((size_t)n_tok * row), want_v((size_t)n_tok * row);
+    std::vector<float> want_ks((size_t)n_tok * n_head_kv), want_vs((size_t)n_tok * n_head_kv);
+    ns_cpu_quant_rows_fp8(want_k.data(), want_ks.data(), k.data(), n_rows, hd);
+    ns_cpu_quant_rows_fp8(want_v.data(), want_vs.data(), v.data(), n_rows, hd);
+    std::vector<char> used(n_slots, 0);
+    for (int t = 0; t < n_tok; t++) used[slot[t]] = 1;
+    for (int t = 0; t < n_tok; t++)
+        for (int h = 0; h < n_head_kv; h++) {
+            const size_t src = (size_t)t * n_head_kv + h, dst = (size_t)slot[t] * n_head_kv + h;
+            auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0 || (std::isnan(a) && std::isnan(b)); };
+            const bool scales_ok = same(ks[dst], want_ks[src]) && same(vs[dst], want_vs[src]);
+            if (!scales_ok || std::memcmp(&kp[dst * hd], &want_k[src * hd], hd) ||
+                std::memcmp(&vp[dst * hd], &want_v[src * hd], hd)) {
+                std::printf("FAIL emu kv_store_fp8 H%d hd%d: token %d head %d differs from ns_cpu_quant_rows_fp8\n",
+                            n_head_kv, hd, t, h);
+                return 0;
+            }
+        }
+    for (int s = 0; s < n_slots; s++) {
+        if (used[s]) continue;
+        for (size_t i = 0; i < row; i++)
+            if (kp[(size_t)s * row + i] != FILL || vp[(size_t)s * row + i] != FILL) {
+                std::printf("FAIL emu kv_store_fp8 H%d hd%d: slot %d written\n", n_head_kv, hd, s);
+                return 0;
+            }
+        for (int h = 0; h < n_head_kv; h++)
+            if (ks[(size_t)s * n_head_kv + h] != FILL_S || vs[(size_t)s * n_head_kv + h] != FILL_S) {
+                std::printf("FAIL emu kv_store_fp8 H%d hd%d: scale of slot %d written\n", n_head_kv, hd, s);
+                return 0;
+            }
+    }
+    std::printf("ok   emu kv_store_fp8 H%d hd%d: %d rows, codes and scales as ns_cpu_quant_rows_fp8\n", n_head_kv, hd,
+                (int)n_rows);
+    return 1;
+}
+
+/* One attention case with groups of up to qt tokens over bf16 (f8 false) or e4m3 pools;
+ * returns 1 if it passed. */
+static int run_case(const attn_case &c, int qt, bool f8) {
+    const int hd = c.hd, bs = c.bs;
+    int T = 0, tok_start[N_SEQ];
+    for (int s = 0; s < N_SEQ; s++) tok_start[s] = T, T += SEQ_NEW[s];
+    const int n_blocks = N_SEQ * MAX_BLOCKS;
+    const size_t row = (size_t)c.n_head_kv * hd, n_slot = (size_t)n_blocks * bs, pool_n = n_slot * row;
+    /* the pools, and fp32 pools of exactly what they decode to */
+    std::vector<float> kp(pool_n), vp(pool_n);
+    std::vector<__nv_bfloat16> kb(f8 ? 0 : pool_n), vb(f8 ? 0 : pool_n);
+    std::vector<uint8_t> k8(f8 ? pool_n : 0), v8(f8 ? pool_n : 0);
+    std::vector<float> ks(f8 ? n_slot * c.n_head_kv : 0), vs(f8 ? n_slot * c.n_head_kv : 0);
+    for (size_t i = 0; i < pool_n; i++) {
+        const size_t r = i / hd; /* (slot, head) row: its own magnitude, so the scales differ */
+        kp[i] = rnd(0.05f + (float)(r % 7)), vp[i] = rnd(0.02f + (float)(r % 5));
+    }
+    if (f8) {
+        ns_cpu_quant_rows_fp8(k8.data(), ks.data(), kp.data(), (int64_t)(n_slot * c.n_head_kv), hd);
+        ns_cpu_quant_rows_fp8(v8.data(), vs.data(), vp.data(), (int64_t)(n_slot * c.n_head_kv), hd);
+        for (size_t i = 0; i < pool_n; i++)
+            kp[i] = ns_fp8_e4m3_to_float(k8[i]) * ks[i / hd], vp[i] = ns_fp8_e4m3_to_float(v8[i]) * vs[i / hd];
+    } else {
+        for (size_t i = 0; i < pool_n; i++) {
+            kb[i] = __float2bfloat16_rn(kp[i]), vb[i] = __float2bfloat16_rn(vp[i]);
+            kp[i] = __bfloat162float(kb[i]), vp[i] = __bfloat162float(vb[i]);
+        }
+    }
+    /* every table entry a distinct block, shuffled */
+    std::vector<int32_t> perm(n_blocks), table((size_t)N_SEQ * MAX_BLOCKS);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+        std::swap(perm[i], perm[(int)((rng_state >> 33) % (uint64_t)(i + 1))]);
+    }
+    for (size_t i = 0; i < table.size(); i++) table[i] = perm[i];
+    std::vector<int32_t> pos(T), tok_seq(T), groups;
+    for (int s = 0; s < N_SEQ; s++) {
+        for (int i = 0; i < SEQ_NEW[s]; i++) pos[tok_start[s] + i] = SEQ_PAST[s] + i, tok_seq[tok_start[s] + i] = s;
+        for (int i = 0; i < SEQ_NEW[s]; i += qt) groups.push_back(tok_start[s] + i), groups.push_back(min(qt, SEQ_NEW[s] - i));
+    }
+    const int n_groups = (int)groups.size() / 2;
+    const size_t qn = (size_t)T * c.n_head * hd;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    std::vector<float> q(qn), ref(qn), scratch(4096);
+    for (size_t i = 0; i < qn; i++) q[i] = rnd(c.q_amp);
+    for (int s = 0; s < N_SEQ; s++) {
+        const size_t off = (size_t)tok_start[s] * c.n_head * hd;
+        ns_cpu_attention_paged_ref(ref.data() + off, q.data() + off, pos.data() + tok_start[s], SEQ_NEW[s], kp.data(),
+                                   vp.data(), table.data() + (size_t)s * MAX_BLOCKS, SEQ_PAST[s] + SEQ_NEW[s], bs,
+                                   c.n_head, c.n_head_kv, hd, scale, 0, c.n_head, scratch.data());
+    }
+    std::vector<float> out(qn + 2 * CANARY, CANARY_VAL);
+    std::vector<__nv_bfloat16> out16(qn + 2 * CANARY, __float2bfloat16_rn(CANARY_VAL));
+    float *o = out.data() + CANARY;
+    __nv_bfloat16 *o16 = out16.data() + CANARY;
+    const unsigned char *kpool = f8 ? (const unsigned char *)k8.data() : (const unsigned char *)kb.data();
+    const unsigned char *vpool = f8 ? (const unsigned char *)v8.data() : (const unsigned char *)vb.data();
+    const float *kscale = f8 ? ks.data() : nullptr, *vscale = f8 ? vs.data() : nullptr;
+#define EMU_FAST(HD, QT, F8)                                                                                       \
+    attention_fast_kernel<HD, QT, F8>(o, o16, q.data(), pos.data(), tok_seq.data(), groups.data(), table.data(), \
+                                      MAX_BLOCKS, kpool, vpool, kscale, vscale, bs, c.n_head, c.n_head_kv, scale)
+    auto body = [&] {
+        if (hd == 64 && qt == 1) { if (f8) EMU_FAST(64, 1, true); else EMU_FAST(64, 1, false); }
+        else if (hd == 64) { if (f8) EMU_FAST(64, ATTN_QT, true); else EMU_FAST(64, ATTN_QT, false); }
+        else if (qt == 1) { if (f8) EMU_FAST(128, 1, true); else EMU_FAST(128, 1, false); }
+        else { if (f8) EMU_FAST(128, ATTN_QT, true); else EMU_FAST(128, ATTN_QT, false); }
+    };
+#undef EMU_FAST
+    const size_t smem = hd == 64 ? (f8 ? fast_smem_bytes<64, true>() : fast_smem_bytes<64, false>())
+                                 : (f8 ? fast_smem_bytes<128, true>() : fast_smem_bytes<128, false>());
+    emu_launch((unsigned)n_groups, (unsigned)c.n_head_kv, 32u * (c.n_head / c.n_head_kv), smem, body);
+
+    char what[128];
+    std::snprintf(what, sizeof what, "emu attention fast %s H%d/%d hd%d bs%d qt%d |q|<%g T%d", f8 ? "fp8 " : "bf16",
+                  c.n_head, c.n_head_kv, hd, bs, qt, (double)c.q_amp, T);
+    for (size_t i = 0; i < CANARY; i++)
+        if (out[i] != CANARY_VAL || out[CANARY + qn + i] != CANARY_VAL ||
+            out16[i].bits != __float2bfloat16_rn(CANARY_VAL).bits ||
+            out16[CANARY + qn + i].bits != __float2bfloat16_rn(CANARY_VAL).bits) {
+            std::printf("FAIL %s: a write outside out\n", what);
+            return 0;
+        }
+    double num = 0, den = 0, worst = 0, amax = 0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < qn; i++) amax = std::max(amax, std::fabs((double)ref[i]));
+    for (size_t i = 0; i < qn; i++) {
+        if (!std::isfinite(o[i])) {
+            std::printf("FAIL %s: element %zu not finite (%g)\n", what, i, (double)o[i]);
+            return 0;
+        }
+        if (o16[i].bits != __float2bfloat16_rn(o[i]).bits) {
+            std::printf("FAIL %s: bf16 copy of element %zu is not out rounded\n", what, i);
+            return 0;
+        }
+        double d = (double)o[i] - ref[i], e = std::fabs(d) / (1e-5 * amax);
+        num += d * d, den += (double)ref[i] * ref[i];
+        if (e > worst) worst = e, worst_i = i;
+    }
+    const double nmse = num / den;
+    if (!(nmse <= 1e-10) || worst > 1.0) {
+        std::printf("FAIL %s: NMSE %.3g (bound 1e-10); element %zu: %.9g vs ref %.9g (bound 1e-5 max |ref|)\n", what,
+                    nmse, worst_i, (double)o[worst_i], (double)ref[worst_i]);
+        return 0;
+    }
+    std::printf("ok   %s (NMSE %.3g)\n", what, nmse);
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    const bool only_fp8 = argc > 1 && !std::strcmp(argv[1], "fp8"); /* (mutation runs) */
+    int n_pass = 0, n_fail = 0;
+    for (int hd : {64, 128})
+        for (int h : {1, 8}) store_case(h, hd) ? n_pass++ : n_fail++;
+    const attn_case cases[] = {
+        {8, 2, 64, 16, 1.0f},   /* G 4, as Llama-3.2-1B */
+        {12, 3, 64, 5, 8.0f},   /* G 4, blocks of 5, peaked rows */
+        {9, 9, 64, 16, 1.0f},   /* G 1, as SmolLM2-135M (9 heads of 64, 3 KV heads: G 3 below) */
+        {9, 3, 64, 7, 2.0f},    /* G 3 */
+        {16, 2, 128, 16, 1.0f}, /* G 8, head_dim 128 */
+        {8, 2, 128, 1, 8.0f},   /* G 4 as Llama-3.1-8B, one key per block */
+    };
+    for (bool f8 : {false, true})
+        for (const attn_case &c : cases)
+            for (int qt : {8, 1, 3}) { /* 8: the backend's prompt groups (NS_CUDA_ATTN_QT); 1: decode */
+                if (only_fp8 && !f8) continue;
+                /* groups of 3 (partial groups) in the first two layouts; the bf16 kernel, which
+                 * ran on GPUs already, with groups of 8 and 1 only */
+                if (qt == 3 && (!f8 || &c - cases > 1)) continue;
+                run_case(c, qt, f8) ? n_pass++ : n_fail++;
+            }
+    std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
