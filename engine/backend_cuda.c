@@ -1226,10 +1226,13 @@ static ns_status cuda_graph_end(ns_backend *b, bool *rerun, ns_error *err) {
 
 /* ---- lifetime ---- */
 
-/* use_fp8: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
- * accumulation, outer-vector scales), and a first plan, so that a device or cuBLAS
- * without the FP8 GEMM fails here, naming why, rather than at the first step. */
-static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
+/* Precision fp8 (either half) on this device and in this mode, or why not: precise mode
+ * (fp32-accurate, for tests) excludes it; the device needs FP8 (compute capability 8.9). */
+static ns_status fp8_allowed(cuda_backend *c, ns_error *err) {
+    if (c->precise)
+        return ns_error_set(err, NS_ERR_INVALID,
+                            "cuda backend: precision fp8 and NS_CUDA_PRECISE=1 (fp32-accurate GEMMs, for tests) "
+                            "exclude each other");
     int major = 0, minor = 0;
     CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device), "cudaDeviceGetAttribute");
     CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, c->device), "cudaDeviceGetAttribute");
@@ -1238,6 +1241,15 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
                             "cuda backend: precision fp8 needs FP8 tensor cores (compute capability 8.9 or later); "
                             "device %d has %d.%d",
                             c->device, major, minor);
+    return NS_OK;
+}
+
+/* use_fp8: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
+ * accumulation, outer-vector scales), and a first plan, so that a device or cuBLAS
+ * without the FP8 GEMM fails here, naming why, rather than at the first step. */
+static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
+    ns_status st0 = fp8_allowed(c, err);
+    if (st0) return st0;
     c->fp8 = true;
     c->all_fp8 = true; /* until a layer matrix is not */
     cublasStatus_t s;
@@ -1286,10 +1298,6 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
 static ns_status cuda_use_fp8(ns_backend *b, ns_error *err) {
     cuda_backend *c = cb(b);
     if (c->fp8) return NS_OK;
-    if (c->precise)
-        return ns_error_set(err, NS_ERR_INVALID,
-                            "cuda backend: precision fp8 and NS_CUDA_PRECISE=1 (fp32-accurate GEMMs, for tests) "
-                            "exclude each other");
     if (c->n_weights || c->x_bf16_cap)
         return ns_error_set(err, NS_ERR_INVALID, "cuda backend: precision fp8 asked after weights were loaded");
     return fp8_setup(c, err);
@@ -1302,19 +1310,9 @@ static ns_status cuda_use_fp8(ns_backend *b, ns_error *err) {
 static ns_status cuda_use_kv_fp8(ns_backend *b, int n_head, int n_head_kv, int head_dim, bool *on, ns_error *err) {
     cuda_backend *c = cb(b);
     *on = false;
-    if (c->precise)
-        return ns_error_set(err, NS_ERR_INVALID,
-                            "cuda backend: precision fp8 and NS_CUDA_PRECISE=1 (fp32-accurate GEMMs, for tests) "
-                            "exclude each other");
     if (c->k_pool) return ns_error_set(err, NS_ERR_INVALID, "cuda backend: FP8 KV cache asked after kv_alloc");
-    int major = 0, minor = 0;
-    CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device), "cudaDeviceGetAttribute");
-    CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, c->device), "cudaDeviceGetAttribute");
-    if (major * 10 + minor < 89)
-        return ns_error_set(err, NS_ERR_UNSUPPORTED,
-                            "cuda backend: precision fp8 needs FP8 tensor cores (compute capability 8.9 or later); "
-                            "device %d has %d.%d",
-                            c->device, major, minor);
+    ns_status st0 = fp8_allowed(c, err);
+    if (st0) return st0;
     if (!ns_cuda_kv_fp8_fits(n_head, n_head_kv, head_dim)) return NS_OK;
     c->kv_type = NS_CUDA_TYPE_E4M3;
     c->kv_n_head = n_head;

@@ -14,6 +14,7 @@
 #define NS_CUDA_ATTN_QT 8             /* as kernels/cuda/ops_cuda.h (not includable here) */
 #define NS_CUDA_ATTN_MAX_HEAD_DIM 256 /* as kernels/cuda/ops_cuda.h */
 #include "emu_cuda.h"
+#include "emu_attn_batch.h"
 #include "../../kernels/cuda/attention.cu"
 
 extern "C" {
@@ -31,11 +32,6 @@ struct attn_case {
     float q_amp; /* large: peaked softmax rows, the running max moves between tiles */
 };
 
-/* Sequences of the batch: tokens already cached and new tokens (a prompt chunk, a decode
- * token, a chunk from position 0, a chunk across a tile edge, a long context). */
-static const int SEQ_PAST[] = {37, 100, 0, 31, 140};
-static const int SEQ_NEW[] = {9, 1, 23, 2, 5};
-enum { N_SEQ = 5, MAX_BLOCKS = 160 };
 static const size_t CANARY = 64;
 static const float CANARY_VAL = 12345.0f;
 
@@ -126,20 +122,9 @@ static int run_case(const attn_case &c, int qt, bool f8) {
             kp[i] = __bfloat162float(kb[i]), vp[i] = __bfloat162float(vb[i]);
         }
     }
-    /* every table entry a distinct block, shuffled */
-    std::vector<int32_t> perm(n_blocks), table((size_t)N_SEQ * MAX_BLOCKS);
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
-    for (int i = n_blocks - 1; i > 0; i--) {
-        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-        std::swap(perm[i], perm[(int)((rng_state >> 33) % (uint64_t)(i + 1))]);
-    }
-    for (size_t i = 0; i < table.size(); i++) table[i] = perm[i];
-    std::vector<int32_t> pos(T), tok_seq(T), groups;
-    for (int s = 0; s < N_SEQ; s++) {
-        for (int i = 0; i < SEQ_NEW[s]; i++) pos[tok_start[s] + i] = SEQ_PAST[s] + i, tok_seq[tok_start[s] + i] = s;
-        for (int i = 0; i < SEQ_NEW[s]; i += qt) groups.push_back(tok_start[s] + i), groups.push_back(min(qt, SEQ_NEW[s] - i));
-    }
-    const int n_groups = (int)groups.size() / 2;
+    emu_attn_batch bt = emu_make_batch(qt, rng_state);
+    std::vector<int32_t> &table = bt.table, &pos = bt.pos, &tok_seq = bt.tok_seq, &groups = bt.groups;
+    const int n_groups = bt.n_groups;
     const size_t qn = (size_t)T * c.n_head * hd;
     const float scale = 1.0f / std::sqrt((float)hd);
     std::vector<float> q(qn), ref(qn), scratch(4096);

@@ -8,6 +8,7 @@
  * Built and run by `make test` (tests/run.sh).
  */
 #include "emu_cuda.h"
+#include "emu_attn_batch.h"
 #include "../../kernels/cuda/attention_tc.cu"
 
 extern "C" {
@@ -26,11 +27,6 @@ struct attn_case {
     float q_amp; /* large: peaked softmax rows, the running max moves between tiles */
 };
 
-/* Sequences of the batch: tokens already cached and new tokens (a prompt chunk, a decode
- * token, a chunk from position 0, a chunk across a tile edge, a long context). */
-static const int SEQ_PAST[] = {37, 100, 0, 31, 140};
-static const int SEQ_NEW[] = {9, 1, 23, 2, 5};
-enum { N_SEQ = 5, MAX_BLOCKS = 160 };
 static const size_t CANARY = 64;
 static const float CANARY_VAL = 12345.0f;
 
@@ -45,20 +41,9 @@ static int run_case(const attn_case &c, int qt) {
     for (size_t i = 0; i < pool_n; i++) kp[i] = round_bf16(rnd(1.0f)), vp[i] = round_bf16(rnd(1.0f));
     std::vector<__nv_bfloat16> kb(pool_n), vb(pool_n);
     for (size_t i = 0; i < pool_n; i++) kb[i] = __float2bfloat16_rn(kp[i]), vb[i] = __float2bfloat16_rn(vp[i]);
-    /* every table entry a distinct block, shuffled */
-    std::vector<int32_t> perm(n_blocks), table((size_t)N_SEQ * MAX_BLOCKS);
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
-    for (int i = n_blocks - 1; i > 0; i--) {
-        rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-        std::swap(perm[i], perm[(int)((rng_state >> 33) % (uint64_t)(i + 1))]);
-    }
-    for (size_t i = 0; i < table.size(); i++) table[i] = perm[i];
-    std::vector<int32_t> pos(T), tok_seq(T), groups;
-    for (int s = 0; s < N_SEQ; s++) {
-        for (int i = 0; i < SEQ_NEW[s]; i++) pos[tok_start[s] + i] = SEQ_PAST[s] + i, tok_seq[tok_start[s] + i] = s;
-        for (int i = 0; i < SEQ_NEW[s]; i += qt) groups.push_back(tok_start[s] + i), groups.push_back(min(qt, SEQ_NEW[s] - i));
-    }
-    const int n_groups = (int)groups.size() / 2;
+    emu_attn_batch bt = emu_make_batch(qt, rng_state);
+    std::vector<int32_t> &table = bt.table, &pos = bt.pos, &tok_seq = bt.tok_seq, &groups = bt.groups;
+    const int n_groups = bt.n_groups;
     const size_t qn = (size_t)T * c.n_head * hd;
     /* two references: with q as given, and with q rounded to bf16 as the kernel rounds it
      * (then only the rounding of P and the order of the sums are left) */

@@ -382,36 +382,57 @@ static int pool_fetch(const char *what, float *out, float *d, size_t n, size_t n
     return ok;
 }
 
-/* A mixed batch: sequence 0 a prompt chunk over cached blocks, 1 a decode step, 2 a fresh
- * prompt; blocks shuffled in a pool with spares, block size not a power of two. With a
- * bf16 pool the reference attends over the same bf16-rounded keys and values. */
+/* The attention checks' mixed batch: sequence 0 a prompt chunk over cached blocks, 1 a
+ * decode step, 2 a fresh prompt; every table entry a distinct block of the pool
+ * (AB_BLOCKS), shuffled; each new token's position, sequence and slot; groups of up to
+ * NS_CUDA_ATTN_QT tokens per sequence, as the backend makes them. */
+enum { AB_S = 3, AB_MB = 128, AB_BLOCKS = 3 * 128 };
+static const int ab_past[AB_S] = {37, 100, 0}, ab_new[AB_S] = {9, 1, 23};
+typedef struct {
+    int T, tok_start[AB_S], n_groups;
+    int32_t table[AB_S * AB_MB], pos[64], tok_seq[64], slot[64], groups[2 * 64];
+} attn_batch;
+static void attn_batch_make(ns_test_rng *r, int bs, attn_batch *b) {
+    b->T = 0;
+    for (int s = 0; s < AB_S; s++) b->tok_start[s] = b->T, b->T += ab_new[s];
+    int perm[AB_BLOCKS];
+    for (int i = 0; i < AB_BLOCKS; i++) perm[i] = i;
+    for (int i = AB_BLOCKS - 1; i > 0; i--) {
+        int j = (int)(ns_test_rng_u64(r) % (unsigned)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int i = 0; i < AB_S * AB_MB; i++) b->table[i] = perm[i % AB_BLOCKS];
+    for (int s = 0; s < AB_S; s++)
+        for (int i = 0; i < ab_new[s]; i++) {
+            int t = b->tok_start[s] + i, p = ab_past[s] + i;
+            b->pos[t] = p, b->tok_seq[t] = s;
+            b->slot[t] = b->table[s * AB_MB + p / bs] * bs + p % bs;
+        }
+    b->n_groups = 0;
+    for (int s = 0; s < AB_S; s++)
+        for (int i = 0; i < ab_new[s]; i += NS_CUDA_ATTN_QT, b->n_groups++) {
+            b->groups[2 * b->n_groups] = b->tok_start[s] + i;
+            b->groups[2 * b->n_groups + 1] = ab_new[s] - i < NS_CUDA_ATTN_QT ? ab_new[s] - i : NS_CUDA_ATTN_QT;
+        }
+}
+
+/* attn_batch's mixed batch, block size not a power of two. With a bf16 pool the
+ * reference attends over the same bf16-rounded keys and values. */
 static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs, int kv_type) {
-    const int S = 3, n_past[3] = {37, 100, 0}, n_new[3] = {9, 1, 23}, MB = 128;
+    const int S = AB_S, MB = AB_MB, *n_past = ab_past, *n_new = ab_new, n_blocks = AB_BLOCKS;
     const bool bf16 = kv_type == NS_CUDA_TYPE_BF16;
-    int n_blocks = 3 * 128, T = 0, tok_start[3];
-    for (int s = 0; s < S; s++) tok_start[s] = T, T += n_new[s];
     size_t row = (size_t)n_head_kv * hd, pool_n = (size_t)n_blocks * bs * row;
     float *kp = malloc(pool_n * 4), *vp = malloc(pool_n * 4);
     fill(r, kp, pool_n, 1.0f), fill(r, vp, pool_n, 1.0f);
     if (bf16) round_bf16(kp, pool_n), round_bf16(vp, pool_n);
-    int32_t table[3 * 128], pos[64], tok_seq[64], slot[64];
-    int perm[3 * 128]; /* every table entry a distinct block */
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
-    for (int i = n_blocks - 1; i > 0; i--) {
-        int j = (int)(ns_test_rng_u64(r) % (unsigned)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    for (int i = 0; i < S * MB; i++) table[i] = perm[i % n_blocks];
+    attn_batch bt;
+    attn_batch_make(r, bs, &bt);
+    const int T = bt.T, *tok_start = bt.tok_start, n_groups = bt.n_groups;
+    const int32_t *table = bt.table, *pos = bt.pos, *tok_seq = bt.tok_seq, *slot = bt.slot, *groups = bt.groups;
     size_t qn = (size_t)T * n_head * hd;
     float *q = malloc(qn * 4), *k = malloc((size_t)T * row * 4), *v = malloc((size_t)T * row * 4);
     float *ref = malloc(qn * 4), *got = malloc(qn * 4), *scratch = malloc(4096 * 4);
     fill(r, q, qn, 1.0f), fill(r, k, (size_t)T * row, 1.0f), fill(r, v, (size_t)T * row, 1.0f);
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < n_new[s]; i++) {
-            int t = tok_start[s] + i, p = n_past[s] + i;
-            pos[t] = p, tok_seq[t] = s;
-            slot[t] = table[s * MB + p / bs] * bs + p % bs;
-        }
     size_t pool_f;
     float *dk = pool_upload(kp, pool_n, kv_type, &pool_f), *dv = pool_upload(vp, pool_n, kv_type, &pool_f);
     /* the CPU side: the same stores, rounded as the pool rounds them */
@@ -428,17 +449,9 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     }
     float *dq = dev_copy(q, qn * 4), *dkk = dev_copy(k, (size_t)T * row * 4), *dvv = dev_copy(v, (size_t)T * row * 4);
     int32_t *dpos = dev_copy(pos, T * 4), *dseq = dev_copy(tok_seq, T * 4), *dslot = dev_copy(slot, T * 4);
-    int32_t *dtab = dev_copy(table, sizeof table);
+    int32_t *dtab = dev_copy(table, sizeof bt.table);
     float *dout = dev_canary(qn);
     CU(ns_cuda_kv_store(dk, dv, kv_type, dkk, dvv, dslot, T, (int)row, 0));
-    /* groups of up to NS_CUDA_ATTN_QT tokens per sequence, as the backend makes them */
-    int32_t groups[2 * 64];
-    int n_groups = 0;
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < n_new[s]; i += NS_CUDA_ATTN_QT, n_groups++) {
-            groups[2 * n_groups] = tok_start[s] + i;
-            groups[2 * n_groups + 1] = n_new[s] - i < NS_CUDA_ATTN_QT ? n_new[s] - i : NS_CUDA_ATTN_QT;
-        }
     int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
     CU(ns_cuda_attention_paged(dout, NULL, dq, dpos, dseq, dgroups, n_groups, 0, dtab, MB, dk, dv, kv_type, bs, n_head,
                                n_head_kv, hd, 1.0f / sqrtf((float)hd), 0));
@@ -503,9 +516,7 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
  * then one token per group) must match the CPU reference over fp32 pools holding what the
  * codes decode to, with check_attention's bounds (only the order of fp32 sums differs). */
 static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int hd, int bs) {
-    const int S = 3, n_past[3] = {37, 100, 0}, n_new[3] = {9, 1, 23}, MB = 128;
-    int n_blocks = 3 * 128, T = 0, tok_start[3];
-    for (int s = 0; s < S; s++) tok_start[s] = T, T += n_new[s];
+    const int S = AB_S, MB = AB_MB, *n_past = ab_past, *n_new = ab_new, n_blocks = AB_BLOCKS;
     const size_t row = (size_t)n_head_kv * hd, n_slot = (size_t)n_blocks * bs, pool_n = n_slot * row;
     const size_t n_rows = n_slot * (size_t)n_head_kv;
     float *kp = malloc(pool_n * 4), *vp = malloc(pool_n * 4), *ks = malloc(n_rows * 4), *vs = malloc(n_rows * 4);
@@ -514,24 +525,14 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
     fill(r, kp, pool_n, 2.0f), fill(r, vp, pool_n, 0.5f);
     ns_cpu_quant_rows_fp8(k8, ks, kp, (int64_t)n_rows, hd);
     ns_cpu_quant_rows_fp8(v8, vs, vp, (int64_t)n_rows, hd);
-    int32_t table[3 * 128], pos[64], tok_seq[64], slot[64];
-    int perm[3 * 128];
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
-    for (int i = n_blocks - 1; i > 0; i--) {
-        int j = (int)(ns_test_rng_u64(r) % (unsigned)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    for (int i = 0; i < S * MB; i++) table[i] = perm[i % n_blocks];
+    attn_batch bt;
+    attn_batch_make(r, bs, &bt);
+    const int T = bt.T, *tok_start = bt.tok_start, n_groups = bt.n_groups;
+    const int32_t *table = bt.table, *pos = bt.pos, *tok_seq = bt.tok_seq, *slot = bt.slot, *groups = bt.groups;
     size_t qn = (size_t)T * n_head * hd;
     float *q = malloc(qn * 4), *k = malloc((size_t)T * row * 4), *v = malloc((size_t)T * row * 4);
     float *ref = malloc(qn * 4), *got = malloc(qn * 4), *scratch = malloc(4096 * 4);
     fill(r, q, qn, 1.0f), fill(r, k, (size_t)T * row, 3.0f), fill(r, v, (size_t)T * row, 1.0f);
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < n_new[s]; i++) {
-            int t = tok_start[s] + i, p = n_past[s] + i;
-            pos[t] = p, tok_seq[t] = s;
-            slot[t] = table[s * MB + p / bs] * bs + p % bs;
-        }
     uint8_t *dk = dev_copy(k8, pool_n), *dv = dev_copy(v8, pool_n);
     float *dks = dev_copy(ks, n_rows * 4), *dvs = dev_copy(vs, n_rows * 4);
     /* the CPU side: the same stores as codes and scales, then the pools as fp32 */
@@ -551,7 +552,7 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
     }
     float *dq = dev_copy(q, qn * 4), *dkk = dev_copy(k, (size_t)T * row * 4), *dvv = dev_copy(v, (size_t)T * row * 4);
     int32_t *dpos = dev_copy(pos, T * 4), *dseq = dev_copy(tok_seq, T * 4), *dslot = dev_copy(slot, T * 4);
-    int32_t *dtab = dev_copy(table, sizeof table);
+    int32_t *dtab = dev_copy(table, sizeof bt.table);
     CU(ns_cuda_kv_store_fp8(dk, dv, dks, dvs, dkk, dvv, dslot, T, n_head_kv, hd, 0));
     char what[96];
     snprintf(what, sizeof what, "fp8 KV H%d/%d hd%d bs%d T%d", n_head, n_head_kv, hd, bs, T);
@@ -565,13 +566,6 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
     printf("%s %s: kv_store_fp8 codes and scales %s ns_cpu_quant_rows_fp8's, the rest of the pools untouched\n",
            same ? "ok  " : "FAIL", what, same ? "equal to" : "NOT equal to");
     result(same);
-    int32_t groups[2 * 64];
-    int n_groups = 0;
-    for (int s = 0; s < S; s++)
-        for (int i = 0; i < n_new[s]; i += NS_CUDA_ATTN_QT, n_groups++) {
-            groups[2 * n_groups] = tok_start[s] + i;
-            groups[2 * n_groups + 1] = n_new[s] - i < NS_CUDA_ATTN_QT ? n_new[s] - i : NS_CUDA_ATTN_QT;
-        }
     int32_t singles[2 * 64];
     for (int t = 0; t < T; t++) singles[2 * t] = t, singles[2 * t + 1] = 1;
     int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
