@@ -36,7 +36,7 @@
  *               only where the draw fell within 1e-3 of a boundary), and plain CUDA twice
  *               (identical).
  *   fp8         precision fp8 on the synthetic shapes: prompt logits against the CPU's (NMSE
- *               <= 0.25: random weights, see run_fp8), two FP8 greedy runs identical, token
+ *               <= 0.4: random weights, see run_fp8), two FP8 greedy runs identical, token
  *               agreement reported.
  *   throughput  a random 8-layer model (n_embd 512, Q8_0) on CUDA: 256 requests, 64 prompt
  *               + 64 generated tokens, max_seqs 128; prints tokens/s. No pass bound yet.
@@ -1282,16 +1282,17 @@ static void run_synthetic(void) {
     }
 }
 
-/* precision fp8 on the synthetic shapes: the logits of a 200-token prompt against the CPU's
- * fp32 ones (NMSE <= 0.25; the bf16 path's NMSE printed beside it), the 16 greedy requests
- * completing, the same tokens in two FP8 runs (determinism), and how many requests keep
- * the CPU's tokens (reported). Random weights give flat logits, so FP8's rounding weighs
- * more than on a trained model: on the CPU stand-in (tests/cudamock, which computes what
- * cuBLASLt computes up to the order of the sums) llama-small gave NMSE 0.055 and 0 of 16
- * requests the CPU's tokens, qwen2-small 0.0058 and 3 of 16 (smollm2-135m: too slow
- * there). The bound separates that from a broken path (wrong scales or layout: logits
- * unrelated to the CPU's, NMSE about 1 or more); the GEMM itself is checked tightly in
- * `kernels`. */
+/* precision fp8 (FP8 GEMMs and the FP8 KV cache) on the synthetic shapes: the logits of a
+ * 200-token prompt against the CPU's fp32 ones (NMSE <= 0.4; the bf16 path's NMSE printed
+ * beside it), the 16 greedy requests completing, the same tokens in two FP8 runs
+ * (determinism), and how many requests keep the CPU's tokens (reported). Random weights
+ * give flat logits, so FP8's rounding weighs more than on a trained model. On the CPU
+ * stand-in (tests/cudamock, which computes what the device computes up to the order of
+ * the sums) the prompt logits' NMSE was: llama-small 0.071 (GEMMs alone 0.060, the KV
+ * cache alone 0.0067), qwen2-small 0.0053 (0.0050, 0.00028), smollm2-135m 0.189 (0.165,
+ * 0.021). The bound, about twice the largest, separates that from a broken path (wrong
+ * scales or layout: logits unrelated to the CPU's, NMSE about 1 or more); the GEMM, the KV
+ * store and the attention are checked tightly in `kernels`. */
 static void run_fp8(void) {
     const char *shapes[] = {"llama-small", "qwen2-small", "smollm2-135m"};
     const int n_tok = 32;
@@ -1323,7 +1324,7 @@ static void run_fp8(void) {
             snprintf(what, sizeof what, "%s logits of a 200-token prompt, cuda bf16 vs cpu", shapes[si]);
             allclose(what, logits[1], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 1.0); /* printed, not judged here */
             snprintf(what, sizeof what, "%s logits of a 200-token prompt, cuda fp8 vs cpu", shapes[si]);
-            result(allclose(what, logits[2], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 0.25));
+            result(allclose(what, logits[2], logits[0], (size_t)hp.n_vocab, 1e9, 1e9, 0.4));
             const int det = memcmp(tok[2], tok[3], sizeof(int32_t) * 16 * n_tok) == 0;
             printf("%s %s fp8 greedy, twice: %s\n", det ? "ok  " : "FAIL", shapes[si], det ? "identical" : "different");
             result(det);
