@@ -12,12 +12,13 @@ typedef struct ns_cudamock_counters {
     long tokens_from_ids_calls; /* batches with tokens from a pick still on the device */
     long gemms_bf16_out;        /* GEMMs writing bf16 (the fused feed-forward) */
     long add_rmsnorm_calls;     /* fused residual add + RMSNorm */
-    long gemms_fp8;             /* cuBLASLt FP8 GEMMs (NS_CUDA_FP8=1) */
+    long gemms_fp8;             /* cuBLASLt FP8 GEMMs (precision fp8) */
     long quant_fp8_calls;       /* rows quantized to fp8 by the quantizer (weights at load, matmul inputs) */
     long fused_fp8_calls;       /* ops that wrote their output as fp8 rows (RMSNorm, the fused SwiGLU) */
     long kv_fp8_stores;         /* ns_cuda_kv_store_fp8 calls (the FP8 KV cache) */
     long attention_fp8_calls;   /* ns_cuda_attention_paged_fp8 calls */
-} ns_cudamock_counters;
+} ns_cudamock_counters; /* longs only: the tests read it as an array */
+_Static_assert(sizeof(ns_cudamock_counters) % sizeof(long) == 0, "ns_cudamock_counters holds longs only");
 
 /* 1 in a binary linked with the stand-in (a weak reference elsewhere is NULL). */
 #include <stddef.h>

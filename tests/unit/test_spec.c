@@ -66,6 +66,7 @@ static const char k_full[] =
     "model: ../models/SmolLM2-135M-Instruct.Q4_1.gguf\n"
     "backend: cuda\n"
     "devices: [0, 2, 3]\n"
+    "precision: fp8\n"
     "input:\n"
     "  path: docs/*.jsonl\n"
     "  format: jsonl\n"
@@ -107,6 +108,7 @@ NS_TEST(test_spec_full) {
     CHECK(s.name && strcmp(s.name, "summarize-docs") == 0);
     CHECK(s.model && strcmp(s.model, "specs/../models/SmolLM2-135M-Instruct.Q4_1.gguf") == 0);
     CHECK(s.backend && strcmp(s.backend, "cuda") == 0);
+    CHECK(s.fp8);
     CHECK_EQ_INT(s.n_devices, 3);
     CHECK_EQ_INT(s.devices[0], 0);
     CHECK_EQ_INT(s.devices[1], 2);
