@@ -186,14 +186,14 @@ $(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/emu_cuda.h tes
 # The same for the tensor-core attention kernel (wmma and cp.async emulated), against the
 # CPU attention reference.
 $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention_tc.cu \
-                           $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+                           kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The fast attention kernel (bf16 and FP8 KV pools) and the FP8 KV store, the same way
 # (no strict aliasing: the kernel reads bf16 pairs through casts, as CUDA code does).
 $(BUILD)/emu-attention: tests/gpu/emu_attention.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention.cu \
-                        kernels/cuda/reduce.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+                        kernels/cuda/reduce.cuh kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention.cpp $(BUILD)/libnightshift.a -o $@ -lm
 

@@ -52,7 +52,7 @@ if [ -x "$build/cudamock/nightshift" ]; then
   run bash tests/gpu/run_selftest.sh "$build"
 fi
 for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU" \
-             "emu-attention-tc:the CUDA tensor-core attention kernel, emulated on the CPU" \
+             "emu-attention-tc:the CUDA tensor-core attention kernel (bf16 and FP8 KV), emulated on the CPU" \
              "emu-attention:the CUDA fast attention kernel (bf16 and FP8 KV) and FP8 KV store, emulated" \
              "emu-fp8:the CUDA FP8 kernels, emulated on the CPU" \
              "check-fp8-format:FP8 E4M3 codes against CUDA's host conversions"; do

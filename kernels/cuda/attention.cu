@@ -5,7 +5,7 @@
  * The pools hold bf16 (the default: half the bytes of fp32, and attention at decode is
  * bound by reading them), fp32 (the backend's precise mode, for exact comparisons), or
  * FP8 E4M3 codes with a scale per (slot, KV head) row (the FP8 KV cache: half bf16's bytes
- * again; head_dim 64 or 128, through the fast kernel only).
+ * again; head_dim 64 or 128, through the fast kernel or the tensor-core one).
  * NS_CUDA_EMU: tests/gpu/emu_attention.cpp compiles the kernels (not the launches) for the
  * host through tests/gpu/emu_cuda.h.
  *
@@ -26,14 +26,13 @@
 #include <stdlib.h>
 
 #ifndef NS_CUDA_EMU
-#include <cuda_fp8.h>
-
 #include "common.cuh"
 #include "switches.h"
 #else
 #include "reduce.cuh"
 #endif
 #include "fp8.h"
+#include "fp8_decode.cuh"
 
 #define ATTN_TILE 32
 #define ATTN_MAX_GROUP 16
@@ -262,17 +261,6 @@ static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf
  * and each key's K and V scale comes with its tile (4-byte copies); a score is
  * q . codes * k_scale, a value's weight p * v_scale. */
 
-/* Two e4m3 codes (the low byte first) as floats, exactly: one conversion to half2 on
- * sm_89 and later; the emulator (and older devices, through cuda_fp8.h) decode in software. */
-static __device__ __forceinline__ float2 fp8x2_to_float2(uint32_t two) {
-#ifdef NS_CUDA_EMU
-    return make_float2(ns_fp8_e4m3_to_float((uint8_t)(two & 0xffu)), ns_fp8_e4m3_to_float((uint8_t)((two >> 8) & 0xffu)));
-#else
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
-    return __half22float2(__half2(h));
-#endif
-}
-
 /* Element bytes, 16-byte chunks per row, and the chunk swizzle of row j (rows of 4 chunks,
  * 64 bytes, pair up in a quarter-warp: (j >> 1) & 3; rows of 8 or more: j & 7). */
 template <int HD, bool F8> struct kv_tile {
@@ -494,6 +482,14 @@ static __global__ void kv_store_fp8_kernel(uint8_t *k_pool, uint8_t *v_pool, flo
 }
 
 #ifndef NS_CUDA_EMU
+/* Whether a batch's groups go to the tensor-core kernel (attention_tc.cu):
+ * NS_CUDA_ATTN_TC (engine/switches.h) 1 for prompt groups, 2 for every group. */
+static bool attn_use_tc(int single) {
+    static int tc = -1;
+    if (tc < 0) tc = ns_switch("NS_CUDA_ATTN_TC", NS_DEFAULT_CUDA_ATTN_TC, 2);
+    return tc == 2 || (tc == 1 && !single);
+}
+
 template <int HD, int QT, bool F8>
 static cudaError_t launch_fast(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                const int32_t *tok_seq, const int32_t *groups, int n_groups,
@@ -536,6 +532,10 @@ extern "C" cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf1
         (uintptr_t)k_pool % 16 || (uintptr_t)v_pool % 16 || (uintptr_t)k_scale % 4 || (uintptr_t)v_scale % 4)
         return cudaErrorInvalidValue;
     if (n_groups == 0) return cudaSuccess;
+    if (attn_use_tc(single) && ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim))
+        return ns_cuda_attention_tc(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, single ? 1 : ATTN_QT,
+                                    block_table, max_blocks_per_seq, k_pool, v_pool, k_scale, v_scale, block_size,
+                                    n_head, n_head_kv, head_dim, scale, stream);
 #define NS_FAST8_ARGS                                                                                          \
     out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, k_scale, \
         v_scale, block_size, n_head, n_head_kv, scale, stream
@@ -577,18 +577,15 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
     if (kv_type == NS_CUDA_TYPE_BF16) {
         /* the fast path needs 16-byte aligned rows; NS_CUDA_ATTN_SLOW=1 picks the plain kernel
          * (for comparisons) */
-        static int slow = -1, tc = -1;
+        static int slow = -1;
         if (slow < 0) {
             const char *e = getenv("NS_CUDA_ATTN_SLOW");
             slow = e && e[0] == '1';
-            /* tensor cores (attention_tc.cu): 1 for prompt groups, 2 for every group */
-            tc = ns_switch("NS_CUDA_ATTN_TC", NS_DEFAULT_CUDA_ATTN_TC, 2); /* switches.h */
         }
-        if (!slow && (tc == 2 || (tc == 1 && !single)) &&
-            ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim))
+        if (!slow && attn_use_tc(single) && ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim))
             return ns_cuda_attention_tc(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, single ? 1 : ATTN_QT,
-                                        block_table, max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
-                                        n_head_kv, head_dim, scale, stream);
+                                        block_table, max_blocks_per_seq, k_pool, v_pool, NULL, NULL, block_size,
+                                        n_head, n_head_kv, head_dim, scale, stream);
         bool aligned = ((uintptr_t)k_pool % 16 == 0) && ((uintptr_t)v_pool % 16 == 0) && n_head_kv * head_dim % 8 == 0;
 #define NS_FAST_ARGS                                                                                           \
     out, out_bf16, q, q_pos, tok_seq, groups, n_groups, block_table, max_blocks_per_seq, k_pool, v_pool, NULL, NULL, \

@@ -146,18 +146,20 @@ cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float 
                                     int n_head, int n_head_kv, int head_dim, float scale,
                                     cudaStream_t stream);
 
-/* The same attention on the tensor cores (kernels/cuda/attention_tc.cu), for bf16 pools:
- * per (group, KV head) block the group's tokens x the KV head's query heads are the rows
- * of Q K^T and P V products on wmma fragments (bf16 in, fp32 accumulation), with Q and
- * the softmax weights P rounded to bf16. qt: the most tokens of a group (1 ..
- * NS_CUDA_ATTN_QT; it sets the warps per block). Shapes: ns_cuda_attention_tc_fits.
- * ns_cuda_attention_paged takes this path for prompt groups when NS_CUDA_ATTN_TC=1, and
- * for decode groups too when NS_CUDA_ATTN_TC=2 (off by default until measured). */
+/* The same attention on the tensor cores (kernels/cuda/attention_tc.cu), for bf16 pools
+ * (k_scale = v_scale = NULL) or the FP8 KV cache (e4m3 pools with their scales, shapes as
+ * ns_cuda_kv_fp8_fits): per (group, KV head) block the group's tokens x the KV head's
+ * query heads are the rows of Q K^T and P V products on wmma fragments (bf16 in, fp32
+ * accumulation), with Q and the softmax weights P (FP8: p * v_scale) rounded to bf16.
+ * qt: the most tokens of a group (1 .. NS_CUDA_ATTN_QT; it sets the warps per block).
+ * Shapes: ns_cuda_attention_tc_fits. ns_cuda_attention_paged and _paged_fp8 take this
+ * path for prompt groups when NS_CUDA_ATTN_TC=1, and for decode groups too when
+ * NS_CUDA_ATTN_TC=2 (engine/switches.h). */
 cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                  const int32_t *tok_seq, const int32_t *groups, int n_groups, int qt,
                                  const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
-                                 const void *v_pool, int block_size, int n_head, int n_head_kv, int head_dim,
-                                 float scale, cudaStream_t stream);
+                                 const void *v_pool, const float *k_scale, const float *v_scale, int block_size,
+                                 int n_head, int n_head_kv, int head_dim, float scale, cudaStream_t stream);
 static inline int ns_cuda_attention_tc_fits(const void *q, const void *k_pool, const void *v_pool, int n_head,
                                             int n_head_kv, int head_dim) {
     return (head_dim == 64 || head_dim == 128) && n_head_kv >= 1 && n_head % n_head_kv == 0 &&

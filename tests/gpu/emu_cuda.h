@@ -10,7 +10,7 @@
  *   __ldg             a plain load (alignment checked)
  *   atomicAdd         an atomic add
  *   __f*_rn           the plain IEEE operations (build with -ffp-contract=off)
- *   bf16              round to nearest even, as __float2bfloat16_rn
+ *   bf16              round to nearest even, as __float2bfloat16_rn; __bfloat16_as_ushort
  *   cp.async          copies (16 or 4 bytes) queued per thread and done at the wait that
  *                     must cover them, so a read before its wait sees stale data; the
  *                     alignment of both ends checked
@@ -124,6 +124,7 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return {(uint16_t)(u >> 16)};
 }
 static inline float __bfloat162float(__nv_bfloat16 b) { return __int_as_float((int32_t)((uint32_t)b.bits << 16)); }
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 static inline float2 __bfloat1622float2(__nv_bfloat162 b) { return {__bfloat162float(b.x), __bfloat162float(b.y)}; }
 
@@ -215,8 +216,8 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
 } // namespace nvcuda
 
 /* Runs body() as grid (gx, gy) blocks of `threads` threads, one block at a time, with
- * smem_bytes of dynamic shared memory (filled with NaN bytes: nothing may read it before
- * writing it). */
+ * smem_bytes of dynamic shared memory (filled with NaN bytes before each block: nothing
+ * may read it before writing it). */
 static inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes,
                               const std::function<void()> &body) {
     blockDim = {threads, 1, 1};
@@ -235,6 +236,9 @@ static inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t
             for (unsigned by = 0; by < gy; by++)
                 for (unsigned bx = 0; bx < gx; bx++) {
                     blockIdx.x = bx, blockIdx.y = by;
+                    if (t == 0) /* each block finds NaN bytes, not the last block's data */
+                        std::memset(emu_dyn_smem, 0xff, smem_bytes);
+                    emu_block_barrier->arrive_and_wait();
                     body();
                     if (!emu_cp_groups.empty() || !emu_cp_open.empty()) emu_fail("cp.async copies never waited for");
                     emu_block_barrier->arrive_and_wait(); /* the block is done */

@@ -19,8 +19,9 @@
  *               1e-2 |ref| + 2e-3 max |ref|: the tensor cores' fp8 sums are not fp32
  *               exact), then its time at 8192^3 beside the bf16 matmul's.
  *               The FP8 KV cache: kv_store_fp8's codes and scales equal to
- *               ns_cpu_quant_rows_fp8's, attention_paged_fp8 (groups, one token per
- *               group) against the CPU attention over what the codes decode to.
+ *               ns_cpu_quant_rows_fp8's, attention_paged_fp8 and the tensor-core kernel
+ *               (groups, one token per group) against the CPU attention over what the
+ *               codes decode to.
  *   greedy      tiny random models (Q8_0, Q4_1): 6 requests of greedy decoding, 48 tokens
  *               each, on the CPU and on CUDA; tokens compared. bf16 GEMM inputs can flip a
  *               near-tie late in a sequence, so the check is: no sequence diverges in its
@@ -488,8 +489,8 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
         for (int pass = 0; pass < 2; pass++) {
             float *dout2 = dev_canary(qn);
             CU(ns_cuda_attention_tc(dout2, NULL, dq, dpos, dseq, pass ? dsingles : dgroups, pass ? T : n_groups,
-                                    pass ? 1 : NS_CUDA_ATTN_QT, dtab, MB, dk, dv, bs, n_head, n_head_kv, hd,
-                                    1.0f / sqrtf((float)hd), 0));
+                                    pass ? 1 : NS_CUDA_ATTN_QT, dtab, MB, dk, dv, NULL, NULL, bs, n_head, n_head_kv,
+                                    hd, 1.0f / sqrtf((float)hd), 0));
             char w2[144];
             snprintf(w2, sizeof w2, "%s, tensor cores, %s", what, pass ? "one token per group" : "the backend's groups");
             ok = fetch(w2, all2, dout2, qn);
@@ -579,6 +580,19 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
         int ok = fetch(w, got, dout, qn);
         result(ok && allclose(w, got, ref, qn, 1e-4, 1e-3, 1e-8));
     }
+    /* the tensor-core kernel over the same pools, with check_attention's tensor-core bounds
+     * (Q and p * v_scale rounded to bf16; |v| <= 1 here) */
+    if (ns_cuda_attention_tc_fits(dq, dk, dv, n_head, n_head_kv, hd))
+        for (int pass = 0; pass < 2; pass++) {
+            float *dout = dev_canary(qn);
+            CU(ns_cuda_attention_tc(dout, NULL, dq, dpos, dseq, pass ? dsingles : dgroups, pass ? T : n_groups,
+                                    pass ? 1 : NS_CUDA_ATTN_QT, dtab, MB, dk, dv, dks, dvs, bs, n_head, n_head_kv, hd,
+                                    scale, 0));
+            char w[144];
+            snprintf(w, sizeof w, "attention_tc fp8 %s, %s", what, pass ? "one token per group" : "the backend's groups");
+            int ok = fetch(w, got, dout, qn);
+            result(ok && allclose(w, got, ref, qn, 6e-3, 0, 1e-4));
+        }
     CU(cudaFree(dgroups)); CU(cudaFree(dsingles));
     CU(cudaFree(dq)); CU(cudaFree(dkk)); CU(cudaFree(dvv)); CU(cudaFree(dpos)); CU(cudaFree(dseq));
     CU(cudaFree(dslot)); CU(cudaFree(dtab)); CU(cudaFree(dk)); CU(cudaFree(dv)); CU(cudaFree(dks)); CU(cudaFree(dvs));
