@@ -145,7 +145,7 @@ $(MODEL_FILE):
 	@echo "model: $@ ok"
 
 ## test: every unit and CLI test on the CPU, with the demo model (about 2 minutes)
-test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(BUILD)/emu-attention $(BUILD)/emu-fp8 \
+test: all model $(BUILD)/unit-asan-parsers $(BUILD)/emu-sample-rows $(BUILD)/emu-attention-tc $(BUILD)/emu-attention $(BUILD)/emu-fp8 $(BUILD)/emu-kernels \
       $(CUDAMOCK_BIN)
 	@bash tests/run.sh $(BUILD)
 
@@ -186,20 +186,29 @@ $(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/emu_cuda.h tes
 # The same for the tensor-core attention kernel (wmma and cp.async emulated), against the
 # CPU attention reference.
 $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention_tc.cu \
-                           kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+                           kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The fast attention kernel (bf16 and FP8 KV pools) and the FP8 KV store, the same way
 # (no strict aliasing: the kernel reads bf16 pairs through casts, as CUDA code does).
 $(BUILD)/emu-attention: tests/gpu/emu_attention.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention.cu \
-                        kernels/cuda/reduce.cuh kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h $(BUILD)/libnightshift.a
+                        kernels/cuda/reduce.cuh kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_attention.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
+# The small kernels (RMSNorm and the fused add, SwiGLU, add, RoPE, embedding, gathers,
+# dequantization, greedy sampling), emulated the same way, against the CPU references.
+EMU_SMALL_CU := kernels/cuda/add.cu kernels/cuda/embed.cu kernels/cuda/quant.cu kernels/cuda/rmsnorm.cu \
+                kernels/cuda/rope.cu kernels/cuda/sample.cu kernels/cuda/swiglu.cu
+$(BUILD)/emu-kernels: tests/gpu/emu_kernels.cpp tests/gpu/emu_cuda.h $(EMU_SMALL_CU) kernels/cuda/common.cuh \
+                      kernels/cuda/ops_cuda.h kernels/cuda/reduce.cuh $(BUILD)/libnightshift.a
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	    tests/gpu/emu_kernels.cpp $(BUILD)/libnightshift.a -o $@ -lm
+
 # The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
 $(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \
-                 $(BUILD)/libnightshift.a
+                 kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
 	    tests/gpu/emu_fp8.cpp $(BUILD)/libnightshift.a -o $@ -lm
 

@@ -3,7 +3,7 @@
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
 # (tests/cudamock), the CUDA row-sampling, attention (tensor-core, and the fast kernel
-# with bf16 and FP8 KV pools) and FP8 kernels emulated on the CPU (tests/gpu/emu_cuda.h),
+# with bf16 and FP8 KV pools), FP8 and small kernels emulated on the CPU (tests/gpu/emu_cuda.h),
 # the FP8 codes against CUDA's host conversions, and the GPU check's script on stand-ins,
 # when those binaries were built;
 # then the job pipeline end to end; ends with one line "N passed, N failed, N skipped"
@@ -55,6 +55,7 @@ for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU"
              "emu-attention-tc:the CUDA tensor-core attention kernel (bf16 and FP8 KV), emulated on the CPU" \
              "emu-attention:the CUDA fast attention kernel (bf16 and FP8 KV) and FP8 KV store, emulated" \
              "emu-fp8:the CUDA FP8 kernels, emulated on the CPU" \
+             "emu-kernels:the small CUDA kernels (norms, SwiGLU, RoPE, gathers, dequantization, argmax), emulated" \
              "check-fp8-format:FP8 E4M3 codes against CUDA's host conversions"; do
   if [ -x "$build/${check%%:*}" ]; then
     echo "== ${check#*:} ($build/${check%%:*})" >&2

@@ -25,12 +25,7 @@
  */
 #include <stdlib.h>
 
-#ifndef NS_CUDA_EMU
 #include "common.cuh"
-#include "switches.h"
-#else
-#include "reduce.cuh"
-#endif
 #include "fp8.h"
 #include "fp8_decode.cuh"
 
@@ -482,6 +477,8 @@ static __global__ void kv_store_fp8_kernel(uint8_t *k_pool, uint8_t *v_pool, flo
 }
 
 #ifndef NS_CUDA_EMU
+#include "switches.h"
+
 /* Whether a batch's groups go to the tensor-core kernel (attention_tc.cu):
  * NS_CUDA_ATTN_TC (engine/switches.h) 1 for prompt groups, 2 for every group. */
 static bool attn_use_tc(int single) {

@@ -31,9 +31,9 @@
  */
 #ifndef NS_CUDA_EMU
 #include <mma.h>
+#endif
 
 #include "common.cuh"
-#endif
 #include "fp8_decode.cuh"
 
 #define TC_TK 32        /* keys per tile */

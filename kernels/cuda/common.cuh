@@ -1,10 +1,14 @@
 /* common.cuh: device helpers shared by the kernels in kernels/cuda: fp16/bf16 loads from
- * unaligned bytes, the dequantization of one element of a ggml row, warp reductions. */
+ * unaligned bytes, the dequantization of one element of a ggml row, warp reductions.
+ * NS_CUDA_EMU (tests/gpu/emu_cuda.h, the kernels compiled for the host): without CUDA's
+ * headers, cp.async and the dynamic shared memory, which the emulator defines. */
 #ifndef NS_CUDA_COMMON_CUH
 #define NS_CUDA_COMMON_CUH
 
+#ifndef NS_CUDA_EMU /* tests/gpu/emu_cuda.h stands in for CUDA's headers */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
 #include <stdint.h>
 
 #include "ops_cuda.h"
@@ -72,6 +76,7 @@ static inline size_t ns_cuda_row_bytes(int type, int64_t n) {
 
 #include "reduce.cuh"
 
+#ifndef NS_CUDA_EMU /* emu_cuda.h has its own */
 /* Asynchronous 16-byte copies from global to shared memory (sm_80+): dst and src 16-byte
  * aligned; commit closes a group of copies, wait<N> returns when at most N groups are still
  * in flight. tests/gpu/emu_cuda.h has host versions (NS_CUDA_EMU). */
@@ -91,6 +96,7 @@ template <int N> static __device__ __forceinline__ void ns_cp_async_wait() {
 
 /* The block's dynamic shared memory (the launch's third argument), 128-byte aligned. */
 #define NS_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 /* Grid size for n elements at `threads` per block, capped for grid-stride loops. */
 static inline unsigned ns_grid_for(int64_t n, int threads) {

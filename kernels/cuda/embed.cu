@@ -22,6 +22,16 @@ static __global__ void gather_rows_kernel(float *out, const float *x, const int3
     }
 }
 
+static __global__ void tokens_from_ids_kernel(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids) {
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n_tokens; t += gridDim.x * blockDim.x) {
+        const int32_t v = tokens[t];
+        if (v >= 0) continue;
+        const int32_t id = -1 - v < n_ids ? ids[-1 - v] : 0;
+        tokens[t] = id < 0 ? 0 : id;
+    }
+}
+
+#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t *ids, int n_tokens,
                                      int n_embd, cudaStream_t stream) {
     size_t row_bytes = ns_cuda_row_bytes(type, n_embd);
@@ -40,15 +50,6 @@ extern "C" cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int
     return cudaGetLastError();
 }
 
-static __global__ void tokens_from_ids_kernel(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids) {
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n_tokens; t += gridDim.x * blockDim.x) {
-        const int32_t v = tokens[t];
-        if (v >= 0) continue;
-        const int32_t id = -1 - v < n_ids ? ids[-1 - v] : 0;
-        tokens[t] = id < 0 ? 0 : id;
-    }
-}
-
 extern "C" cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, const int32_t *ids, int n_ids,
                                                cudaStream_t stream) {
     if (n_tokens < 0 || n_ids < 0) return cudaErrorInvalidValue;
@@ -56,3 +57,4 @@ extern "C" cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, co
     tokens_from_ids_kernel<<<ns_grid_for(n_tokens, 256), 256, 0, stream>>>(tokens, n_tokens, ids, n_ids);
     return cudaGetLastError();
 }
+#endif

@@ -12,11 +12,7 @@
  * block sums in the same order) followed by the quantizer, and SwiGLU those of its fp32
  * value. Checked by tests/gpu/emu_fp8.cpp on the CPU and tests/gpu/parity.c on a GPU.
  * NS_CUDA_EMU: tests/gpu/emu_fp8.cpp compiles the kernels for the host (tests/gpu/emu_cuda.h). */
-#ifndef NS_CUDA_EMU
 #include "common.cuh"
-#else
-#include "reduce.cuh"
-#endif
 #include "fp8.h"
 
 #define FP8_THREADS 256

@@ -22,6 +22,15 @@ static __global__ void f32_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, 
         dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+static __global__ void f32_to_bf16_split_kernel(__nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        __nv_bfloat16 h = __float2bfloat16_rn(src[i]);
+        hi[i] = h;
+        lo[i] = __float2bfloat16_rn(src[i] - __bfloat162float(h));
+    }
+}
+
+#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes, void *dst,
                                            int dst_type, int64_t n_rows, int64_t n, cudaStream_t stream) {
     if (!ns_cuda_type_known(type) || (dst_type != NS_CUDA_TYPE_F32 && dst_type != NS_CUDA_TYPE_BF16) ||
@@ -39,14 +48,6 @@ extern "C" cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int6
     return cudaGetLastError();
 }
 
-static __global__ void f32_to_bf16_split_kernel(__nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        __nv_bfloat16 h = __float2bfloat16_rn(src[i]);
-        hi[i] = h;
-        lo[i] = __float2bfloat16_rn(src[i] - __bfloat162float(h));
-    }
-}
-
 extern "C" cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n,
                                                  cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
@@ -54,3 +55,4 @@ extern "C" cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, con
                                                                       n);
     return cudaGetLastError();
 }
+#endif

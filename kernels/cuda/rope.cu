@@ -22,6 +22,7 @@ static __global__ void rope_f32_kernel(float *x, const int32_t *pos, int n_token
     }
 }
 
+#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim, int n_rot,
                                     const float *inv_freq, int is_neox, cudaStream_t stream) {
     if (n_tokens < 0 || n_head < 1 || n_rot < 0 || n_rot % 2 || n_rot > head_dim) return cudaErrorInvalidValue;
@@ -32,3 +33,4 @@ extern "C" cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, 
                                                                    is_neox);
     return cudaGetLastError();
 }
+#endif

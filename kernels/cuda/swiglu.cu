@@ -22,6 +22,7 @@ static __global__ void swiglu_bf16_kernel(__nv_bfloat16 *out, const __nv_bfloat1
     }
 }
 
+#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
                                            cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
@@ -36,3 +37,4 @@ extern "C" cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const floa
     swiglu_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(out, (__nv_bfloat16 *)out_bf16, gate, up, n);
     return cudaGetLastError();
 }
+#endif

@@ -11,8 +11,6 @@
  * rounded, nothing written outside out. It fails for a wrong chunk swizzle, a scale from
  * another key or head, a read before its cp.async wait, or a misaligned copy.
  * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
-#define NS_CUDA_ATTN_QT 8             /* as kernels/cuda/ops_cuda.h (not includable here) */
-#define NS_CUDA_ATTN_MAX_HEAD_DIM 256 /* as kernels/cuda/ops_cuda.h */
 #include "emu_cuda.h"
 #include "emu_attn_batch.h"
 #include "../../kernels/cuda/attention.cu"

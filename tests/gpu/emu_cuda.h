@@ -11,6 +11,7 @@
  *   atomicAdd         an atomic add
  *   __f*_rn           the plain IEEE operations (build with -ffp-contract=off)
  *   bf16              round to nearest even, as __float2bfloat16_rn; __bfloat16_as_ushort
+ *   fp16              __half2float (exact), __ushort_as_half
  *   cp.async          copies (16 or 4 bytes) queued per thread and done at the wait that
  *                     must cover them, so a read before its wait sees stale data; the
  *                     alignment of both ends checked
@@ -126,6 +127,15 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 static inline float __bfloat162float(__nv_bfloat16 b) { return __int_as_float((int32_t)((uint32_t)b.bits << 16)); }
 static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
 struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
+
+struct __half { uint16_t bits; };
+static inline __half __ushort_as_half(unsigned short u) { return {u}; }
+static inline float __half2float(__half h) { /* exact: every fp16 value is an fp32 value */
+    const uint32_t sign = (uint32_t)(h.bits >> 15) << 31, e = (h.bits >> 10) & 31u, m = h.bits & 0x3ffu;
+    if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13)); /* inf, NaN */
+    if (e == 0) return (sign ? -1.0f : 1.0f) * std::ldexp((float)m, -24); /* zero, subnormal */
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
 static inline float2 __bfloat1622float2(__nv_bfloat162 b) { return {__bfloat162float(b.x), __bfloat162float(b.y)}; }
 
 /* ---- cp.async: queued per thread, done by the wait that must cover them ---- */
