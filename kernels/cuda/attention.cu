@@ -205,13 +205,16 @@ static __global__ void __launch_bounds__(32 * ATTN_MAX_GROUP)
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
+/* Dynamic shared memory of attention_gqa_kernel: the K tile (rows of an odd number of
+ * 4-byte words) and the V tile. */
 static size_t attn_smem_bytes(int kv_type, int head_dim) {
     size_t el = kv_type == NS_CUDA_TYPE_BF16 ? 2 : 4;
     size_t hd2 = (size_t)(head_dim + 1) & ~(size_t)1;
     size_t kwords = (hd2 * el / 4) | 1;
     return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el;
 }
+
+#ifndef NS_CUDA_EMU /* host code: launches */
 
 template <typename T, int QT>
 static cudaError_t launch_attention(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,

@@ -92,17 +92,21 @@ static int store_case(int n_head_kv, int hd) {
     return 1;
 }
 
-/* One attention case with groups of up to qt tokens over bf16 (f8 false) or e4m3 pools;
- * returns 1 if it passed. */
-static int run_case(const attn_case &c, int qt, bool f8) {
+/* The kernels run_case runs: the fast one over bf16 or e4m3 pools, the generic one
+ * (attention_gqa_kernel: any head_dim) over bf16 or fp32 pools. */
+enum kernel_kind { FAST_BF16, FAST_FP8, GENERIC_BF16, GENERIC_F32 };
+
+/* One attention case with groups of up to qt tokens; returns 1 if it passed. */
+static int run_case(const attn_case &c, int qt, kernel_kind kind) {
     const int hd = c.hd, bs = c.bs;
+    const bool f8 = kind == FAST_FP8, f32 = kind == GENERIC_F32, generic = kind >= GENERIC_BF16;
     int T = 0, tok_start[N_SEQ];
     for (int s = 0; s < N_SEQ; s++) tok_start[s] = T, T += SEQ_NEW[s];
     const int n_blocks = N_SEQ * MAX_BLOCKS;
     const size_t row = (size_t)c.n_head_kv * hd, n_slot = (size_t)n_blocks * bs, pool_n = n_slot * row;
     /* the pools, and fp32 pools of exactly what they decode to */
     std::vector<float> kp(pool_n), vp(pool_n);
-    std::vector<__nv_bfloat16> kb(f8 ? 0 : pool_n), vb(f8 ? 0 : pool_n);
+    std::vector<__nv_bfloat16> kb(f8 || f32 ? 0 : pool_n), vb(f8 || f32 ? 0 : pool_n);
     std::vector<uint8_t> k8(f8 ? pool_n : 0), v8(f8 ? pool_n : 0);
     std::vector<float> ks(f8 ? n_slot * c.n_head_kv : 0), vs(f8 ? n_slot * c.n_head_kv : 0);
     for (size_t i = 0; i < pool_n; i++) {
@@ -114,7 +118,7 @@ static int run_case(const attn_case &c, int qt, bool f8) {
         ns_cpu_quant_rows_fp8(v8.data(), vs.data(), vp.data(), (int64_t)(n_slot * c.n_head_kv), hd);
         for (size_t i = 0; i < pool_n; i++)
             kp[i] = ns_fp8_e4m3_to_float(k8[i]) * ks[i / hd], vp[i] = ns_fp8_e4m3_to_float(v8[i]) * vs[i / hd];
-    } else {
+    } else if (!f32) {
         for (size_t i = 0; i < pool_n; i++) {
             kb[i] = __float2bfloat16_rn(kp[i]), vb[i] = __float2bfloat16_rn(vp[i]);
             kp[i] = __bfloat162float(kb[i]), vp[i] = __bfloat162float(vb[i]);
@@ -137,26 +141,39 @@ static int run_case(const attn_case &c, int qt, bool f8) {
     std::vector<__nv_bfloat16> out16(qn + 2 * CANARY, __float2bfloat16_rn(CANARY_VAL));
     float *o = out.data() + CANARY;
     __nv_bfloat16 *o16 = out16.data() + CANARY;
-    const unsigned char *kpool = f8 ? (const unsigned char *)k8.data() : (const unsigned char *)kb.data();
-    const unsigned char *vpool = f8 ? (const unsigned char *)v8.data() : (const unsigned char *)vb.data();
+    const unsigned char *kpool = f8    ? (const unsigned char *)k8.data()
+                                 : f32 ? (const unsigned char *)kp.data()
+                                       : (const unsigned char *)kb.data();
+    const unsigned char *vpool = f8    ? (const unsigned char *)v8.data()
+                                 : f32 ? (const unsigned char *)vp.data()
+                                       : (const unsigned char *)vb.data();
     const float *kscale = f8 ? ks.data() : nullptr, *vscale = f8 ? vs.data() : nullptr;
 #define EMU_FAST(HD, QT, F8)                                                                                       \
     attention_fast_kernel<HD, QT, F8>(o, o16, q.data(), pos.data(), tok_seq.data(), groups.data(), table.data(), \
                                       MAX_BLOCKS, kpool, vpool, kscale, vscale, bs, c.n_head, c.n_head_kv, scale)
+#define EMU_GENERIC(T, QT)                                                                                        \
+    attention_gqa_kernel<T, QT>(o, o16, q.data(), pos.data(), tok_seq.data(), groups.data(), table.data(), MAX_BLOCKS, \
+                                (const T *)kpool, (const T *)vpool, bs, c.n_head, c.n_head_kv, hd, scale)
     auto body = [&] {
-        if (hd == 64 && qt == 1) { if (f8) EMU_FAST(64, 1, true); else EMU_FAST(64, 1, false); }
+        if (generic) {
+            if (f32) { if (qt == 1) EMU_GENERIC(float, 1); else EMU_GENERIC(float, ATTN_QT); }
+            else { if (qt == 1) EMU_GENERIC(__nv_bfloat16, 1); else EMU_GENERIC(__nv_bfloat16, ATTN_QT); }
+        } else if (hd == 64 && qt == 1) { if (f8) EMU_FAST(64, 1, true); else EMU_FAST(64, 1, false); }
         else if (hd == 64) { if (f8) EMU_FAST(64, ATTN_QT, true); else EMU_FAST(64, ATTN_QT, false); }
         else if (qt == 1) { if (f8) EMU_FAST(128, 1, true); else EMU_FAST(128, 1, false); }
         else { if (f8) EMU_FAST(128, ATTN_QT, true); else EMU_FAST(128, ATTN_QT, false); }
     };
 #undef EMU_FAST
-    const size_t smem = hd == 64 ? (f8 ? fast_smem_bytes<64, true>() : fast_smem_bytes<64, false>())
-                                 : (f8 ? fast_smem_bytes<128, true>() : fast_smem_bytes<128, false>());
+#undef EMU_GENERIC
+    const size_t smem = generic    ? attn_smem_bytes(f32 ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16, hd)
+                        : hd == 64 ? (f8 ? fast_smem_bytes<64, true>() : fast_smem_bytes<64, false>())
+                                   : (f8 ? fast_smem_bytes<128, true>() : fast_smem_bytes<128, false>());
     emu_launch((unsigned)n_groups, (unsigned)c.n_head_kv, 32u * (c.n_head / c.n_head_kv), smem, body);
 
     char what[128];
-    std::snprintf(what, sizeof what, "emu attention fast %s H%d/%d hd%d bs%d qt%d |q|<%g T%d", f8 ? "fp8 " : "bf16",
-                  c.n_head, c.n_head_kv, hd, bs, qt, (double)c.q_amp, T);
+    static const char *const names[] = {"fast bf16", "fast fp8", "generic bf16", "generic f32"};
+    std::snprintf(what, sizeof what, "emu attention %s H%d/%d hd%d bs%d qt%d |q|<%g T%d", names[kind], c.n_head,
+                  c.n_head_kv, hd, bs, qt, (double)c.q_amp, T);
     for (size_t i = 0; i < CANARY; i++)
         if (out[i] != CANARY_VAL || out[CANARY + qn + i] != CANARY_VAL ||
             out16[i].bits != __float2bfloat16_rn(CANARY_VAL).bits ||
@@ -210,7 +227,22 @@ int main(int argc, char **argv) {
                 /* groups of 3 (partial groups) in the first two layouts; the bf16 kernel, which
                  * ran on GPUs already, with groups of 8 and 1 only */
                 if (qt == 3 && (!f8 || &c - cases > 1)) continue;
-                run_case(c, qt, f8) ? n_pass++ : n_fail++;
+                run_case(c, qt, f8 ? FAST_FP8 : FAST_BF16) ? n_pass++ : n_fail++;
+            }
+    /* the generic kernel: head_dim not 64 or 128 (odd ones take its scalar loads), or pools
+     * in fp32 (the backend's precise mode) */
+    const attn_case generic_cases[] = {
+        {6, 2, 80, 7, 1.0f},  /* G 3, 16-byte loads */
+        {9, 3, 256, 5, 8.0f}, /* the largest head_dim */
+        {6, 3, 18, 3, 1.0f},  /* scalar loads (18 bf16 is not a 16-byte multiple) */
+        {2, 1, 7, 4, 2.0f},   /* odd head_dim */
+        {16, 1, 64, 16, 1.0f}, /* G 16 */
+    };
+    for (kernel_kind kind : {GENERIC_BF16, GENERIC_F32})
+        for (const attn_case &c : generic_cases)
+            for (int qt : {8, 1}) {
+                if (only_fp8) continue;
+                run_case(c, qt, kind) ? n_pass++ : n_fail++;
             }
     std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
