@@ -180,21 +180,22 @@ $(BUILD)/cudamock/nightshift: $(CLI_OBJS) tests/cudamock/cudamock.c tests/cudamo
 CXX ?= g++
 $(BUILD)/emu-sample-rows: tests/gpu/emu_sample_rows.cpp tests/gpu/emu_cuda.h tests/gpu/sample_cases.h \
                           kernels/cuda/sample_rows.cu kernels/cpu/sample_rule.h $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O1 -ffp-contract=off -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O1 -ffp-contract=off -Wall -Wno-sign-compare -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_sample_rows.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The same for the tensor-core attention kernel (wmma and cp.async emulated), against the
 # CPU attention reference.
 $(BUILD)/emu-attention-tc: tests/gpu/emu_attention_tc.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention_tc.cu \
                            kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_attention_tc.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The fast attention kernel (bf16 and FP8 KV pools) and the FP8 KV store, the same way
 # (no strict aliasing: the kernel reads bf16 pairs through casts, as CUDA code does).
 $(BUILD)/emu-attention: tests/gpu/emu_attention.cpp tests/gpu/emu_cuda.h tests/gpu/emu_attn_batch.h kernels/cuda/attention.cu \
+                        kernels/cuda/attention_tc.cu engine/switches.h \
                         kernels/cuda/reduce.cuh kernels/cuda/fp8_decode.cuh kernels/cpu/fp8.h kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_attention.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The small kernels (RMSNorm and the fused add, SwiGLU, add, RoPE, embedding, gathers,
@@ -203,13 +204,13 @@ EMU_SMALL_CU := kernels/cuda/add.cu kernels/cuda/embed.cu kernels/cuda/quant.cu 
                 kernels/cuda/rope.cu kernels/cuda/sample.cu kernels/cuda/swiglu.cu
 $(BUILD)/emu-kernels: tests/gpu/emu_kernels.cpp tests/gpu/emu_cuda.h $(EMU_SMALL_CU) kernels/cuda/common.cuh \
                       kernels/cuda/ops_cuda.h kernels/cuda/reduce.cuh $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_kernels.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
 $(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \
                  kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
-	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_fp8.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # kernels/cpu/fp8.h's E4M3 codes against CUDA's own host conversions (cuda_fp8.h): built

@@ -13,10 +13,9 @@ static __global__ void add_bias_f32_kernel(float *y, const float *bias, int64_t 
         y[i] += bias[i % N];
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    add_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(y, x, n);
+    NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, add_f32_kernel)(y, x, n);
     return cudaGetLastError();
 }
 
@@ -24,7 +23,6 @@ extern "C" cudaError_t ns_cuda_add_bias(float *y, const float *bias, int M, int 
     if (M < 0 || N < 1) return cudaErrorInvalidValue;
     int64_t total = (int64_t)M * N;
     if (total == 0) return cudaSuccess;
-    add_bias_f32_kernel<<<ns_grid_for(total, 256), 256, 0, stream>>>(y, bias, total, N);
+    NS_LAUNCH(ns_grid_for(total, 256), 256, 0, stream, add_bias_f32_kernel)(y, bias, total, N);
     return cudaGetLastError();
 }
-#endif

@@ -6,8 +6,8 @@
  * bound by reading them), fp32 (the backend's precise mode, for exact comparisons), or
  * FP8 E4M3 codes with a scale per (slot, KV head) row (the FP8 KV cache: half bf16's bytes
  * again; head_dim 64 or 128, through the fast kernel or the tensor-core one).
- * NS_CUDA_EMU: tests/gpu/emu_attention.cpp compiles the kernels (not the launches) for the
- * host through tests/gpu/emu_cuda.h.
+ * NS_CUDA_EMU: tests/gpu/emu_attention.cpp compiles this file for the host through
+ * tests/gpu/emu_cuda.h, and runs the kernels directly and through their launchers.
  *
  * Attention: one thread block per (query token, KV head); its G = n_head / n_head_kv
  * warps are the query heads that share that KV head, so each K/V row is read from device
@@ -214,7 +214,6 @@ static size_t attn_smem_bytes(int kv_type, int head_dim) {
     return ATTN_TILE * kwords * 4 + ATTN_TILE * hd2 * el;
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 
 template <typename T, int QT>
 static cudaError_t launch_attention(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
@@ -228,7 +227,7 @@ static cudaError_t launch_attention(float *out, uint16_t *out_bf16, const float 
         if (e != cudaSuccess) return e;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
-    attention_gqa_kernel<T, QT><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+    NS_LAUNCH(grid, 32 * (n_head / n_head_kv), smem, stream, attention_gqa_kernel<T, QT>)(
         out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq, (const T *)k_pool,
         (const T *)v_pool, block_size, n_head, n_head_kv, head_dim, scale);
     return cudaGetLastError();
@@ -247,7 +246,6 @@ static cudaError_t launch_attention_qt(bool single, float *out, uint16_t *out_bf
                                                       max_blocks_per_seq, k_pool, v_pool, block_size, n_head,
                                                       n_head_kv, head_dim, scale, smem, stream);
 }
-#endif /* NS_CUDA_EMU */
 
 /* ---- the fast path: bf16 or e4m3 pools, head_dim 64 or 128, 16-byte aligned rows ----
  * The same algorithm, with the K/V tiles copied by cp.async into two shared-memory stages,
@@ -479,7 +477,6 @@ static __global__ void kv_store_fp8_kernel(uint8_t *k_pool, uint8_t *v_pool, flo
     }
 }
 
-#ifndef NS_CUDA_EMU
 #include "switches.h"
 
 /* Whether a batch's groups go to the tensor-core kernel (attention_tc.cu):
@@ -503,7 +500,7 @@ static cudaError_t launch_fast(float *out, uint16_t *out_bf16, const float *q, c
         if (e != cudaSuccess) return e;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
-    attention_fast_kernel<HD, QT, F8><<<grid, 32 * (n_head / n_head_kv), smem, stream>>>(
+    NS_LAUNCH(grid, 32 * (n_head / n_head_kv), smem, stream, attention_fast_kernel<HD, QT, F8>)(
         out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq,
         (const unsigned char *)k_pool, (const unsigned char *)v_pool, k_scale, v_scale, block_size, n_head, n_head_kv,
         scale);
@@ -516,7 +513,7 @@ extern "C" cudaError_t ns_cuda_kv_store_fp8(void *k_pool, void *v_pool, float *k
     if (n_tokens < 0 || n_head_kv < 1 || head_dim < 1 || head_dim > NS_CUDA_ATTN_MAX_HEAD_DIM)
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    kv_store_fp8_kernel<<<ns_grid_for((int64_t)n_tokens * n_head_kv * 32, 256), 256, 0, stream>>>(
+    NS_LAUNCH(ns_grid_for((int64_t)n_tokens * n_head_kv * 32, 256), 256, 0, stream, kv_store_fp8_kernel)(
         (uint8_t *)k_pool, (uint8_t *)v_pool, k_scale, v_scale, k, v, slot, n_tokens, n_head_kv, head_dim);
     return cudaGetLastError();
 }
@@ -552,10 +549,10 @@ extern "C" cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type,
     if (n_tokens == 0) return cudaSuccess;
     unsigned grid = ns_grid_for((int64_t)n_tokens * row, 256);
     if (kv_type == NS_CUDA_TYPE_BF16)
-        kv_store_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>((__nv_bfloat16 *)k_pool, (__nv_bfloat16 *)v_pool, k, v,
+        NS_LAUNCH(grid, 256, 0, stream, kv_store_kernel<__nv_bfloat16>)((__nv_bfloat16 *)k_pool, (__nv_bfloat16 *)v_pool, k, v,
                                                                  slot, n_tokens, row);
     else
-        kv_store_kernel<float><<<grid, 256, 0, stream>>>((float *)k_pool, (float *)v_pool, k, v, slot, n_tokens, row);
+        NS_LAUNCH(grid, 256, 0, stream, kv_store_kernel<float>)((float *)k_pool, (float *)v_pool, k, v, slot, n_tokens, row);
     return cudaGetLastError();
 }
 
@@ -600,4 +597,3 @@ extern "C" cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, c
     return launch_attention_qt<float>(NS_ATTN_ARGS);
 #undef NS_ATTN_ARGS
 }
-#endif /* NS_CUDA_EMU */

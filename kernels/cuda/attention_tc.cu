@@ -338,7 +338,6 @@ template <int HD, bool F8> static size_t tc_smem_bytes(int n_warps) {
     return (size_t)tc_dims<HD, F8>::KV_BYTES + (size_t)n_warps * tc_dims<HD, F8>::WARP_BYTES;
 }
 
-#ifndef NS_CUDA_EMU
 template <int HD, bool F8>
 static cudaError_t launch_tc(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos, const int32_t *tok_seq,
                              const int32_t *groups, int n_groups, int qt, const int32_t *block_table,
@@ -353,7 +352,7 @@ static cudaError_t launch_tc(float *out, uint16_t *out_bf16, const float *q, con
         if (e != cudaSuccess) return e;
     }
     dim3 grid((unsigned)n_groups, (unsigned)n_head_kv);
-    attention_tc_kernel<HD, F8><<<grid, 32 * n_warps, smem, stream>>>(
+    NS_LAUNCH(grid, 32 * n_warps, smem, stream, attention_tc_kernel<HD, F8>)(
         out, (__nv_bfloat16 *)out_bf16, q, q_pos, tok_seq, groups, block_table, max_blocks_per_seq, k_pool, v_pool,
         k_scale, v_scale, block_size, n_head, n_head_kv, scale);
     return cudaGetLastError();
@@ -379,4 +378,3 @@ extern "C" cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, cons
     return f8 ? launch_tc<128, true>(NS_TC_ARGS) : launch_tc<128, false>(NS_TC_ARGS);
 #undef NS_TC_ARGS
 }
-#endif

@@ -1,7 +1,7 @@
 /* common.cuh: device helpers shared by the kernels in kernels/cuda: fp16/bf16 loads from
  * unaligned bytes, the dequantization of one element of a ggml row, warp reductions.
  * NS_CUDA_EMU (tests/gpu/emu_cuda.h, the kernels compiled for the host): without CUDA's
- * headers, cp.async and the dynamic shared memory, which the emulator defines. */
+ * headers, cp.async, the dynamic shared memory and NS_LAUNCH, which the emulator defines. */
 #ifndef NS_CUDA_COMMON_CUH
 #define NS_CUDA_COMMON_CUH
 
@@ -96,6 +96,11 @@ template <int N> static __device__ __forceinline__ void ns_cp_async_wait() {
 
 /* The block's dynamic shared memory (the launch's third argument), 128-byte aligned. */
 #define NS_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+
+/* A kernel launch, NS_LAUNCH(grid, block, smem, stream, kernel)(args...): kernel<<<...>>>
+ * here; under NS_CUDA_EMU, emu_cuda.h runs it on the CPU and checks its configuration.
+ * The kernel comes last so that a template's commas pass through. */
+#define NS_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #endif
 
 /* Grid size for n elements at `threads` per block, capped for grid-stride loops. */

@@ -31,13 +31,12 @@ static __global__ void tokens_from_ids_kernel(int32_t *tokens, int n_tokens, con
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t *ids, int n_tokens,
                                      int n_embd, cudaStream_t stream) {
     size_t row_bytes = ns_cuda_row_bytes(type, n_embd);
     if (row_bytes == 0 || n_tokens < 0) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    embed_kernel<<<ns_grid_for((int64_t)n_tokens * n_embd, 256), 256, 0, stream>>>(
+    NS_LAUNCH(ns_grid_for((int64_t)n_tokens * n_embd, 256), 256, 0, stream, embed_kernel)(
         out, (const uint8_t *)table, row_bytes, type, ids, n_tokens, n_embd);
     return cudaGetLastError();
 }
@@ -46,7 +45,7 @@ extern "C" cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int
                                            cudaStream_t stream) {
     if (n_rows < 0 || width < 1) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    gather_rows_kernel<<<ns_grid_for((int64_t)n_rows * width, 256), 256, 0, stream>>>(out, x, rows, n_rows, width);
+    NS_LAUNCH(ns_grid_for((int64_t)n_rows * width, 256), 256, 0, stream, gather_rows_kernel)(out, x, rows, n_rows, width);
     return cudaGetLastError();
 }
 
@@ -54,7 +53,6 @@ extern "C" cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, co
                                                cudaStream_t stream) {
     if (n_tokens < 0 || n_ids < 0) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    tokens_from_ids_kernel<<<ns_grid_for(n_tokens, 256), 256, 0, stream>>>(tokens, n_tokens, ids, n_ids);
+    NS_LAUNCH(ns_grid_for(n_tokens, 256), 256, 0, stream, tokens_from_ids_kernel)(tokens, n_tokens, ids, n_ids);
     return cudaGetLastError();
 }
-#endif

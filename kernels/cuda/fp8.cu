@@ -145,13 +145,12 @@ static __global__ void __launch_bounds__(FP8_THREADS)
     row_to_fp8<KEEP>(f, n, (float *)NULL, q + (int64_t)blockIdx.x * n, scales + blockIdx.x, shared);
 }
 
-#ifndef NS_CUDA_EMU
 template <typename T>
 static void launch_quant(uint8_t *out, float *scales, const T *x, int64_t n_rows, int64_t n, cudaStream_t stream) {
     if (quant_rows_vec(out, n))
-        quant_rows_fp8_kernel<T, true><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(out, scales, x, n);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, quant_rows_fp8_kernel<T, true>)(out, scales, x, n);
     else
-        quant_rows_fp8_kernel<T, false><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(out, scales, x, n);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, quant_rows_fp8_kernel<T, false>)(out, scales, x, n);
 }
 
 extern "C" cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, int x_type, int64_t n_rows,
@@ -172,9 +171,9 @@ static cudaError_t launch_rmsnorm_fp8(float *x, const float *delta, float *out, 
     if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
     if (n <= FP8_KEEP_N)
-        rmsnorm_fp8_kernel<ADD, true><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(x, delta, out, q, scales, w, n, eps);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, rmsnorm_fp8_kernel<ADD, true>)(x, delta, out, q, scales, w, n, eps);
     else
-        rmsnorm_fp8_kernel<ADD, false><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(x, delta, out, q, scales, w, n, eps);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, rmsnorm_fp8_kernel<ADD, false>)(x, delta, out, q, scales, w, n, eps);
     return cudaGetLastError();
 }
 
@@ -194,9 +193,8 @@ extern "C" cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const 
     if (n_rows == 0) return cudaSuccess;
     const __nv_bfloat16 *g = (const __nv_bfloat16 *)gate, *u = (const __nv_bfloat16 *)up;
     if (n <= FP8_KEEP_N)
-        swiglu_bf16_fp8_kernel<true><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(q, scales, g, u, n);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, swiglu_bf16_fp8_kernel<true>)(q, scales, g, u, n);
     else
-        swiglu_bf16_fp8_kernel<false><<<(unsigned)n_rows, FP8_THREADS, 0, stream>>>(q, scales, g, u, n);
+        NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, swiglu_bf16_fp8_kernel<false>)(q, scales, g, u, n);
     return cudaGetLastError();
 }
-#endif

@@ -13,11 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef NS_CUDA_EMU
+#ifndef NS_CUDA_EMU /* else tests/gpu/emu_cuda.h defines the runtime's types these use */
 #include <cuda_runtime_api.h>
-#else /* the emulated kernel checks (tests/gpu/emu_cuda.h) call kernels, not these launchers */
-typedef int cudaError_t;
-typedef struct CUstream_st *cudaStream_t;
 #endif
 
 #ifdef __cplusplus

@@ -30,29 +30,27 @@ static __global__ void f32_to_bf16_split_kernel(__nv_bfloat16 *hi, __nv_bfloat16
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes, void *dst,
                                            int dst_type, int64_t n_rows, int64_t n, cudaStream_t stream) {
     if (!ns_cuda_type_known(type) || (dst_type != NS_CUDA_TYPE_F32 && dst_type != NS_CUDA_TYPE_BF16) ||
         ns_cuda_row_bytes(type, n) == 0 || src_row_bytes < ns_cuda_row_bytes(type, n) || n_rows < 0)
         return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    dequant_row_kernel<<<ns_grid_for(n_rows * n, 256), 256, 0, stream>>>(
+    NS_LAUNCH(ns_grid_for(n_rows * n, 256), 256, 0, stream, dequant_row_kernel)(
         type, (const uint8_t *)src, src_row_bytes, dst, dst_type == NS_CUDA_TYPE_BF16, n_rows, n);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    f32_to_bf16_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>((__nv_bfloat16 *)dst, src, n);
+    NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, f32_to_bf16_kernel)((__nv_bfloat16 *)dst, src, n);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n,
                                                  cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    f32_to_bf16_split_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>((__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo, src,
+    NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, f32_to_bf16_split_kernel)((__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo, src,
                                                                       n);
     return cudaGetLastError();
 }
-#endif

@@ -47,12 +47,11 @@ static __global__ void add_rmsnorm_kernel(float *x, const float *delta, float *o
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_add_rmsnorm(float *x, const float *delta, float *out, uint16_t *out_bf16, const float *w,
                                            int n_rows, int n, float eps, cudaStream_t stream) {
     if (n_rows < 0 || n < 1 || n_rows > 0x7fffffff || (!out && !out_bf16)) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    add_rmsnorm_kernel<<<(unsigned)n_rows, 256, 0, stream>>>(x, delta, out, (__nv_bfloat16 *)out_bf16, w, n, eps);
+    NS_LAUNCH((unsigned)n_rows, 256, 0, stream, add_rmsnorm_kernel)(x, delta, out, (__nv_bfloat16 *)out_bf16, w, n, eps);
     return cudaGetLastError();
 }
 
@@ -60,7 +59,6 @@ extern "C" cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const flo
                                        int n, float eps, cudaStream_t stream) {
     if (n_rows < 0 || n < 1 || n_rows > 0x7fffffff) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    rmsnorm_f32_kernel<<<(unsigned)n_rows, 256, 0, stream>>>(out, (__nv_bfloat16 *)out_bf16, x, w, n, eps);
+    NS_LAUNCH((unsigned)n_rows, 256, 0, stream, rmsnorm_f32_kernel)(out, (__nv_bfloat16 *)out_bf16, x, w, n, eps);
     return cudaGetLastError();
 }
-#endif

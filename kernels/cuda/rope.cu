@@ -22,15 +22,13 @@ static __global__ void rope_f32_kernel(float *x, const int32_t *pos, int n_token
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim, int n_rot,
                                     const float *inv_freq, int is_neox, cudaStream_t stream) {
     if (n_tokens < 0 || n_head < 1 || n_rot < 0 || n_rot % 2 || n_rot > head_dim) return cudaErrorInvalidValue;
     int half = n_rot / 2;
     int64_t total = (int64_t)n_tokens * n_head * half;
     if (total == 0) return cudaSuccess;
-    rope_f32_kernel<<<ns_grid_for(total, 256), 256, 0, stream>>>(x, pos, n_tokens, n_head, head_dim, half, inv_freq,
+    NS_LAUNCH(ns_grid_for(total, 256), 256, 0, stream, rope_f32_kernel)(x, pos, n_tokens, n_head, head_dim, half, inv_freq,
                                                                    is_neox);
     return cudaGetLastError();
 }
-#endif

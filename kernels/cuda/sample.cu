@@ -36,12 +36,10 @@ static __global__ void sample_greedy_kernel(int32_t *out_ids, const float *logit
     if (threadIdx.x == 0) out_ids[blockIdx.x] = s_val[0] > -INFINITY ? s_idx[0] : -1;
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab,
                                              cudaStream_t stream) {
     if (n_rows < 0 || n_vocab < 1) return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    sample_greedy_kernel<<<(unsigned)n_rows, SAMPLE_THREADS, 0, stream>>>(out_ids, logits, n_vocab);
+    NS_LAUNCH((unsigned)n_rows, SAMPLE_THREADS, 0, stream, sample_greedy_kernel)(out_ids, logits, n_vocab);
     return cudaGetLastError();
 }
-#endif

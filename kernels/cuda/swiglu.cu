@@ -22,11 +22,10 @@ static __global__ void swiglu_bf16_kernel(__nv_bfloat16 *out, const __nv_bfloat1
     }
 }
 
-#ifndef NS_CUDA_EMU /* host code: launches */
 extern "C" cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
                                            cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    swiglu_bf16_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(
+    NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, swiglu_bf16_kernel)(
         (__nv_bfloat16 *)out, (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, n);
     return cudaGetLastError();
 }
@@ -34,7 +33,6 @@ extern "C" cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, 
 extern "C" cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
                                       cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
-    swiglu_f32_kernel<<<ns_grid_for(n, 256), 256, 0, stream>>>(out, (__nv_bfloat16 *)out_bf16, gate, up, n);
+    NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, swiglu_f32_kernel)(out, (__nv_bfloat16 *)out_bf16, gate, up, n);
     return cudaGetLastError();
 }
-#endif

@@ -10,10 +10,19 @@
  * within 1e-5 (only the order of the fp32 sums differs), the bf16 copy of out equal to out
  * rounded, nothing written outside out. It fails for a wrong chunk swizzle, a scale from
  * another key or head, a read before its cp.async wait, or a misaligned copy.
+ * The generic kernel (any head_dim; bf16 and fp32 pools) the same way.
+ * The launchers (ns_cuda_kv_store, _fp8, ns_cuda_attention_paged, _fp8), in a child
+ * process per NS_CUDA_ATTN_TC level 0, 1, 2: each launch within CUDA's limits, the kernel
+ * the level and the shapes ask for (fast, tensor-core, generic; one token per group or
+ * not), and its output the CPU reference's.
  * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "emu_cuda.h"
 #include "emu_attn_batch.h"
 #include "../../kernels/cuda/attention.cu"
+#include "../../kernels/cuda/attention_tc.cu" /* the launchers above dispatch to it */
 
 extern "C" {
 #include "ops.h"
@@ -207,6 +216,178 @@ static int run_case(const attn_case &c, int qt, kernel_kind kind) {
     return 1;
 }
 
+/* ---- the launchers ----
+ * A batch's K/V rows stored through ns_cuda_kv_store / _fp8, then attention through
+ * ns_cuda_attention_paged / _fp8 over the backend's groups (single 0) and one token per
+ * group (single 1), at the NS_CUDA_ATTN_TC level this process was started with: each
+ * launch accepted (block, grid, shared memory within CUDA's limits), the kernel that ran
+ * the one the level asks for, and its output the CPU reference's. */
+enum pool_kind { P_BF16, P_FP8, P_F32 };
+struct dispatch_case {
+    pool_kind pk;
+    int n_head, n_head_kv, hd, bs;
+};
+
+static int dispatch_case_run(const dispatch_case &c, int level) {
+    const int hd = c.hd, bs = c.bs, G = c.n_head / c.n_head_kv;
+    const size_t row = (size_t)c.n_head_kv * hd, n_slot = (size_t)N_POOL_BLOCKS * bs, pool_n = n_slot * row;
+    const size_t n_scale = n_slot * c.n_head_kv, el = c.pk == P_FP8 ? 1 : c.pk == P_BF16 ? 2 : 4;
+    /* the pools as the device holds them, and as fp32 (what they decode to) */
+    std::vector<float> kp(pool_n), vp(pool_n), ks(c.pk == P_FP8 ? n_scale : 0), vs(c.pk == P_FP8 ? n_scale : 0);
+    std::vector<unsigned char> kd(pool_n * el), vd(pool_n * el);
+    for (size_t i = 0; i < pool_n; i++) kp[i] = rnd(1.0f), vp[i] = rnd(1.0f);
+    auto encode = [&](size_t r0, size_t n_rows) { /* rows r0 .. (slot, head) rows of hd values */
+        const size_t a = r0 * hd, n = n_rows * hd;
+        if (c.pk == P_FP8) {
+            ns_cpu_quant_rows_fp8(kd.data() + a, ks.data() + r0, kp.data() + a, (int64_t)n_rows, hd);
+            ns_cpu_quant_rows_fp8(vd.data() + a, vs.data() + r0, vp.data() + a, (int64_t)n_rows, hd);
+            for (size_t i = a; i < a + n; i++)
+                kp[i] = ns_fp8_e4m3_to_float(kd[i]) * ks[i / hd], vp[i] = ns_fp8_e4m3_to_float(vd[i]) * vs[i / hd];
+        } else if (c.pk == P_BF16) {
+            __nv_bfloat16 *kb = (__nv_bfloat16 *)kd.data(), *vb = (__nv_bfloat16 *)vd.data();
+            for (size_t i = a; i < a + n; i++) {
+                kb[i] = __float2bfloat16_rn(kp[i]), vb[i] = __float2bfloat16_rn(vp[i]);
+                kp[i] = __bfloat162float(kb[i]), vp[i] = __bfloat162float(vb[i]);
+            }
+        } else {
+            std::memcpy(kd.data() + a * 4, kp.data() + a, n * 4), std::memcpy(vd.data() + a * 4, vp.data() + a, n * 4);
+        }
+    };
+    encode(0, n_slot * c.n_head_kv);
+    uint64_t rng = 0x5be0cd19137e2179ull;
+    emu_attn_batch bt = emu_make_batch(NS_CUDA_ATTN_QT, rng);
+    const int T = bt.T;
+    /* the new tokens' K/V rows, stored at their slots: on the CPU, then through the launcher */
+    std::vector<float> k((size_t)T * row), v((size_t)T * row);
+    std::vector<int32_t> slot(T);
+    for (float &x : k) x = rnd(1.0f);
+    for (float &x : v) x = rnd(1.0f);
+    for (int t = 0; t < T; t++) {
+        const int s = bt.tok_seq[t], p = bt.pos[t];
+        slot[t] = bt.table[(size_t)s * MAX_BLOCKS + p / bs] * bs + p % bs;
+        std::memcpy(&kp[(size_t)slot[t] * row], &k[(size_t)t * row], row * 4);
+        std::memcpy(&vp[(size_t)slot[t] * row], &v[(size_t)t * row], row * 4);
+        encode((size_t)slot[t] * c.n_head_kv, c.n_head_kv);
+    }
+    std::vector<unsigned char> kd_want = kd, vd_want = vd;
+    std::vector<float> ks_want = ks, vs_want = vs;
+    std::memset(kd.data(), 0x3c, kd.size()), std::memset(vd.data(), 0x3c, vd.size()); /* the stores must write them */
+    for (int t = 0; t < T; t++)
+        for (size_t i = 0; i < row * el; i++) kd[(size_t)slot[t] * row * el + i] ^= 0xff, vd[(size_t)slot[t] * row * el + i] ^= 0xff;
+    for (size_t i = 0; i < kd.size(); i++) /* everything but the new rows as before */
+        if (kd[i] == 0x3c) kd[i] = kd_want[i], vd[i] = vd_want[i];
+    const void *store_kernel = c.pk == P_FP8    ? (const void *)&kv_store_fp8_kernel
+                               : c.pk == P_BF16 ? (const void *)&kv_store_kernel<__nv_bfloat16>
+                                                : (const void *)&kv_store_kernel<float>;
+    const long stores0 = emu_launch_count(store_kernel);
+    cudaError_t e = c.pk == P_FP8 ? ns_cuda_kv_store_fp8(kd.data(), vd.data(), ks.data(), vs.data(), k.data(), v.data(),
+                                                         slot.data(), T, c.n_head_kv, hd, nullptr)
+                                  : ns_cuda_kv_store(kd.data(), vd.data(), c.pk == P_BF16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32,
+                                                     k.data(), v.data(), slot.data(), T, (int)row, nullptr);
+    char what[160];
+    static const char *const pk_names[] = {"bf16", "fp8", "f32"};
+    std::snprintf(what, sizeof what, "emu launchers %s H%d/%d hd%d bs%d, NS_CUDA_ATTN_TC=%d", pk_names[c.pk], c.n_head,
+                  c.n_head_kv, hd, bs, level);
+    if (e != cudaSuccess || cudaGetLastError() != cudaSuccess || emu_launch_count(store_kernel) != stores0 + 1 ||
+        kd != kd_want || vd != vd_want || ks != ks_want || vs != vs_want) {
+        std::printf("FAIL %s: the KV store launcher (status %d) did not write what the CPU wrote\n", what, (int)e);
+        return 0;
+    }
+    const size_t qn = (size_t)T * c.n_head * hd;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    std::vector<float> q(qn), ref(qn), scratch(4096);
+    for (float &x : q) x = rnd(1.0f);
+    for (int s = 0; s < N_SEQ; s++) {
+        const size_t off = (size_t)bt.tok_start[s] * c.n_head * hd;
+        ns_cpu_attention_paged_ref(ref.data() + off, q.data() + off, bt.pos.data() + bt.tok_start[s], SEQ_NEW[s],
+                                   kp.data(), vp.data(), bt.table.data() + (size_t)s * MAX_BLOCKS,
+                                   SEQ_PAST[s] + SEQ_NEW[s], bs, c.n_head, c.n_head_kv, hd, scale, 0, c.n_head,
+                                   scratch.data());
+    }
+    std::vector<int32_t> singles(2 * (size_t)T);
+    for (int t = 0; t < T; t++) singles[2 * t] = t, singles[2 * t + 1] = 1;
+    for (int single = 0; single < 2; single++) {
+        const bool fast = (hd == 64 || hd == 128) && c.pk != P_F32;
+        const bool tc = fast && (level == 2 || (level == 1 && !single)) && G <= 16;
+        const void *want;
+        if (tc)
+            want = hd == 64 ? (c.pk == P_FP8 ? (const void *)&attention_tc_kernel<64, true> : (const void *)&attention_tc_kernel<64, false>)
+                            : (c.pk == P_FP8 ? (const void *)&attention_tc_kernel<128, true> : (const void *)&attention_tc_kernel<128, false>);
+        else if (fast && hd == 64)
+            want = c.pk == P_FP8 ? (single ? (const void *)&attention_fast_kernel<64, 1, true> : (const void *)&attention_fast_kernel<64, ATTN_QT, true>)
+                                 : (single ? (const void *)&attention_fast_kernel<64, 1, false> : (const void *)&attention_fast_kernel<64, ATTN_QT, false>);
+        else if (fast)
+            want = c.pk == P_FP8 ? (single ? (const void *)&attention_fast_kernel<128, 1, true> : (const void *)&attention_fast_kernel<128, ATTN_QT, true>)
+                                 : (single ? (const void *)&attention_fast_kernel<128, 1, false> : (const void *)&attention_fast_kernel<128, ATTN_QT, false>);
+        else
+            want = c.pk == P_F32 ? (single ? (const void *)&attention_gqa_kernel<float, 1> : (const void *)&attention_gqa_kernel<float, ATTN_QT>)
+                                 : (single ? (const void *)&attention_gqa_kernel<__nv_bfloat16, 1> : (const void *)&attention_gqa_kernel<__nv_bfloat16, ATTN_QT>);
+        const long runs0 = emu_launch_count(want);
+        std::vector<float> out(qn + 2 * CANARY, CANARY_VAL);
+        float *o = out.data() + CANARY;
+        const int32_t *groups = single ? singles.data() : bt.groups.data();
+        const int n_groups = single ? T : bt.n_groups;
+        e = c.pk == P_FP8 ? ns_cuda_attention_paged_fp8(o, nullptr, q.data(), bt.pos.data(), bt.tok_seq.data(), groups,
+                                                        n_groups, single, bt.table.data(), MAX_BLOCKS, kd.data(), vd.data(),
+                                                        ks.data(), vs.data(), bs, c.n_head, c.n_head_kv, hd, scale, nullptr)
+                          : ns_cuda_attention_paged(o, nullptr, q.data(), bt.pos.data(), bt.tok_seq.data(), groups, n_groups,
+                                                    single, bt.table.data(), MAX_BLOCKS, kd.data(), vd.data(),
+                                                    c.pk == P_BF16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, bs, c.n_head,
+                                                    c.n_head_kv, hd, scale, nullptr);
+        if (e != cudaSuccess || cudaGetLastError() != cudaSuccess || emu_launch_count(want) != runs0 + 1) {
+            std::printf("FAIL %s, single %d: status %d; the expected kernel ran %ld times\n", what, single, (int)e,
+                        emu_launch_count(want) - runs0);
+            return 0;
+        }
+        /* fp32 kernels: 1e-5 of max |ref|; tensor cores (Q and P in bf16, |v| <= 1): 6e-3 */
+        double amax = 0, num = 0, den = 0;
+        for (size_t i = 0; i < qn; i++) amax = std::max(amax, std::fabs((double)ref[i]));
+        const double tol = tc ? 6e-3 : 1e-5 * amax;
+        bool ok = out[0] == CANARY_VAL && out[CANARY + qn] == CANARY_VAL;
+        for (size_t i = 0; i < qn && ok; i++) {
+            const double d = (double)o[i] - ref[i];
+            ok = std::isfinite(o[i]) && std::fabs(d) <= tol;
+            num += d * d, den += (double)ref[i] * ref[i];
+        }
+        if (!ok || !(num / den <= (tc ? 1e-4 : 1e-10))) {
+            std::printf("FAIL %s, single %d: output off the CPU reference (NMSE %.3g)\n", what, single, num / den);
+            return 0;
+        }
+    }
+    std::printf("ok   %s: the store, then each group layout's kernel as the level says, within bounds\n", what);
+    return 1;
+}
+
+/* Runs the launcher checks in a child process started with NS_CUDA_ATTN_TC=level (the
+ * backend reads the switch once); returns the child's failures, or 1 if it died. */
+static int dispatch_level(int level, int *n_pass) {
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        char v[2] = {(char)('0' + level), 0};
+        setenv("NS_CUDA_ATTN_TC", v, 1);
+        unsetenv("NS_CUDA_ATTN_SLOW");
+        const dispatch_case cases[] = {
+            {P_BF16, 8, 2, 64, 16},  /* fast or tensor cores */
+            {P_FP8, 16, 2, 128, 5},  /* the FP8 variants */
+            {P_FP8, 8, 2, 64, 16},
+            {P_F32, 8, 2, 64, 7},    /* precise mode: the generic kernel */
+            {P_BF16, 6, 2, 80, 16},  /* head_dim 80: the generic kernel */
+        };
+        int fails = 0;
+        for (const dispatch_case &c : cases) fails += !dispatch_case_run(c, level);
+        std::fflush(stdout);
+        _exit(fails > 100 ? 100 : fails);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) {
+        std::printf("FAIL emu launchers, NS_CUDA_ATTN_TC=%d: the check process died\n", level);
+        return 1;
+    }
+    *n_pass += 5 - WEXITSTATUS(st);
+    return WEXITSTATUS(st);
+}
+
 int main(int argc, char **argv) {
     const bool only_fp8 = argc > 1 && !std::strcmp(argv[1], "fp8"); /* (mutation runs) */
     int n_pass = 0, n_fail = 0;
@@ -244,6 +425,8 @@ int main(int argc, char **argv) {
                 if (only_fp8) continue;
                 run_case(c, qt, kind) ? n_pass++ : n_fail++;
             }
+    if (!only_fp8)
+        for (int level = 0; level <= 2; level++) n_fail += dispatch_level(level, &n_pass);
     std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

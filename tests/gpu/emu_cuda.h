@@ -22,6 +22,11 @@
  *                     multiple that CUDA requires; mma_sync sums in fp32; a store is done
  *                     by lane 0 alone, so another lane reads it only after a __syncwarp
  *
+ * Launchers: NS_LAUNCH (kernels/cuda/common.cuh) runs the kernel at once, after checking
+ * the block size, the grid and the dynamic shared memory against CUDA's limits (above
+ * 48 KiB only after cudaFuncSetAttribute raised it); cudaGetLastError reports a refused
+ * launch; emu_launch_count(kernel) says how often a kernel ran.
+ *
  * A missing barrier can go unnoticed here (the threads are scheduled differently); a wrong
  * index, a wrong layout, a read past a wait, or a misaligned fragment cannot.
  */
@@ -37,6 +42,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -225,6 +231,46 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
 } // namespace wmma
 } // namespace nvcuda
 
+/* ---- the runtime, for the launchers (NS_LAUNCH) ---- */
+typedef int cudaError_t;
+typedef struct CUstream_st *cudaStream_t;
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+static cudaError_t emu_last_error = cudaSuccess;
+static std::map<const void *, int> emu_smem_limit; /* cudaFuncSetAttribute's, per kernel */
+static std::map<const void *, long> emu_launches;  /* launches per kernel */
+static inline cudaError_t cudaGetLastError() {
+    const cudaError_t e = emu_last_error;
+    emu_last_error = cudaSuccess;
+    return e;
+}
+/* Dynamic shared memory above 48 KiB needs this attribute first, up to sm_90's 227 KiB. */
+template <class K> static inline cudaError_t cudaFuncSetAttribute(K kernel, int attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 227 * 1024)
+        return cudaErrorInvalidValue;
+    emu_smem_limit[(const void *)kernel] = value;
+    return cudaSuccess;
+}
+static inline long emu_launch_count(const void *kernel) {
+    auto it = emu_launches.find(kernel);
+    return it == emu_launches.end() ? 0 : it->second;
+}
+template <class K> struct emu_launcher {
+    K kernel;
+    dim3 grid, block;
+    size_t smem;
+    template <class... A> void operator()(A... args) const;
+};
+/* NS_LAUNCH(grid, block, smem, stream, kernel)(args...): checks the configuration as CUDA
+ * would (a bad one sets the error cudaGetLastError returns and runs nothing), then runs the
+ * kernel now, one block at a time (emu_launch, below). */
+#define NS_LAUNCH(grid, block, smem, stream, ...) \
+    emu_launcher<decltype(&__VA_ARGS__)>{&__VA_ARGS__, dim3(grid), dim3(block), (size_t)(smem)}
+
 /* Runs body() as grid (gx, gy) blocks of `threads` threads, one block at a time, with
  * smem_bytes of dynamic shared memory (filled with NaN bytes before each block: nothing
  * may read it before writing it). */
@@ -255,6 +301,20 @@ static inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t
                 }
         });
     for (auto &x : th) x.join();
+}
+
+template <class K> template <class... A> void emu_launcher<K>::operator()(A... args) const {
+    const auto lim = emu_smem_limit.find((const void *)kernel);
+    const size_t smem_max = lim == emu_smem_limit.end() ? 48 * 1024 : (size_t)lim->second;
+    if (block.x < 1 || block.x > 1024 || block.y != 1 || block.z != 1 || grid.x < 1 || grid.x > 0x7fffffffu ||
+        grid.y < 1 || grid.y > 65535 || grid.z != 1 || smem > smem_max) {
+        std::fprintf(stderr, "emu_cuda: launch of grid (%u, %u, %u), block (%u, %u, %u), %zu bytes of shared memory "
+                             "(at most %zu) refused\n", grid.x, grid.y, grid.z, block.x, block.y, block.z, smem, smem_max);
+        emu_last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    emu_launches[(const void *)kernel]++;
+    emu_launch(grid.x, grid.y, block.x, smem, [&] { kernel(args...); });
 }
 
 #endif

@@ -1,8 +1,8 @@
 /* emu_kernels.cpp: the small CUDA kernels (kernels/cuda/rmsnorm.cu, swiglu.cu, add.cu,
  * rope.cu, embed.cu, quant.cu, sample.cu) run on the CPU through tests/gpu/emu_cuda.h
- * (one std::thread per CUDA thread), with the block size and grid their launchers use
- * (one block per row; ns_grid_for with 256 threads, and a grid of 3 blocks too, so that
- * the grid-stride loops take several turns), against the CPU references:
+ * (one std::thread per CUDA thread), through their launchers (ns_cuda_rmsnorm, ...: the
+ * block size and grid they pick, checked against CUDA's limits) and directly on a grid of
+ * 3 blocks (so that the grid-stride loops take several turns), against the CPU references:
  *   rmsnorm        within 1e-5 relative of ns_cpu_rmsnorm_ref (the block sums in another
  *                  order), in place too; its bf16 copy the fp32 output rounded;
  *   add_rmsnorm    x + delta exact, its output bit for bit rmsnorm's over that x (the
@@ -66,6 +66,9 @@ template <class T> struct guarded {
     }
 };
 
+/* A launcher's status, and the launch's (emu_cuda.h refuses a configuration CUDA would). */
+static bool launched(cudaError_t e) { return e == cudaSuccess && cudaGetLastError() == cudaSuccess; }
+
 /* Runs body on `grid` blocks of `threads` threads (no dynamic shared memory). */
 static void run(unsigned grid, unsigned threads, const std::function<void()> &body) {
     emu_launch(grid, 1, threads, 0, body);
@@ -87,8 +90,8 @@ static void check_rmsnorm() {
         guarded<__nv_bfloat16> o16(N);
         float *op = out.p();
         __nv_bfloat16 *o16p = o16.p();
-        run((unsigned)rows, 256, [&] { rmsnorm_f32_kernel(op, o16p, x.data(), w.data(), n, 1e-5f); });
-        bool ok = out.intact() && o16.intact();
+        bool ok = launched(ns_cuda_rmsnorm(op, (uint16_t *)o16p, x.data(), w.data(), rows, n, 1e-5f, nullptr)) &&
+                  out.intact() && o16.intact();
         for (size_t i = 0; i < N && ok; i++)
             ok = std::fabs(op[i] - ref[i]) <= 1e-5f * std::fabs(ref[i]) + 1e-30f &&
                  o16p[i].bits == __float2bfloat16_rn(op[i]).bits;
@@ -112,8 +115,8 @@ static void check_rmsnorm() {
         guarded<__nv_bfloat16> o16b(N);
         float *xap = xa.data(), *o2 = out2.p();
         __nv_bfloat16 *o16bp = o16b.p();
-        run((unsigned)rows, 256, [&] { add_rmsnorm_kernel(xap, d.data(), o2, o16bp, w.data(), n, 1e-5f); });
-        ok = out2.intact() && o16b.intact();
+        ok = launched(ns_cuda_add_rmsnorm(xap, d.data(), o2, (uint16_t *)o16bp, w.data(), rows, n, 1e-5f, nullptr)) &&
+             out2.intact() && o16b.intact();
         for (size_t i = 0; i < N && ok; i++)
             ok = same_bits(xa[i], xd[i]) && same_bits(o2[i], want[i]) && o16bp[i].bits == __float2bfloat16_rn(want[i]).bits;
         std::snprintf(what, sizeof what, "emu add_rmsnorm %d x %d: x + delta exact, output add-then-rmsnorm's bits", rows, n);
@@ -146,8 +149,10 @@ static void check_swiglu() {
             guarded<__nv_bfloat16> o16(n);
             float *op = out.p();
             __nv_bfloat16 *o16p = o16.p();
-            run(grid, 256, [&] { swiglu_f32_kernel(op, o16p, g.data(), u.data(), n); });
-            bool ok = out.intact() && o16.intact();
+            bool ok = true;
+            if (grid == 3u) run(grid, 256, [&] { swiglu_f32_kernel(op, o16p, g.data(), u.data(), n); });
+            else ok = launched(ns_cuda_swiglu(op, (uint16_t *)o16p, g.data(), u.data(), n, nullptr));
+            ok = ok && out.intact() && o16.intact();
             for (int64_t i = 0; i < n && ok; i++)
                 ok = std::fabs(op[i] - ref[i]) <= 2e-6f * std::fabs(ref[i]) + 1e-30f &&
                      o16p[i].bits == __float2bfloat16_rn(op[i]).bits;
@@ -164,8 +169,9 @@ static void check_swiglu() {
             for (int64_t i = 0; i < n; i++) gb[i] = __float2bfloat16_rn(g[i]), ub[i] = __float2bfloat16_rn(u[i]);
             guarded<__nv_bfloat16> ob(n);
             __nv_bfloat16 *obp = ob.p();
-            run(grid, 256, [&] { swiglu_bf16_kernel(obp, gb.data(), ub.data(), n); });
-            ok = ob.intact();
+            if (grid == 3u) run(grid, 256, [&] { swiglu_bf16_kernel(obp, gb.data(), ub.data(), n); });
+            else ok = launched(ns_cuda_swiglu_bf16((uint16_t *)obp, (const uint16_t *)gb.data(), (const uint16_t *)ub.data(), n, nullptr));
+            ok = ok && ob.intact();
             for (int64_t i = 0; i < n && ok; i++) {
                 const float gf = __bfloat162float(gb[i]);
                 ok = obp[i].bits == __float2bfloat16_rn(gf / (1.0f + std::exp(-gf)) * __bfloat162float(ub[i])).bits;
@@ -186,9 +192,14 @@ static void check_add() {
         guarded<float> a(n), b(n);
         std::memcpy(a.p(), y.data(), n * 4), std::memcpy(b.p(), y.data(), n * 4);
         float *ap = a.p(), *bp = b.p();
-        run(grid, 256, [&] { add_f32_kernel(ap, x.data(), n); });
-        run(grid, 256, [&] { add_bias_f32_kernel(bp, bias.data(), n, N); });
-        bool ok = a.intact() && b.intact();
+        bool ok = true;
+        if (grid == 3u) {
+            run(grid, 256, [&] { add_f32_kernel(ap, x.data(), n); });
+            run(grid, 256, [&] { add_bias_f32_kernel(bp, bias.data(), n, N); });
+        } else {
+            ok = launched(ns_cuda_add(ap, x.data(), n, nullptr)) && launched(ns_cuda_add_bias(bp, bias.data(), M, N, nullptr));
+        }
+        ok = ok && a.intact() && b.intact();
         for (int64_t i = 0; i < n && ok; i++) ok = same_bits(ap[i], y[i] + x[i]) && same_bits(bp[i], y[i] + bias[i % N]);
         char what[96];
         std::snprintf(what, sizeof what, "emu add and add_bias %d x %d grid %u: bit for bit", M, N, grid);
@@ -214,10 +225,15 @@ static void check_rope() {
             guarded<float> g(N);
             std::memcpy(g.p(), x.data(), N * 4);
             float *gp = g.p();
-            run(grid, 256, [&] {
-                rope_f32_kernel(gp, pos.data(), c.n_tokens, c.n_head, c.head_dim, half, inv.data(), c.neox);
-            });
-            bool ok = g.intact();
+            bool ok = true;
+            if (grid == 3u)
+                run(grid, 256, [&] {
+                    rope_f32_kernel(gp, pos.data(), c.n_tokens, c.n_head, c.head_dim, half, inv.data(), c.neox);
+                });
+            else
+                ok = launched(ns_cuda_rope(gp, pos.data(), c.n_tokens, c.n_head, c.head_dim, c.n_rot, inv.data(), c.neox,
+                                           nullptr));
+            ok = ok && g.intact();
             for (size_t th = 0; th < (size_t)c.n_tokens * c.n_head && ok; th++) {
                 const float *v = gp + th * c.head_dim, *r = ref.data() + th * c.head_dim, *x0 = x.data() + th * c.head_dim;
                 for (int i = 0; i < half && ok; i++) {
@@ -264,10 +280,14 @@ static void check_embed_and_gather() {
         for (unsigned grid : {ns_grid_for((int64_t)N, 256), 3u}) {
             guarded<float> out(N);
             float *op = out.p();
-            run(grid, 256, [&] {
-                embed_kernel(op, table.data(), ns_cuda_row_bytes(type, n_embd), type, ids.data(), n_tok, n_embd);
-            });
-            bool ok = out.intact();
+            bool ok = true;
+            if (grid == 3u)
+                run(grid, 256, [&] {
+                    embed_kernel(op, table.data(), ns_cuda_row_bytes(type, n_embd), type, ids.data(), n_tok, n_embd);
+                });
+            else
+                ok = launched(ns_cuda_embed(op, table.data(), type, ids.data(), n_tok, n_embd, nullptr));
+            ok = ok && out.intact();
             for (int t = 0; t < n_tok && ok; t++)
                 for (int i = 0; i < n_embd && ok; i++)
                     ok = same_bits(op[(size_t)t * n_embd + i], ref[(size_t)ids[t] * n_embd + i]);
@@ -283,8 +303,7 @@ static void check_embed_and_gather() {
     const int32_t rows[n_rows] = {11, 0, 3, 3, 7};
     guarded<float> out((size_t)n_rows * width);
     float *op = out.p();
-    run(3, 256, [&] { gather_rows_kernel(op, x.data(), rows, n_rows, width); });
-    bool ok = out.intact();
+    bool ok = launched(ns_cuda_gather_rows(op, x.data(), rows, n_rows, width, nullptr)) && out.intact();
     for (int r = 0; r < n_rows && ok; r++)
         ok = !std::memcmp(op + (size_t)r * width, x.data() + (size_t)rows[r] * width, (size_t)width * 4);
     result(ok, "emu gather_rows: rows copied, canaries intact");
@@ -292,8 +311,8 @@ static void check_embed_and_gather() {
     const int32_t ids[4] = {17, -1, 4, 99};
     int32_t tok[8] = {5, -1, -2, -3, 0, -4, -5, 12}, want[8] = {5, 17, 0, 4, 0, 99, 0, 12};
     int32_t *tp = tok;
-    run(2, 4, [&] { tokens_from_ids_kernel(tp, 8, ids, 4); });
-    result(!std::memcmp(tok, want, sizeof tok), "emu tokens_from_ids: ids by row, 0 for -1 and past the rows");
+    const bool ok_launch = launched(ns_cuda_tokens_from_ids(tp, 8, ids, 4, nullptr));
+    result(ok_launch && !std::memcmp(tok, want, sizeof tok), "emu tokens_from_ids: ids by row, 0 for -1 and past the rows");
 }
 
 static void check_dequant() {
@@ -306,9 +325,9 @@ static void check_dequant() {
         guarded<__nv_bfloat16> o16(N);
         float *o32p = o32.p();
         __nv_bfloat16 *o16p = o16.p();
-        run(ns_grid_for((int64_t)N, 256), 256, [&] { dequant_row_kernel(type, src.data(), rb, o32p, 0, n_rows, n); });
+        bool ok = launched(ns_cuda_dequant_row(type, src.data(), rb, o32p, NS_CUDA_TYPE_F32, n_rows, n, nullptr));
         run(3, 256, [&] { dequant_row_kernel(type, src.data(), rb, o16p, 1, n_rows, n); });
-        bool ok = o32.intact() && o16.intact();
+        ok = ok && o32.intact() && o16.intact();
         for (size_t i = 0; i < N && ok; i++)
             ok = same_bits(o32p[i], ref[i]) && o16p[i].bits == __float2bfloat16_rn(ref[i]).bits;
         char what[96];
@@ -322,8 +341,8 @@ static void check_dequant() {
     guarded<__nv_bfloat16> b(N), hi(N), lo(N);
     __nv_bfloat16 *bp = b.p(), *hp = hi.p(), *lp = lo.p();
     run(3, 256, [&] { f32_to_bf16_kernel(bp, x.data(), N); });
-    run(ns_grid_for(N, 256), 256, [&] { f32_to_bf16_split_kernel(hp, lp, x.data(), N); });
-    bool ok = b.intact() && hi.intact() && lo.intact();
+    bool ok = launched(ns_cuda_f32_to_bf16_split((uint16_t *)hp, (uint16_t *)lp, x.data(), N, nullptr));
+    ok = ok && b.intact() && hi.intact() && lo.intact();
     for (int64_t i = 0; i < N && ok; i++) {
         const __nv_bfloat16 h = __float2bfloat16_rn(x[i]);
         ok = bp[i].bits == h.bits && hp[i].bits == h.bits &&
@@ -356,8 +375,8 @@ static void check_sample_greedy() {
         }
         guarded<int32_t> ids(rows);
         int32_t *ip = ids.p();
-        run(rows, SAMPLE_THREADS, [&] { sample_greedy_kernel(ip, l.data(), n_vocab); });
-        bool ok = ids.intact() && !std::memcmp(ip, want.data(), rows * 4);
+        bool ok = launched(ns_cuda_sample_greedy(ip, l.data(), rows, n_vocab, nullptr)) && ids.intact() &&
+                  !std::memcmp(ip, want.data(), rows * 4);
         char what[96];
         std::snprintf(what, sizeof what, "emu sample_greedy vocab %d: ties, NaN, -inf, +inf rows", n_vocab);
         result(ok, what);
