@@ -59,7 +59,7 @@ else
 endif
 ifeq ($(strip $(HAVE_CUDA)),1)
   # the CUDA backend's host code on a CPU stand-in for the device (tests/cudamock, below)
-  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/unit-cudamock-emu $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
   CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
   LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
@@ -166,6 +166,19 @@ CUDAMOCK_LIBS := -lsqlite3 -lzstd -lyaml -ljansson -lopenblas -lpcre2-8 -lm -lpt
 $(BUILD)/unit-cudamock: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h tests/gpu/sample_cases.h tests/unit/golden.h \
                         $(BUILD)/libnightshift.a
 	$(CC) $(CFLAGS) -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
+# The same tests with the real kernels' code in place of the CPU references: every
+# launcher of kernels/cuda but the row sampler compiled for the CPU through the emulator
+# (tests/cudamock/emu_device.cpp, tests/gpu/emu_cuda.h), its launches queued on the
+# stand-in's stream. tests/run.sh runs the end-to-end ones (a few seconds each).
+$(BUILD)/cudamock/emu_device.o: tests/cudamock/emu_device.cpp tests/cudamock/emu_device.h tests/gpu/emu_cuda.h \
+                                $(wildcard kernels/cuda/*.cu kernels/cuda/*.cuh) kernels/cuda/ops_cuda.h engine/switches.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu \
+	    -Iengine -c tests/cudamock/emu_device.cpp -o $@
+$(BUILD)/unit-cudamock-emu: $(CUDAMOCK_SRCS) tests/cudamock/cudamock.h tests/cudamock/emu_device.h tests/gpu/sample_cases.h \
+                            tests/unit/golden.h $(BUILD)/cudamock/emu_device.o $(BUILD)/libnightshift.a
+	$(CC) $(CFLAGS) -DNS_CUDAMOCK_EMU_KERNELS -Itests/cudamock -Itests/unit $(CUDAMOCK_SRCS) $(BUILD)/cudamock/emu_device.o \
+	    $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS) -lstdc++
 # the nightshift binary on the stand-in, for tests/gpu/runner_cuda.sh in make test (with
 # the stand-in's unit binary beside it, which writes the tiny model)
 $(BUILD)/cudamock/nightshift: $(CLI_OBJS) tests/cudamock/cudamock.c tests/cudamock/cudamock.h $(BUILD)/libnightshift.a \

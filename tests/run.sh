@@ -2,10 +2,10 @@
 # tests/run.sh BUILD [cuda]: runs the unit tests (engine, kernels, golden, store, spec,
 # input, CLI through NS_BIN), the parser tests under AddressSanitizer, the CUDA backend's
 # host code and the job pipeline with backend cuda on the CPU stand-in for the device
-# (tests/cudamock), the CUDA row-sampling, attention (tensor-core, and the fast kernel
-# with bf16 and FP8 KV pools), FP8 and small kernels emulated on the CPU (tests/gpu/emu_cuda.h),
-# the FP8 codes against CUDA's host conversions, and the GPU check's script on stand-ins,
-# when those binaries were built;
+# (tests/cudamock; some of its tests again with the kernels' own code, emulated), the
+# CUDA kernels and their launchers emulated on the CPU (tests/gpu/emu_cuda.h), the FP8
+# codes against CUDA's host conversions, and the GPU check's script on stand-ins, when
+# those binaries were built;
 # then the job pipeline end to end; ends with one line "N passed, N failed, N skipped"
 # summed over all.
 set -u
@@ -42,6 +42,16 @@ fi
 if [ -x "$build/unit-cudamock" ]; then
   echo "== the CUDA backend's host code on a CPU stand-in for the device ($build/unit-cudamock)" >&2
   run "$build/unit-cudamock"
+fi
+if [ -x "$build/unit-cudamock-emu" ]; then
+  # the real kernels' code (emulated) under the backend, end to end, about 90 s: the
+  # CPU's greedy tokens (the generic attention kernel); the FP8 KV cache on a head_dim-64
+  # model with the tensor-core attention for every group (bf16 and FP8 pools), FP8
+  # GEMMs, graphs, overlap and the fused norm. Any other test of test_cudamock.c runs the
+  # same way by its name (the demo-model one takes hours).
+  echo "== the same stand-in running the CUDA kernels' own code, emulated ($build/unit-cudamock-emu)" >&2
+  run "$build/unit-cudamock-emu" test_cudamock_greedy_matches_cpu
+  run env NS_CUDA_ATTN_TC=2 "$build/unit-cudamock-emu" test_cudamock_kv_fp8_runs_and_composes
 fi
 if [ -x "$build/cudamock/nightshift" ]; then
   echo "== the job pipeline with backend cuda on the CPU stand-in (tests/gpu/runner_cuda.sh)" >&2

@@ -52,6 +52,9 @@
 #include "ops_cuda.h"
 #include "sample_rule.h"
 #include "cudamock.h"
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+#include "emu_device.h"
+#endif
 
 /* ---- state ---------------------------------------------------------------------- */
 
@@ -152,6 +155,13 @@ static cudaError_t launch(void (*run)(const void *), const void *args, size_t n)
     return cudaSuccess;
 }
 #define LAUNCH(fn, a) launch(fn, &(a), sizeof(a))
+
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+/* The emulated kernels' launches (tests/cudamock/emu_device.cpp) join the stream here. */
+void ns_cudamock_enqueue(void (*run)(const void *), const void *args, size_t n) {
+    if (launch(run, args, n) != cudaSuccess) abort();
+}
+#endif
 
 /* ---- runtime: memory ------------------------------------------------------------ */
 
@@ -691,7 +701,12 @@ cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, i
     if (n_rows < 0 || n < 1 || (x_type != NS_CUDA_TYPE_F32 && x_type != NS_CUDA_TYPE_BF16)) return cudaErrorInvalidValue;
     M.n.quant_fp8_calls++;
     q8_args a = {out, scales, x, x_type, n_rows, n};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_quant_rows_fp8(out, scales, x, x_type, n_rows, n, s);
+#else
     return LAUNCH(run_quant_fp8, a);
+#endif
 }
 
 static void store_row(void *dst, int dst_type, size_t i, float v) {
@@ -719,7 +734,12 @@ cudaError_t ns_cuda_dequant_row(int type, const void *src, size_t src_row_bytes,
     (void)s;
     if (dst_type != NS_CUDA_TYPE_F32 && dst_type != NS_CUDA_TYPE_BF16) return cudaErrorInvalidValue;
     dq_args a = {type, dst_type, src, src_row_bytes, dst, n_rows, n};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_dequant_row(type, src, src_row_bytes, dst, dst_type, n_rows, n, s);
+#else
     return LAUNCH(run_dequant, a);
+#endif
 }
 
 typedef struct { uint16_t *hi, *lo; const float *src; int64_t n; } cvt_args;
@@ -733,12 +753,22 @@ static void run_cvt(const void *p) {
 cudaError_t ns_cuda_f32_to_bf16(uint16_t *dst, const float *src, int64_t n, cudaStream_t s) {
     (void)s;
     cvt_args a = {dst, NULL, src, n};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_f32_to_bf16(dst, src, n, s);
+#else
     return LAUNCH(run_cvt, a);
+#endif
 }
 cudaError_t ns_cuda_f32_to_bf16_split(uint16_t *hi, uint16_t *lo, const float *src, int64_t n, cudaStream_t s) {
     (void)s;
     cvt_args a = {hi, lo, src, n};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_f32_to_bf16_split(hi, lo, src, n, s);
+#else
     return LAUNCH(run_cvt, a);
+#endif
 }
 
 typedef struct { float *out; uint16_t *out_bf16; const float *x, *w; int n_rows, n; float eps; } rms_args;
@@ -751,7 +781,12 @@ cudaError_t ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, cons
                             float eps, cudaStream_t s) {
     (void)s;
     rms_args a = {out, out_bf16, x, w, n_rows, n, eps};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_rmsnorm(out, out_bf16, x, w, n_rows, n, eps, s);
+#else
     return LAUNCH(run_rms, a);
+#endif
 }
 
 typedef struct { float *x; const int32_t *pos; int n_tokens, n_head, head_dim, n_rot, is_neox; const float *inv; } rope_args;
@@ -763,7 +798,12 @@ cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head,
                          const float *inv_freq, int is_neox, cudaStream_t s) {
     (void)s;
     rope_args a = {x, pos, n_tokens, n_head, head_dim, n_rot, is_neox, inv_freq};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_rope(x, pos, n_tokens, n_head, head_dim, n_rot, inv_freq, is_neox, s);
+#else
     return LAUNCH(run_rope, a);
+#endif
 }
 
 typedef struct { float *out; uint16_t *out_bf16; const float *a, *b; int64_t n; int kind; int M, N; } ew_args;
@@ -782,7 +822,12 @@ cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, co
                            cudaStream_t s) {
     (void)s;
     ew_args a = {out, out_bf16, gate, up, n, 0, 0, 0};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_swiglu(out, out_bf16, gate, up, n, s);
+#else
     return LAUNCH(run_ew, a);
+#endif
 }
 typedef struct { float *x; const float *delta; float *out; uint16_t *out_bf16; const float *w; int n_rows, n; float eps; } addnorm_args;
 static void run_add_rmsnorm(const void *p) {
@@ -802,7 +847,12 @@ cudaError_t ns_cuda_add_rmsnorm(float *x, const float *delta, float *out, uint16
     if (n_rows < 0 || n < 1 || (!out && !out_bf16)) return cudaErrorInvalidValue;
     addnorm_args a = {x, delta, out, out_bf16, w, n_rows, n, eps};
     M.n.add_rmsnorm_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_add_rmsnorm(x, delta, out, out_bf16, w, n_rows, n, eps, s);
+#else
     return LAUNCH(run_add_rmsnorm, a);
+#endif
 }
 
 typedef struct { uint16_t *out; const uint16_t *gate, *up; int64_t n; } swiglu16_args;
@@ -818,7 +868,12 @@ cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint1
     (void)s;
     if (n < 0) return cudaErrorInvalidValue;
     swiglu16_args a = {out, gate, up, n};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_swiglu_bf16(out, gate, up, n, s);
+#else
     return LAUNCH(run_swiglu_bf16, a);
+#endif
 }
 /* The ops writing FP8 rows (NS_CUDA_FP8=1): the fp32 values as the ops above compute them,
  * then ns_cpu_quant_rows_fp8. */
@@ -840,7 +895,12 @@ cudaError_t ns_cuda_rmsnorm_fp8(float *out, uint8_t *q, float *scales, const flo
     if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
     normq_args a = {(float *)x, NULL, out, q, scales, w, n_rows, n, eps};
     M.n.fused_fp8_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_rmsnorm_fp8(out, q, scales, x, w, n_rows, n, eps, s);
+#else
     return LAUNCH(run_rmsnorm_fp8, a);
+#endif
 }
 cudaError_t ns_cuda_add_rmsnorm_fp8(float *x, const float *delta, float *out, uint8_t *q, float *scales,
                                     const float *w, int n_rows, int n, float eps, cudaStream_t s) {
@@ -849,7 +909,12 @@ cudaError_t ns_cuda_add_rmsnorm_fp8(float *x, const float *delta, float *out, ui
     normq_args a = {x, delta, out, q, scales, w, n_rows, n, eps};
     M.n.fused_fp8_calls++;
     M.n.add_rmsnorm_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_add_rmsnorm_fp8(x, delta, out, q, scales, w, n_rows, n, eps, s);
+#else
     return LAUNCH(run_rmsnorm_fp8, a);
+#endif
 }
 typedef struct { uint8_t *q; float *scales; const uint16_t *gate, *up; int64_t n_rows, n; } swigluq_args;
 static void run_swiglu_bf16_fp8(const void *p) {
@@ -870,17 +935,32 @@ cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const uint16_t *g
     if (n_rows < 0 || n < 1) return cudaErrorInvalidValue;
     swigluq_args a = {q, scales, gate, up, n_rows, n};
     M.n.fused_fp8_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_swiglu_bf16_fp8(q, scales, gate, up, n_rows, n, s);
+#else
     return LAUNCH(run_swiglu_bf16_fp8, a);
+#endif
 }
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t s) {
     (void)s;
     ew_args a = {y, NULL, x, NULL, n, 1, 0, 0};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_add(y, x, n, s);
+#else
     return LAUNCH(run_ew, a);
+#endif
 }
 cudaError_t ns_cuda_add_bias(float *y, const float *bias, int Mr, int N, cudaStream_t s) {
     (void)s;
     ew_args a = {y, NULL, bias, NULL, 0, 2, Mr, N};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_add_bias(y, bias, Mr, N, s);
+#else
     return LAUNCH(run_ew, a);
+#endif
 }
 
 typedef struct { float *out; const void *table; int type; const int32_t *ids; int n_tokens, n_embd; } embed_args;
@@ -892,7 +972,12 @@ cudaError_t ns_cuda_embed(float *out, const void *table, int type, const int32_t
                           cudaStream_t s) {
     (void)s;
     embed_args a = {out, table, type, ids, n_tokens, n_embd};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_embed(out, table, type, ids, n_tokens, n_embd, s);
+#else
     return LAUNCH(run_embed, a);
+#endif
 }
 
 typedef struct { int32_t *tokens; int n_tokens; const int32_t *ids; int n_ids; } from_ids_args;
@@ -909,7 +994,12 @@ cudaError_t ns_cuda_tokens_from_ids(int32_t *tokens, int n_tokens, const int32_t
     if (n_tokens < 0 || n_ids < 0) return cudaErrorInvalidValue;
     from_ids_args a = {tokens, n_tokens, ids, n_ids};
     M.n.tokens_from_ids_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_tokens_from_ids(tokens, n_tokens, ids, n_ids, s);
+#else
     return LAUNCH(run_tokens_from_ids, a);
+#endif
 }
 
 typedef struct { float *out; const float *x; const int32_t *rows; int n_rows, width; } gather_args;
@@ -922,7 +1012,12 @@ cudaError_t ns_cuda_gather_rows(float *out, const float *x, const int32_t *rows,
                                 cudaStream_t s) {
     (void)s;
     gather_args a = {out, x, rows, n_rows, width};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_gather_rows(out, x, rows, n_rows, width, s);
+#else
     return LAUNCH(run_gather, a);
+#endif
 }
 
 typedef struct { void *k_pool, *v_pool; int kv_type; const float *k, *v; const int32_t *slot; int n_tokens, row; } kvs_args;
@@ -939,7 +1034,12 @@ cudaError_t ns_cuda_kv_store(void *k_pool, void *v_pool, int kv_type, const floa
                              const int32_t *slot, int n_tokens, int row, cudaStream_t s) {
     (void)s;
     kvs_args a = {k_pool, v_pool, kv_type, k, v, slot, n_tokens, row};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_kv_store(k_pool, v_pool, kv_type, k, v, slot, n_tokens, row, s);
+#else
     return LAUNCH(run_kv_store, a);
+#endif
 }
 
 /* The FP8 KV store: each (token, KV head) row through ns_cpu_quant_rows_fp8, to its slot. */
@@ -967,7 +1067,12 @@ cudaError_t ns_cuda_kv_store_fp8(void *k_pool, void *v_pool, float *k_scale, flo
         return cudaErrorInvalidValue;
     kvs8_args a = {k_pool, v_pool, k_scale, v_scale, k, v, slot, n_tokens, n_head_kv, head_dim};
     M.n.kv_fp8_stores++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_kv_store_fp8(k_pool, v_pool, k_scale, v_scale, k, v, slot, n_tokens, n_head_kv, head_dim, s);
+#else
     return LAUNCH(run_kv_store_fp8, a);
+#endif
 }
 
 typedef struct {
@@ -1026,7 +1131,12 @@ cudaError_t ns_cuda_attention_paged(float *out, uint16_t *out_bf16, const float 
     attn_args a = {out,      out_bf16, q,        q_pos,      tok_seq,   groups,    block_table, n_groups,
                    max_blocks_per_seq, kv_type, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool, scale,
                    NULL, NULL};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_attention_paged(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, single, block_table, max_blocks_per_seq, k_pool, v_pool, kv_type, block_size, n_head, n_head_kv, head_dim, scale, s);
+#else
     return LAUNCH(run_attention, a);
+#endif
 }
 cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                         const int32_t *tok_seq, const int32_t *groups, int n_groups, int single,
@@ -1041,7 +1151,12 @@ cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const fl
                    max_blocks_per_seq, NS_CUDA_TYPE_E4M3, block_size, n_head, n_head_kv, head_dim, k_pool, v_pool,
                    scale, k_scale, v_scale};
     M.n.attention_fp8_calls++;
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_attention_paged_fp8(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, single, block_table, max_blocks_per_seq, k_pool, v_pool, k_scale, v_scale, block_size, n_head, n_head_kv, head_dim, scale, s);
+#else
     return LAUNCH(run_attention, a);
+#endif
 }
 
 typedef struct { int32_t *ids; const float *logits; int n_rows, n_vocab; const ns_row_sampling *params; } samp_args;
@@ -1059,7 +1174,12 @@ cudaError_t ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_r
     (void)s;
     if (n_rows < 0 || n_vocab < 1) return cudaErrorInvalidValue;
     samp_args a = {out_ids, logits, n_rows, n_vocab, NULL};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_sample_greedy(out_ids, logits, n_rows, n_vocab, s);
+#else
     return LAUNCH(run_greedy, a);
+#endif
 }
 static void run_rows(const void *p) {
     const samp_args *a = p;

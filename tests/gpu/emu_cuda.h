@@ -1,6 +1,7 @@
 /* emu_cuda.h: just enough of CUDA to run a kernel of kernels/cuda on the CPU, for the
  * emulated kernel checks (tests/gpu/emu_*.cpp, built by `make test`). A block runs as
- * blockDim.x std::threads, one per CUDA thread, one block at a time (emu_launch), so
+ * blockDim.x std::threads, one per CUDA thread (kept between launches), one block at a
+ * time (emu_launch), so
  * __shared__ variables can be statics and the dynamic shared memory one buffer.
  *
  *   __syncthreads     a barrier of the block's threads
@@ -25,7 +26,8 @@
  * Launchers: NS_LAUNCH (kernels/cuda/common.cuh) runs the kernel at once, after checking
  * the block size, the grid and the dynamic shared memory against CUDA's limits (above
  * 48 KiB only after cudaFuncSetAttribute raised it); cudaGetLastError reports a refused
- * launch; emu_launch_count(kernel) says how often a kernel ran.
+ * launch; emu_launch_count(kernel) says how often a kernel ran. With NS_EMU_DEFERRED the
+ * run is queued on the CPU stand-in's stream instead (tests/cudamock/emu_device.cpp).
  *
  * A missing barrier can go unnoticed here (the threads are scheduled differently); a wrong
  * index, a wrong layout, a read past a wait, or a misaligned fragment cannot.
@@ -36,6 +38,7 @@
 #include <algorithm>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -44,9 +47,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h>
 
 struct emu_dim { unsigned x = 0, y = 0, z = 0; };
 static thread_local emu_dim threadIdx, blockIdx;
@@ -232,6 +238,9 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
 } // namespace nvcuda
 
 /* ---- the runtime, for the launchers (NS_LAUNCH) ---- */
+#ifdef NS_EMU_DEFERRED
+extern "C" void ns_cudamock_enqueue(void (*run)(const void *args), const void *args, size_t n);
+#endif
 typedef int cudaError_t;
 typedef struct CUstream_st *cudaStream_t;
 enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
@@ -271,6 +280,51 @@ template <class K> struct emu_launcher {
 #define NS_LAUNCH(grid, block, smem, stream, ...) \
     emu_launcher<decltype(&__VA_ARGS__)>{&__VA_ARGS__, dim3(grid), dim3(block), (size_t)(smem)}
 
+/* The CUDA threads of a launch: worker threads kept from launch to launch (starting 1024
+ * threads for every launch made the emulated runs slow). emu_pool_run(n, f) runs f(0) ..
+ * f(n - 1) on workers 0 .. n - 1 at once and returns when all are done. The pool belongs
+ * to the process that made it: a child after fork() makes its own (and leaves the
+ * parent's, whose threads it does not have, alone). */
+struct emu_pool {
+    std::mutex m;
+    std::condition_variable go, done;
+    std::vector<std::thread> workers;
+    unsigned long gen = 0;
+    unsigned active = 0, remaining = 0;
+    const std::function<void(unsigned)> *job = nullptr;
+    void loop(unsigned id) {
+        unsigned long seen = 0;
+        std::unique_lock<std::mutex> l(m);
+        for (;;) {
+            go.wait(l, [&] { return gen != seen; });
+            seen = gen;
+            if (id >= active) continue;
+            const std::function<void(unsigned)> *f = job;
+            l.unlock();
+            (*f)(id);
+            l.lock();
+            if (--remaining == 0) done.notify_one();
+        }
+    }
+    void run(unsigned n, const std::function<void(unsigned)> &f) {
+        std::unique_lock<std::mutex> l(m);
+        while (workers.size() < n) {
+            const unsigned id = (unsigned)workers.size();
+            workers.emplace_back([this, id] { loop(id); });
+        }
+        job = &f, active = n, remaining = n, gen++;
+        go.notify_all();
+        done.wait(l, [&] { return remaining == 0; });
+        job = nullptr;
+    }
+};
+static inline void emu_pool_run(unsigned n, const std::function<void(unsigned)> &f) {
+    static emu_pool *pool = nullptr; /* never deleted: its workers wait until the process ends */
+    static pid_t owner = 0;
+    if (!pool || owner != getpid()) pool = new emu_pool, owner = getpid();
+    pool->run(n, f);
+}
+
 /* Runs body() as grid (gx, gy) blocks of `threads` threads, one block at a time, with
  * smem_bytes of dynamic shared memory (filled with NaN bytes before each block: nothing
  * may read it before writing it). */
@@ -285,22 +339,19 @@ static inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, size_t
     emu_warp_barriers.clear();
     for (unsigned w = 0; w < (threads + 31) / 32; w++)
         emu_warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
-    std::vector<std::thread> th;
-    for (unsigned t = 0; t < threads; t++)
-        th.emplace_back([&, t] {
-            threadIdx.x = t;
-            for (unsigned by = 0; by < gy; by++)
-                for (unsigned bx = 0; bx < gx; bx++) {
-                    blockIdx.x = bx, blockIdx.y = by;
-                    if (t == 0) /* each block finds NaN bytes, not the last block's data */
-                        std::memset(emu_dyn_smem, 0xff, smem_bytes);
-                    emu_block_barrier->arrive_and_wait();
-                    body();
-                    if (!emu_cp_groups.empty() || !emu_cp_open.empty()) emu_fail("cp.async copies never waited for");
-                    emu_block_barrier->arrive_and_wait(); /* the block is done */
-                }
-        });
-    for (auto &x : th) x.join();
+    emu_pool_run(threads, [&](unsigned t) {
+        threadIdx.x = t;
+        for (unsigned by = 0; by < gy; by++)
+            for (unsigned bx = 0; bx < gx; bx++) {
+                blockIdx.x = bx, blockIdx.y = by;
+                if (t == 0) /* each block finds NaN bytes, not the last block's data */
+                    std::memset(emu_dyn_smem, 0xff, smem_bytes);
+                emu_block_barrier->arrive_and_wait();
+                body();
+                if (!emu_cp_groups.empty() || !emu_cp_open.empty()) emu_fail("cp.async copies never waited for");
+                emu_block_barrier->arrive_and_wait(); /* the block is done */
+            }
+    });
 }
 
 template <class K> template <class... A> void emu_launcher<K>::operator()(A... args) const {
@@ -314,7 +365,17 @@ template <class K> template <class... A> void emu_launcher<K>::operator()(A... a
         return;
     }
     emu_launches[(const void *)kernel]++;
+#ifdef NS_EMU_DEFERRED /* queued on the CPU stand-in's stream (tests/cudamock): kept for graph replays */
+    static std::vector<std::unique_ptr<std::function<void()>>> jobs;
+    const K k = kernel;
+    const dim3 g = grid, b = block;
+    const size_t sm = smem;
+    jobs.push_back(std::make_unique<std::function<void()>>([=] { emu_launch(g.x, g.y, b.x, sm, [&] { k(args...); }); }));
+    const std::function<void()> *job = jobs.back().get();
+    ns_cudamock_enqueue([](const void *a) { (**(const std::function<void()> *const *)a)(); }, &job, sizeof job);
+#else
     emu_launch(grid.x, grid.y, block.x, smem, [&] { kernel(args...); });
+#endif
 }
 
 #endif
