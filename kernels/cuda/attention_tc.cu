@@ -1,5 +1,6 @@
-/* attention_tc.cu: paged grouped-query attention on the tensor cores (bf16 pools, head_dim
- * 64 or 128), for the same batches and groups as ns_cuda_attention_paged (attention.cu).
+/* attention_tc.cu: paged grouped-query attention on the tensor cores (bf16 or FP8 E4M3
+ * pools, head_dim 64 or 128), for the same batches and groups as ns_cuda_attention_paged
+ * and _paged_fp8 (attention.cu).
  *
  * One thread block per (group of up to QT query tokens of one sequence, KV head). The
  * block's rows are the pairs (token of the group, query head sharing the KV head), token
