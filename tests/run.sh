@@ -44,12 +44,15 @@ if [ -x "$build/unit-cudamock" ]; then
   run "$build/unit-cudamock"
 fi
 if [ -x "$build/unit-cudamock-emu" ]; then
-  # the real kernels' code (emulated) under the backend, end to end, about 90 s: the
-  # CPU's greedy tokens (the generic attention kernel); the FP8 KV cache on a head_dim-64
-  # model with the tensor-core attention for every group (bf16 and FP8 pools), FP8
-  # GEMMs, graphs, overlap and the fused norm. Any other test of test_cudamock.c runs the
-  # same way by its name (the demo-model one takes hours).
+  # the real kernels' code (emulated) under the backend, end to end, about 2 minutes:
+  # prompt logits against the CPU's on a head_dim-64 model, bf16 and FP8 KV caches, with
+  # the fast attention kernels and with the tensor-core ones; the CPU's greedy tokens
+  # (the generic attention kernel); the FP8 KV cache with the tensor-core attention for
+  # every group, FP8 GEMMs, graphs, overlap and the fused norm. Any other test of
+  # test_cudamock.c runs the same way by its name (the demo-model one takes hours).
   echo "== the same stand-in running the CUDA kernels' own code, emulated ($build/unit-cudamock-emu)" >&2
+  run env NS_CUDA_ATTN_TC=0 "$build/unit-cudamock-emu" test_cudamock_prompt_logits_near_cpu
+  run env NS_CUDA_ATTN_TC=2 "$build/unit-cudamock-emu" test_cudamock_prompt_logits_near_cpu
   run "$build/unit-cudamock-emu" test_cudamock_greedy_matches_cpu
   run env NS_CUDA_ATTN_TC=2 "$build/unit-cudamock-emu" test_cudamock_kv_fp8_runs_and_composes
 fi

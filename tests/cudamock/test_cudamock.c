@@ -22,6 +22,12 @@
 #include "../gpu/sample_cases.h"
 
 enum { N_REQ = 6, N_TOK = 10 };
+/* test_cudamock_prompt_logits_near_cpu's bounds, about 5 times the largest NMSE measured
+ * when it came in: bf16 cache 5.7e-6 (the stand-in's references), 5.1e-6 (the fast kernel,
+ * emulated), 1.0e-5 (the tensor-core kernel, emulated: Q and P in bf16); FP8 cache 1.8e-4,
+ * 1.7e-4, 1.7e-4. */
+#define NMSE_BOUND_BF16 5e-5
+#define NMSE_BOUND_FP8 1e-3
 
 typedef struct run_out {
     int32_t tok[N_REQ][N_TOK];
@@ -410,6 +416,55 @@ NS_TEST(test_cudamock_kv_fp8_runs_and_composes) {
     run(&(run_cfg){.backend = "cuda", .kv_fp8 = true}, &hd16);
     CHECK_EQ_INT(hd16.n_done, N_REQ);
     CHECK_EQ_INT(hd16.mock.attention_fp8_calls, 0);
+}
+
+/* The next-token logits after prompt (n) on model, by backend, with the FP8 KV cache or
+ * not; returns the NMSE against ref when ref is given (else fills out). */
+static double prompt_logits(const char *backend, const char *model, bool kv_fp8, const int32_t *prompt, int n,
+                            float *out) {
+    ns_engine_config cfg;
+    ns_engine_config_default(&cfg);
+    cfg.model_path = model;
+    cfg.backend = backend;
+    cfg.kv_fp8 = kv_fp8;
+    cfg.n_threads = 2;
+    cfg.max_seqs = 4;
+    cfg.max_batch_tokens = 32; /* three prompt chunks: later chunks attend to cached keys */
+    ns_engine *e = NULL;
+    ns_error err;
+    ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+    CHECK_MSG(st == NS_OK, "open on %s: %s", backend, err.msg);
+    if (st) return INFINITY;
+    st = ns_engine_prompt_logits(e, prompt, n, out, &err);
+    CHECK_MSG(st == NS_OK, "prompt logits on %s: %s", backend, err.msg);
+    ns_engine_close(e);
+    return st ? INFINITY : 0.0;
+}
+
+/* Next-token logits after a 90-token prompt on the head_dim-64 model, CUDA against the
+ * CPU backend, with the bf16 KV cache and with the FP8 one. Greedy tokens of the tiny
+ * models barely depend on attention; these logits do. With the stand-in's CPU references
+ * this checks the backend's plumbing; on build/unit-cudamock-emu, the attention kernels
+ * that NS_CUDA_ATTN_TC picks, end to end (fast at 0, tensor cores at 2). */
+NS_TEST(test_cudamock_prompt_logits_near_cpu) {
+    const char *m64 = model_hd64_path();
+    enum { N = 90 };
+    int32_t prompt[N];
+    for (int i = 0; i < N; i++) prompt[i] = (i * 37 + 11) % NS_TINY_N_VOCAB;
+    float ref[NS_TINY_N_VOCAB], got[NS_TINY_N_VOCAB];
+    if (prompt_logits("cpu", m64, false, prompt, N, ref) != 0.0) return;
+    for (int f8 = 0; f8 < 2; f8++) {
+        if (prompt_logits("cuda", m64, f8, prompt, N, got) != 0.0) return;
+        double num = 0, den = 0;
+        for (int i = 0; i < NS_TINY_N_VOCAB; i++) {
+            num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+            den += (double)ref[i] * ref[i];
+        }
+        const double nmse = num / den, bound = f8 ? NMSE_BOUND_FP8 : NMSE_BOUND_BF16;
+        printf("  prompt logits, %s KV cache: NMSE %.3g against the CPU's (bound %.3g)\n", f8 ? "FP8" : "bf16", nmse,
+               bound);
+        CHECK_MSG(nmse <= bound, "%s KV cache: NMSE %.3g > %.3g", f8 ? "FP8" : "bf16", nmse, bound);
+    }
 }
 
 /* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
