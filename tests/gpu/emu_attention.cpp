@@ -269,13 +269,13 @@ static int dispatch_case_run(const dispatch_case &c, int level) {
         std::memcpy(&vp[(size_t)slot[t] * row], &v[(size_t)t * row], row * 4);
         encode((size_t)slot[t] * c.n_head_kv, c.n_head_kv);
     }
-    std::vector<unsigned char> kd_want = kd, vd_want = vd;
-    std::vector<float> ks_want = ks, vs_want = vs;
-    std::memset(kd.data(), 0x3c, kd.size()), std::memset(vd.data(), 0x3c, vd.size()); /* the stores must write them */
-    for (int t = 0; t < T; t++)
-        for (size_t i = 0; i < row * el; i++) kd[(size_t)slot[t] * row * el + i] ^= 0xff, vd[(size_t)slot[t] * row * el + i] ^= 0xff;
-    for (size_t i = 0; i < kd.size(); i++) /* everything but the new rows as before */
-        if (kd[i] == 0x3c) kd[i] = kd_want[i], vd[i] = vd_want[i];
+    const std::vector<unsigned char> kd_want = kd, vd_want = vd;
+    const std::vector<float> ks_want = ks, vs_want = vs;
+    for (int t = 0; t < T; t++) { /* the new rows (and scales) wrong until the stores write them */
+        for (size_t i = (size_t)slot[t] * row * el; i < (size_t)(slot[t] + 1) * row * el; i++) kd[i] ^= 0xff, vd[i] ^= 0xff;
+        for (size_t h = (size_t)slot[t] * c.n_head_kv; c.pk == P_FP8 && h < (size_t)(slot[t] + 1) * c.n_head_kv; h++)
+            ks[h] = vs[h] = -1.0f;
+    }
     const void *store_kernel = c.pk == P_FP8    ? (const void *)&kv_store_fp8_kernel
                                : c.pk == P_BF16 ? (const void *)&kv_store_kernel<__nv_bfloat16>
                                                 : (const void *)&kv_store_kernel<float>;
