@@ -71,13 +71,26 @@ struct ns_bweight {
     void *data;     /* device: (ne1, ne0) bf16 for matrices, (ne0) fp32 for vectors; NULL when fp8 */
     uint8_t *fp8;   /* precision fp8, layer matrices: (ne1, ne0) e4m3, row r times fp8_scale[r] */
     float *fp8_scale; /* (ne1) */
+    float *fp8_scale_blk; /* cuBLASLt's 128-block scales (lt_on[LT_BLOCK]): fp8_scale[r] for each of row r's
+                           * ceil(ne0 / 128) blocks, in the layout the setup's probe found */
     int64_t ne0, ne1;
     bool is_bf16;   /* a matrix (bf16, or fp8 when fp8 is set); false: an fp32 vector */
 };
 
+/* How an FP8 GEMM applies the two row-scale vectors (precision fp8). cuBLASLt's
+ * outer-vector scales do it in the GEMM, but an H100 with CUDA 13 has no algorithm for
+ * them; its 128-block scales (one per row and 128-wide block of K) do the same product when
+ * each row's blocks all take the row's scale (the vectors expanded, ns_cuda_expand_scales);
+ * last, an unscaled FP8 GEMM with fp32 output and a pass that multiplies each sum by its
+ * two scales (ns_cuda_scale_outer), which costs a read and a write of the output. Each
+ * GEMM shape takes the first that cuBLASLt has an algorithm for. */
+enum { LT_OUTER, LT_BLOCK, LT_RAW, LT_MODES };
+static const char *const lt_mode_name[LT_MODES] = {"outer-vector scales", "128-block scales",
+                                                    "unscaled, then a scaling pass"};
+
 /* One FP8 GEMM shape's cuBLASLt layouts and the algorithm its heuristic chose. */
 typedef struct lt_plan {
-    int M, N, K;
+    int M, N, K, mode;
     cudaDataType y_type;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -163,7 +176,17 @@ typedef struct cuda_backend {
     const float *x_fp8_src;
     size_t x_fp8_n;
     cublasLtHandle_t lt;
-    cublasLtMatmulDesc_t lt_desc;
+    cublasLtMatmulDesc_t lt_desc[LT_MODES]; /* one per way of scaling (LT_OUTER ...) */
+    bool lt_on[LT_MODES];                    /* the ways the setup found here (or NS_CUDA_FP8_GEMM chose) */
+    bool blk_kb_major[2];                    /* 128-block scale layouts of A (the weight) and B (the input) */
+    /* the input's 128-block scales (x_scale expanded; lt_on[LT_BLOCK]): valid for x_blk_rows
+     * rows and x_blk_kb blocks until x_scale is written again */
+    float *x_scale_blk;
+    bool x_blk_valid;
+    int x_blk_rows, x_blk_kb;
+    /* the unscaled GEMM's fp32 sums (LT_RAW), y_raw_cap floats, sized by batch_set */
+    float *y_raw;
+    size_t y_raw_cap;
     cublasLtMatmulPreference_t lt_pref;
     lt_plan *lt_plans; /* NS_CUDA_LT_PLANS, n_lt_plans used; replaced round robin */
     int n_lt_plans, lt_next;
@@ -282,6 +305,7 @@ static bool x_shadow_fp8(cuda_backend *c, const float *out, int n_rows, int n) {
     c->x_bf16_src = NULL;
     c->x_fp8_src = out;
     c->x_fp8_n = N;
+    c->x_blk_valid = false;
     return true;
 }
 
@@ -392,6 +416,7 @@ static void cuda_weight_free(ns_backend *b, ns_bweight *w) {
     if (w->data) cudaFree(w->data);
     if (w->fp8) cudaFree(w->fp8);
     if (w->fp8_scale) cudaFree(w->fp8_scale);
+    if (w->fp8_scale_blk) cudaFree(w->fp8_scale_blk);
     free(w);
 }
 
@@ -425,6 +450,9 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
     if (as_fp8) {
         st = dev_alloc(c, n_elem, what, (void **)&w->fp8, err);
         if (!st) st = dev_alloc(c, (size_t)n_rows * sizeof(float), what, (void **)&w->fp8_scale, err);
+        if (!st && c->lt_on[LT_BLOCK])
+            st = dev_alloc(c, (size_t)n_rows * (size_t)((t->ne[0] + 127) / 128) * sizeof(float), what,
+                           (void **)&w->fp8_scale_blk, err);
         if (!st) st = dev_alloc(c, n_elem * sizeof(float), "a weight matrix in fp32 (staging its fp8 rows)", &f32,
                                 err);
     } else {
@@ -439,6 +467,9 @@ static ns_status cuda_weight_load(ns_backend *b, const ns_gguf_tensor *t, ns_bwe
         e = ns_cuda_dequant_row(t->type, raw, row_bytes, f32, NS_CUDA_TYPE_F32, n_rows, t->ne[0], c->stream);
     if (e == cudaSuccess && as_fp8)
         e = ns_cuda_quant_rows_fp8(w->fp8, w->fp8_scale, f32, NS_CUDA_TYPE_F32, n_rows, t->ne[0], c->stream);
+    if (e == cudaSuccess && w->fp8_scale_blk)
+        e = ns_cuda_expand_scales(w->fp8_scale_blk, w->fp8_scale, n_rows, (int)((t->ne[0] + 127) / 128),
+                                  c->blk_kb_major[0], c->stream);
     if (e == cudaSuccess && !as_fp8)
         e = ns_cuda_dequant_row(t->type, raw, row_bytes, w->data, is_matrix ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32,
                                 n_rows, t->ne[0], c->stream);
@@ -534,9 +565,11 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     if (c->x_lo) cudaFree(c->x_lo);
     if (c->x_fp8) cudaFree(c->x_fp8);
     if (c->x_scale) cudaFree(c->x_scale);
+    if (c->x_scale_blk) cudaFree(c->x_scale_blk);
     c->x_bf16 = c->x_lo = NULL;
     c->x_fp8 = NULL;
-    c->x_scale = NULL;
+    c->x_scale = c->x_scale_blk = NULL;
+    c->x_blk_valid = false;
     c->x_bf16_cap = 0;
     x_forget(c);
     c->gen++;
@@ -547,6 +580,10 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     if (!st && c->fp8) st = dev_alloc(c, n, "the fp8 matmul input", (void **)&c->x_fp8, err);
     if (!st && c->fp8)
         st = dev_alloc(c, (n / 16 + 1) * sizeof(float), "the fp8 matmul input's scales", (void **)&c->x_scale, err);
+    /* M rows of K >= 16 in n: M * ceil(K / 128) <= n / 128 + n / 16 */
+    if (!st && c->fp8 && c->lt_on[LT_BLOCK])
+        st = dev_alloc(c, (n / 128 + n / 16 + 1) * sizeof(float), "the fp8 matmul input's block scales",
+                       (void **)&c->x_scale_blk, err);
     if (!st) c->x_bf16_cap = n;
     return st;
 }
@@ -561,6 +598,19 @@ static ns_status ensure_y_cap(cuda_backend *c, size_t n, ns_error *err) {
     c->gen++; /* recordings pointing at the old buffer go */
     ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the fp8 matmul's bf16 output", (void **)&c->y_bf16, err);
     if (!st) c->y_bf16_cap = n;
+    return st;
+}
+
+/* The unscaled FP8 GEMM's fp32 sums (LT_RAW), grown to n elements: by batch_set for the
+ * batch, as ensure_y_cap. */
+static ns_status ensure_y_raw_cap(cuda_backend *c, size_t n, ns_error *err) {
+    if (n <= c->y_raw_cap) return NS_OK;
+    if (c->y_raw) cudaFree(c->y_raw);
+    c->y_raw = NULL;
+    c->y_raw_cap = 0;
+    c->gen++; /* recordings pointing at the old buffer go */
+    ns_status st = dev_alloc(c, n * sizeof(float), "the unscaled fp8 matmul's sums", (void **)&c->y_raw, err);
+    if (!st) c->y_raw_cap = n;
     return st;
 }
 
@@ -654,6 +704,7 @@ static ns_status cuda_batch_set(ns_backend *b, const ns_fwd_batch *bt, ns_error 
     }
     if ((st = ensure_x_cap(c, (size_t)NS_MAX(T, L) * (size_t)c->max_k, err))) return st;
     if (c->lt_bf16_only && (st = ensure_y_cap(c, (size_t)T * (size_t)c->max_n_fp8, err))) return st;
+    if (c->fp8 && c->lt_on[LT_RAW] && (st = ensure_y_raw_cap(c, (size_t)T * (size_t)c->max_n_fp8, err))) return st;
     if (L > c->ids_cap) {
         /* the last pick's ids move to the larger buffer (this batch may name them) */
         int32_t *ids = NULL;
@@ -813,6 +864,7 @@ static bool x_to_fp8(cuda_backend *c, const float *x, int M, int K) {
              "matmul (rows to fp8)");
     c->x_fp8_src = x;
     c->x_fp8_n = n_x;
+    c->x_blk_valid = false;
     return true;
 }
 
@@ -835,9 +887,28 @@ static void lt_plan_clear(lt_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* The plan of an FP8 GEMM shape: kept, or made (layouts, and the heuristic's first
- * algorithm within the workspace); NULL after recording a failure. A shape's plan is
- * made once: the heuristic query is a host call of tens of microseconds. */
+/* Whether cuBLASLt has an algorithm for the FP8 GEMM (M, N, K) with mode's scales and
+ * output d_type (the unscaled mode's is always fp32); on success the layouts and the
+ * algorithm are in p. */
+static cublasStatus_t lt_try(cuda_backend *c, lt_plan *p, int mode, int M, int N, int K, cudaDataType d_type) {
+    /* column-major, as the bf16 path (gemm): A = W (K, N) read transposed, B = x (K, M), D = y^T (N, M) */
+    cublasStatus_t s = cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)M, K);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->d, d_type, (uint64_t)N, (uint64_t)M, N);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    cublasLtMatmulHeuristicResult_t r;
+    int n_found = 0;
+    s = cublasLtMatmulAlgoGetHeuristic(c->lt, c->lt_desc[mode], p->a, p->b, p->d, p->d, c->lt_pref, 1, &r, &n_found);
+    if (s == CUBLAS_STATUS_SUCCESS && (n_found < 1 || r.state != CUBLAS_STATUS_SUCCESS))
+        s = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (s == CUBLAS_STATUS_SUCCESS) p->algo = r.algo;
+    return s;
+}
+
+/* The plan of an FP8 GEMM shape: kept, or made (the first way of scaling that cuBLASLt
+ * has an algorithm for, its layouts, and the heuristic's first algorithm within the
+ * workspace); NULL after recording a failure. A shape's plan is made once: the heuristic
+ * query is a host call of tens of microseconds. */
 static lt_plan *lt_plan_for(cuda_backend *c, int M, int N, int K, cudaDataType y_type) {
     for (int i = 0; i < c->n_lt_plans; i++) {
         lt_plan *p = &c->lt_plans[i];
@@ -845,70 +916,81 @@ static lt_plan *lt_plan_for(cuda_backend *c, int M, int N, int K, cudaDataType y
     }
     int i = c->n_lt_plans < NS_CUDA_LT_PLANS ? c->n_lt_plans++ : c->lt_next++ % NS_CUDA_LT_PLANS;
     lt_plan *p = &c->lt_plans[i];
+    cublasStatus_t s = CUBLAS_STATUS_NOT_SUPPORTED;
+    for (int mode = 0; mode < LT_MODES; mode++) {
+        if (!c->lt_on[mode]) continue;
+        lt_plan_clear(p);
+        s = lt_try(c, p, mode, M, N, K, mode == LT_RAW ? CUDA_R_32F : y_type);
+        if (s == CUBLAS_STATUS_SUCCESS) {
+            p->M = M;
+            p->N = N;
+            p->K = K;
+            p->mode = mode;
+            p->y_type = y_type;
+            return p;
+        }
+        if (s == CUBLAS_STATUS_ALLOC_FAILED) break;
+    }
     lt_plan_clear(p);
-    /* column-major, as the bf16 path (gemm): A = W (K, N) read transposed, B = x (K, M), D = y^T (N, M) */
-    cublasStatus_t s = cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K);
-    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)M, K);
-    if (s == CUBLAS_STATUS_SUCCESS) s = cublasLtMatrixLayoutCreate(&p->d, y_type, (uint64_t)N, (uint64_t)M, N);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        lt_plan_clear(p);
-        lt_fail(c, s, "cublasLtMatrixLayoutCreate", M, N, K);
-        return NULL;
-    }
-    cublasLtMatmulHeuristicResult_t r;
-    int n_found = 0;
-    s = cublasLtMatmulAlgoGetHeuristic(c->lt, c->lt_desc, p->a, p->b, p->d, p->d, c->lt_pref, 1, &r, &n_found);
-    if (s == CUBLAS_STATUS_SUCCESS && (n_found < 1 || r.state != CUBLAS_STATUS_SUCCESS))
-        s = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        lt_plan_clear(p);
-        lt_fail(c, s, y_type == CUDA_R_32F ? "no cuBLASLt algorithm for e4m3 x e4m3 -> fp32 with outer-vector scales"
-                                           : "no cuBLASLt algorithm for e4m3 x e4m3 -> bf16 with outer-vector scales",
-                M, N, K);
-        return NULL;
-    }
-    p->algo = r.algo;
-    p->M = M;
-    p->N = N;
-    p->K = K;
-    p->y_type = y_type;
-    return p;
+    lt_fail(c, s, y_type == CUDA_R_32F ? "no cuBLASLt algorithm for e4m3 x e4m3 -> fp32 in any way of scaling here"
+                                       : "no cuBLASLt algorithm for e4m3 x e4m3 -> bf16 in any way of scaling here",
+            M, N, K);
+    return NULL;
 }
 
-/* y (M, N) = x_fp8 (M, K) . W_fp8^T, each product scaled by the row's scales: cuBLASLt
- * with outer-vector scales, A's (N) from the weight, B's (M) from x_to_fp8. */
+/* y (M, N) = x_fp8 (M, K) . W_fp8^T, each product scaled by the row's scales, A's (N) from
+ * the weight, B's (M) from x_to_fp8: cuBLASLt in the plan's way of scaling. */
 static void gemm_fp8(cuda_backend *c, void *y, cudaDataType y_type, const ns_bweight *w, int M, int N, int K) {
     void *y_f32 = NULL; /* fp32 results through bf16 (lt_bf16_only) */
+    ns_error e;         /* buffers sized by batch_set; outside a batch (tests), grown here */
     if (y_type == CUDA_R_32F && c->lt_bf16_only) {
-        ns_error e; /* sized by batch_set; outside a batch (tests), grown here */
-        if (ensure_y_cap(c, (size_t)M * (size_t)N, &e)) {
-            if (!c->sticky) {
-                c->sticky = e.code ? e.code : NS_ERR_BACKEND;
-                c->sticky_err = e;
-            }
-            return;
-        }
+        if (ensure_y_cap(c, (size_t)M * (size_t)N, &e)) goto fail;
         y_f32 = y;
         y = c->y_bf16;
         y_type = CUDA_R_16BF;
     }
     lt_plan *p = lt_plan_for(c, M, N, K, y_type);
     if (!p) return;
+    if (p->mode == LT_RAW && ensure_y_raw_cap(c, (size_t)M * (size_t)N, &e)) goto fail;
     prof_mark(c, P_GEMM);
+    const int kb = (K + 127) / 128;
+    if (p->mode == LT_BLOCK && !(c->x_blk_valid && c->x_blk_rows == M && c->x_blk_kb == kb)) {
+        op_check(c, ns_cuda_expand_scales(c->x_scale_blk, c->x_scale, M, kb, c->blk_kb_major[1], c->stream),
+                 "matmul (fp8 input's block scales)");
+        c->x_blk_valid = true;
+        c->x_blk_rows = M;
+        c->x_blk_kb = kb;
+    }
     const float alpha = 1.0f, beta = 0.0f;
-    const void *a_scale = w->fp8_scale, *b_scale = c->x_scale;
-    cublasStatus_t s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
-                                                      sizeof a_scale);
+    cublasLtMatmulDesc_t desc = c->lt_desc[p->mode];
+    const void *a_scale = p->mode == LT_BLOCK ? w->fp8_scale_blk : w->fp8_scale;
+    const void *b_scale = p->mode == LT_BLOCK ? c->x_scale_blk : c->x_scale;
+    void *d = p->mode == LT_RAW ? (void *)c->y_raw : y;
+    cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+    if (p->mode != LT_RAW) {
+        s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale);
+    }
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmul(c->lt, c->lt_desc, &alpha, w->fp8, p->a, c->x_fp8, p->b, &beta, y, p->d, y, p->d, &p->algo,
+        s = cublasLtMatmul(c->lt, desc, &alpha, w->fp8, p->a, c->x_fp8, p->b, &beta, d, p->d, d, p->d, &p->algo,
                            c->cublas_ws, NS_CUDA_CUBLAS_WS, c->stream);
     if (s != CUBLAS_STATUS_SUCCESS) lt_fail(c, s, "cublasLtMatmul", M, N, K);
+    if (p->mode == LT_RAW)
+        op_check(c,
+                 ns_cuda_scale_outer(y, y_type == CUDA_R_32F ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16, c->y_raw,
+                                     w->fp8_scale, c->x_scale, M, N, c->stream),
+                 "matmul (fp8 sums times their scales)");
     if (y_f32)
         op_check(c,
                  ns_cuda_dequant_row(NS_CUDA_TYPE_BF16, y, (size_t)N * 2, y_f32, NS_CUDA_TYPE_F32, M, N, c->stream),
                  "matmul (fp8 output bf16 to fp32)");
+    return;
+fail:
+    if (!c->sticky) {
+        c->sticky = e.code ? e.code : NS_ERR_BACKEND;
+        c->sticky_err = e;
+    }
 }
 
 /* y (M, N) = x_bf16 (M, K) . W^T, y of y_type (CUDA_R_32F, or CUDA_R_16BF outside precise
@@ -1244,31 +1326,120 @@ static ns_status fp8_allowed(cuda_backend *c, ns_error *err) {
     return NS_OK;
 }
 
-/* use_fp8: cuBLASLt's handle, the matmul descriptor (e4m3 A transposed and B, fp32
- * accumulation, outer-vector scales), and a first plan, so that a device or cuBLAS
- * without the FP8 GEMM fails here, naming why, rather than at the first step. */
+/* Whether cuBLASLt's 128-block scales work here, and in which layout (c->blk_kb_major): a
+ * GEMM of ones (M = N = 128, K = 256: two blocks) with scales that differ by row, laid out
+ * each of the four ways (A's and B's [row][block] or [block][row]), against the product it
+ * must give (each sum 256 times its two row scales, exact in bf16). cuBLAS documents
+ * [row][block]; the probe takes nothing on trust, since a wrong layout scales silently
+ * wrong. false with *why when none gives it. */
+static bool probe_block(cuda_backend *c, const char **why) {
+    enum { PM = 128, PN = 128, PK = 256, PKB = 2 };
+    lt_plan p = {0};
+    cublasStatus_t s = lt_try(c, &p, LT_BLOCK, PM, PN, PK, CUDA_R_16BF);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        lt_plan_clear(&p);
+        *why = cublasGetStatusString(s);
+        return false;
+    }
+    const size_t n_codes = (size_t)PK * (PM + PN), n_sa = (size_t)PN * PKB, n_sb = (size_t)PM * PKB;
+    uint8_t *h_codes = malloc(n_codes), *codes = NULL;
+    float *h_sa = malloc(n_sa * sizeof(float)), *h_sb = malloc(n_sb * sizeof(float)), *sa = NULL, *sb = NULL;
+    uint16_t *h_d = malloc((size_t)PM * PN * sizeof(uint16_t)), *d = NULL;
+    bool found = false;
+    *why = "no layout of the scales gave the expected product";
+    if (!h_codes || !h_sa || !h_sb || !h_d || cudaMalloc((void **)&codes, n_codes) != cudaSuccess ||
+        cudaMalloc((void **)&sa, n_sa * sizeof(float)) != cudaSuccess ||
+        cudaMalloc((void **)&sb, n_sb * sizeof(float)) != cudaSuccess ||
+        cudaMalloc((void **)&d, (size_t)PM * PN * sizeof(uint16_t)) != cudaSuccess) {
+        *why = "out of memory for the probe";
+        goto done;
+    }
+    memset(h_codes, 0x38, n_codes); /* e4m3 1.0 */
+    if (cudaMemcpyAsync(codes, h_codes, n_codes, cudaMemcpyHostToDevice, c->stream) != cudaSuccess) goto done;
+    for (int lay = 0; lay < 4 && !found; lay++) {
+        const bool a_kbm = lay & 1, b_kbm = lay & 2;
+        for (int r = 0; r < PN; r++)
+            for (int t = 0; t < PKB; t++) h_sa[a_kbm ? t * PN + r : r * PKB + t] = (float)(1 + r % 3);
+        for (int r = 0; r < PM; r++)
+            for (int t = 0; t < PKB; t++) h_sb[b_kbm ? t * PM + r : r * PKB + t] = (float)(1 + r % 5);
+        const float one = 1.0f, zero = 0.0f;
+        cublasLtMatmulDesc_t desc = c->lt_desc[LT_BLOCK];
+        if (cudaMemcpyAsync(sa, h_sa, n_sa * sizeof(float), cudaMemcpyHostToDevice, c->stream) != cudaSuccess ||
+            cudaMemcpyAsync(sb, h_sb, n_sb * sizeof(float), cudaMemcpyHostToDevice, c->stream) != cudaSuccess ||
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa) ||
+            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb) ||
+            cublasLtMatmul(c->lt, desc, &one, codes, p.a, codes + (size_t)PK * PN, p.b, &zero, d, p.d, d, p.d, &p.algo,
+                           c->cublas_ws, NS_CUDA_CUBLAS_WS, c->stream) ||
+            cudaMemcpyAsync(h_d, d, (size_t)PM * PN * sizeof(uint16_t), cudaMemcpyDeviceToHost, c->stream) !=
+                cudaSuccess ||
+            cudaStreamSynchronize(c->stream) != cudaSuccess) {
+            *why = "the probe's GEMM failed";
+            break;
+        }
+        found = true;
+        for (int m = 0; m < PM && found; m++) /* D (N, M) column-major: y (M, N) row-major */
+            for (int n = 0; n < PN && found; n++) {
+                const uint32_t bits = (uint32_t)h_d[(size_t)m * PN + n] << 16; /* bf16 to fp32 */
+                float v;
+                memcpy(&v, &bits, sizeof v);
+                found = v == 256.0f * (float)(1 + n % 3) * (float)(1 + m % 5);
+            }
+        if (found) c->blk_kb_major[0] = a_kbm, c->blk_kb_major[1] = b_kbm;
+    }
+done:
+    cudaGetLastError(); /* a failed allocation above is reported through *why */
+    if (codes) cudaFree(codes);
+    if (sa) cudaFree(sa);
+    if (sb) cudaFree(sb);
+    if (d) cudaFree(d);
+    free(h_codes), free(h_sa), free(h_sb), free(h_d);
+    lt_plan_clear(&p);
+    return found;
+}
+
+/* use_fp8: cuBLASLt's handle, a matmul descriptor per way of scaling (e4m3 A transposed
+ * and B, fp32 accumulation), which of them this device and cuBLAS have (a heuristic query
+ * each; the 128-block one also runs, probe_block), and a first plan, so that a device or
+ * cuBLAS without any FP8 GEMM fails here, naming why, rather than at the first step.
+ * NS_CUDA_FP8_GEMM=outer|block|raw keeps that one way alone (for checks of each). */
 static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
     ns_status st0 = fp8_allowed(c, err);
     if (st0) return st0;
+    static const char *const mode_key[LT_MODES] = {"outer", "block", "raw"};
+    int only = -1;
+    const char *force = getenv("NS_CUDA_FP8_GEMM");
+    if (force && *force && strcmp(force, "auto")) {
+        for (int m = 0; m < LT_MODES; m++)
+            if (!strcmp(force, mode_key[m])) only = m;
+        if (only < 0)
+            return ns_error_set(err, NS_ERR_INVALID,
+                                "cuda backend: NS_CUDA_FP8_GEMM=%.40s: expected outer, block, raw or auto", force);
+    }
     c->fp8 = true;
     c->all_fp8 = true; /* until a layer matrix is not */
     cublasStatus_t s;
     const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
-    const int32_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const int32_t scale_mode[LT_MODES] = {CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
+                                          CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                                          CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F};
     const uint64_t ws = NS_CUDA_CUBLAS_WS;
     if ((s = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS) {
         c->lt = NULL;
         return cublas_fail(err, s, "cublasLtCreate");
     }
-    if ((s = cublasLtMatmulDescCreate(&c->lt_desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS) {
-        c->lt_desc = NULL;
-        return cublas_fail(err, s, "cublasLtMatmulDescCreate");
+    for (int m = 0; m < LT_MODES; m++) {
+        if ((s = cublasLtMatmulDescCreate(&c->lt_desc[m], CUBLAS_COMPUTE_32F, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS) {
+            c->lt_desc[m] = NULL;
+            return cublas_fail(err, s, "cublasLtMatmulDescCreate");
+        }
+        if ((s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t)) ||
+            (s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n)) ||
+            (m != LT_RAW && ((s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                                                                 &scale_mode[m], sizeof scale_mode[m])) ||
+                             (s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                                                                 &scale_mode[m], sizeof scale_mode[m])))))
+            return cublas_fail(err, s, "cublasLtMatmulDescSetAttribute");
     }
-    if ((s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t)) ||
-        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n)) ||
-        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer, sizeof outer)) ||
-        (s = cublasLtMatmulDescSetAttribute(c->lt_desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer, sizeof outer)))
-        return cublas_fail(err, s, "cublasLtMatmulDescSetAttribute");
     if ((s = cublasLtMatmulPreferenceCreate(&c->lt_pref)) != CUBLAS_STATUS_SUCCESS) {
         c->lt_pref = NULL;
         return cublas_fail(err, s, "cublasLtMatmulPreferenceCreate");
@@ -1278,19 +1449,42 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
         return cublas_fail(err, s, "cublasLtMatmulPreferenceSetAttribute");
     c->lt_plans = ns_calloc_array(NS_CUDA_LT_PLANS, sizeof(lt_plan));
     if (!c->lt_plans) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
-    if (!lt_plan_for(c, 16, 16, 16, CUDA_R_16BF)) {
+    /* which ways of scaling this cuBLASLt has, at a shape every way takes (K one block) */
+    const char *why[LT_MODES];
+    for (int m = 0; m < LT_MODES; m++) {
+        why[m] = "not chosen (NS_CUDA_FP8_GEMM)";
+        if (only >= 0 && only != m) continue;
+        if (m == LT_BLOCK) {
+            c->lt_on[m] = probe_block(c, &why[m]);
+        } else {
+            lt_plan p = {0};
+            s = lt_try(c, &p, m, 16, 128, 128, m == LT_RAW ? CUDA_R_32F : CUDA_R_16BF);
+            lt_plan_clear(&p);
+            c->lt_on[m] = s == CUBLAS_STATUS_SUCCESS;
+            why[m] = cublasGetStatusString(s);
+        }
+    }
+    if (!c->lt_on[LT_OUTER] && !c->lt_on[LT_BLOCK] && !c->lt_on[LT_RAW])
+        return ns_error_set(err, NS_ERR_UNSUPPORTED,
+                            "cuda backend: precision fp8: cuBLASLt on device %d has no FP8 GEMM in a form the "
+                            "backend uses (%s: %s; %s: %s; %s: %s)",
+                            c->device, lt_mode_name[0], why[0], lt_mode_name[1], why[1], lt_mode_name[2], why[2]);
+    if (!lt_plan_for(c, 16, 128, 128, CUDA_R_16BF)) {
         *err = c->sticky_err;
         return c->sticky;
     }
-    if (!lt_plan_for(c, 16, 16, 16, CUDA_R_32F)) { /* no fp32 output: through bf16 (see gemm_fp8) */
+    if (!lt_plan_for(c, 16, 128, 128, CUDA_R_32F)) { /* no fp32 output: through bf16 (see gemm_fp8) */
         c->sticky = NS_OK;
         c->lt_bf16_only = true;
-        fprintf(stderr, "cuda backend: device %d: cuBLASLt has no fp8 GEMM with fp32 output and outer-vector scales "
-                        "here; fp8 GEMMs write bf16, widened to fp32\n", c->device);
+        fprintf(stderr, "cuda backend: device %d: cuBLASLt has no fp8 GEMM with fp32 output here; fp8 GEMMs write "
+                        "bf16, widened to fp32\n", c->device);
     }
     /* said once per backend, so that a job's log shows it */
     fprintf(stderr, "cuda backend: device %d: precision fp8: layer matrices and their inputs in FP8 E4M3 (results "
-                    "differ from bf16)\n", c->device);
+                    "differ from bf16); GEMMs with %s: %s, %s: %s%s, %s: %s\n",
+            c->device, lt_mode_name[0], c->lt_on[0] ? "yes" : why[0], lt_mode_name[1], c->lt_on[1] ? "yes" : why[1],
+            !c->lt_on[1] ? "" : c->blk_kb_major[0] || c->blk_kb_major[1] ? " (scales [block][row])" : "",
+            lt_mode_name[2], c->lt_on[2] ? "yes" : why[2]);
     return NS_OK;
 }
 
@@ -1338,11 +1532,14 @@ static void cuda_destroy(ns_backend *b) {
     if (c->x_fp8) cudaFree(c->x_fp8);
     if (c->x_scale) cudaFree(c->x_scale);
     if (c->y_bf16) cudaFree(c->y_bf16);
+    if (c->y_raw) cudaFree(c->y_raw);
+    if (c->x_scale_blk) cudaFree(c->x_scale_blk);
     if (c->lt_plans)
         for (int i = 0; i < c->n_lt_plans; i++) lt_plan_clear(&c->lt_plans[i]);
     free(c->lt_plans);
     if (c->lt_pref) cublasLtMatmulPreferenceDestroy(c->lt_pref);
-    if (c->lt_desc) cublasLtMatmulDescDestroy(c->lt_desc);
+    for (int m = 0; m < LT_MODES; m++)
+        if (c->lt_desc[m]) cublasLtMatmulDescDestroy(c->lt_desc[m]);
     if (c->lt) cublasLtDestroy(c->lt);
     free_ids(c);
     for (int i = 0; i < NS_CUDA_MAX_GRAPHS; i++) graph_drop(c, i);

@@ -198,3 +198,54 @@ extern "C" cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const 
         NS_LAUNCH((unsigned)n_rows, FP8_THREADS, 0, stream, swiglu_bf16_fp8_kernel<false>)(q, scales, g, u, n);
     return cudaGetLastError();
 }
+
+/* ---- FP8 GEMMs where cuBLASLt has no outer-vector scales (Hopper) ----
+ * expand_scales: one scale per row to one per (row, 128-wide block of K), for cuBLASLt's
+ * 128-block scaling (VEC128_32F), where a row's K blocks all take the row's scale: the
+ * product is then the outer-vector one. kb_major says which of the two layouts the device
+ * read in the backend's setup probe: dst[r * kb + j] (false) or dst[j * rows + r] (true).
+ * scale_outer: the unscaled GEMM's fp32 sums times both scales, y (M, N) of y_type
+ * (NS_CUDA_TYPE_F32 or BF16) = raw * (a_scale[n] * b_scale[m]): the operation order of
+ * the CPU stand-in's cuBLASLt (tests/cudamock), so that the two give the same bits. */
+static __global__ void expand_scales_kernel(float *dst, const float *src, int64_t rows, int kb, bool kb_major) {
+    const int64_t n = rows * kb;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = kb_major ? i % rows : i / kb;
+        dst[i] = src[r];
+    }
+}
+
+extern "C" cudaError_t ns_cuda_expand_scales(float *dst, const float *src, int64_t rows, int kb, int kb_major,
+                                             cudaStream_t stream) {
+    if (rows < 0 || kb < 1) return cudaErrorInvalidValue;
+    if (rows == 0) return cudaSuccess;
+    const int64_t n = rows * kb, blocks = (n + 255) / 256;
+    NS_LAUNCH((unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, stream, expand_scales_kernel)(dst, src, rows, kb,
+                                                                                                kb_major != 0);
+    return cudaGetLastError();
+}
+
+template <bool BF16>
+static __global__ void scale_outer_kernel(void *y, const float *raw, const float *a_scale, const float *b_scale,
+                                          int M, int N) {
+    const int64_t n_all = (int64_t)M * N;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_all; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t m = i / N, n = i - m * N;
+        const float v = raw[i] * (a_scale[n] * b_scale[m]);
+        if (BF16) ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(v);
+        else ((float *)y)[i] = v;
+    }
+}
+
+extern "C" cudaError_t ns_cuda_scale_outer(void *y, int y_type, const float *raw, const float *a_scale,
+                                           const float *b_scale, int M, int N, cudaStream_t stream) {
+    if (M < 0 || N < 1 || (y_type != NS_CUDA_TYPE_F32 && y_type != NS_CUDA_TYPE_BF16)) return cudaErrorInvalidValue;
+    if (M == 0) return cudaSuccess;
+    const int64_t blocks = ((int64_t)M * N + 255) / 256;
+    const unsigned grid = (unsigned)(blocks < 8192 ? blocks : 8192);
+    if (y_type == NS_CUDA_TYPE_BF16)
+        NS_LAUNCH(grid, 256, 0, stream, scale_outer_kernel<true>)(y, raw, a_scale, b_scale, M, N);
+    else
+        NS_LAUNCH(grid, 256, 0, stream, scale_outer_kernel<false>)(y, raw, a_scale, b_scale, M, N);
+    return cudaGetLastError();
+}

@@ -88,6 +88,14 @@ cudaError_t ns_cuda_add_rmsnorm_fp8(float *x, const float *delta, float *out, ui
                                     const float *w, int n_rows, int n, float eps, cudaStream_t stream);
 cudaError_t ns_cuda_swiglu_bf16_fp8(uint8_t *q, float *scales, const uint16_t *gate, const uint16_t *up,
                                     int64_t n_rows, int64_t n, cudaStream_t stream);
+/* FP8 GEMMs where cuBLASLt lacks outer-vector scales (kernels/cuda/fp8.cu).
+ * expand_scales: dst (rows * kb) = src[r] for each of row r's kb blocks, laid out as
+ * dst[r * kb + j] or, kb_major, dst[j * rows + r]. scale_outer: y (M, N) of y_type (F32 or
+ * BF16) = raw (M, N, fp32) * (a_scale[n] * b_scale[m]). */
+cudaError_t ns_cuda_expand_scales(float *dst, const float *src, int64_t rows, int kb, int kb_major,
+                                  cudaStream_t stream);
+cudaError_t ns_cuda_scale_outer(void *y, int y_type, const float *raw, const float *a_scale, const float *b_scale,
+                                int M, int N, cudaStream_t stream);
 /* y (n) += x (n). */
 cudaError_t ns_cuda_add(float *y, const float *x, int64_t n, cudaStream_t stream);
 /* y (M, N) += bias (N) on every row. */

@@ -29,11 +29,19 @@
  *   cudaErrorStreamCaptureUnsupported and invalidate the capture; a GEMM recorded before
  *   cublasSetWorkspace is refused the same way (cuBLAS would allocate). With
  *   NS_CUDAMOCK_CAPTURE_FAIL=1 the first GEMM of every capture is refused.
- * - cuBLASLt: the one FP8 form backend_cuda.c uses (e4m3 A transposed and B, outer-vector
- *   scales, fp32 accumulation, D of fp32 or bf16), computed as e4m3 -> float, sgemm, then
- *   the two scales; anything else is CUBLAS_STATUS_NOT_SUPPORTED, at the heuristic query
- *   and at the call (NS_CUDAMOCK_LT_NO_F32=1: fp32 D too, as a cuBLAS without that form
- *   would). Compute capability 9.0 (NS_CUDAMOCK_CC=86 says 8.6, say).
+ * - cuBLASLt: the FP8 form backend_cuda.c uses (e4m3 A transposed and B, fp32
+ *   accumulation, D of fp32 or bf16) with its three kinds of scales: outer-vector (a
+ *   scale per row of A and of B), 128-block (VEC128_32F: a scale per row and 128-wide
+ *   block of K; K a multiple of 128 here), and none (the scalar mode with no scale
+ *   pointers: scale 1). Computed as e4m3 -> float, sgemm (one per K block for 128-block
+ *   scales), then the scales; anything else is CUBLAS_STATUS_NOT_SUPPORTED, at the
+ *   heuristic query and at the call. NS_CUDAMOCK_LT_MODES (a list of outer, block, raw;
+ *   default all three) says which kinds this cuBLASLt has: "block,raw" is what an H100
+ *   with CUDA 13 showed (no outer-vector scales). A 128-block scale tensor is read as
+ *   [row][block] (cuBLAS's documented layout), or [block][row] with
+ *   NS_CUDAMOCK_LT_KB_MAJOR=1, so that the backend's probe of the layout is tested both
+ *   ways. NS_CUDAMOCK_LT_NO_F32=1: no fp32 D either, as a cuBLAS without that form would.
+ *   Compute capability 9.0 (NS_CUDAMOCK_CC=86 says 8.6, say).
  * - Counters for the tests: ns_cudamock_stats.
  */
 #include <cblas.h>
@@ -589,18 +597,38 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* The supported form: D (m, n) = a_scale[i] b_scale[j] sum_k A(k, i) B(k, j), A (k, m) and
- * B (k, n) e4m3 with ld k (A transposed), k and m multiples of 16, D (m, n) fp32 or bf16
- * with ld m. */
-static bool lt_supported(const lt_desc *x, const lt_layout *a, const lt_layout *b, const lt_layout *c,
-                         const lt_layout *d) {
-    return x->compute == CUBLAS_COMPUTE_32F && x->scale_type == CUDA_R_32F && x->transa == CUBLAS_OP_T &&
-           x->transb == CUBLAS_OP_N && x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F &&
-           x->b_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F && a->type == CUDA_R_8F_E4M3 &&
-           b->type == CUDA_R_8F_E4M3 && (d->type == CUDA_R_32F || d->type == CUDA_R_16BF) &&
-           !(d->type == CUDA_R_32F && getenv("NS_CUDAMOCK_LT_NO_F32")) && !memcmp(c, d, sizeof *c) &&
-           a->rows == b->rows && a->rows % 16 == 0 && a->cols % 16 == 0 && (int64_t)a->rows == a->ld &&
-           (int64_t)b->rows == b->ld && d->rows == a->cols && d->cols == b->cols && (int64_t)d->rows == d->ld;
+/* Whether NS_CUDAMOCK_LT_MODES (default: every kind) names this kind of scales. */
+static bool lt_mode_on(const char *name) {
+    const char *m = getenv("NS_CUDAMOCK_LT_MODES");
+    if (!m) return true;
+    const size_t n = strlen(name);
+    for (const char *p = m; (p = strstr(p, name)); p += n)
+        if ((p == m || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) return true;
+    return false;
+}
+
+enum { LT_OUTER, LT_BLOCK, LT_RAW, LT_NONE };
+
+/* The kind of scales of a supported form, else LT_NONE. The form: D (m, n) = sum_k A(k, i)
+ * B(k, j) scaled, A (k, m) and B (k, n) e4m3 with ld k (A transposed), k and m multiples
+ * of 16 (of 128 for k with 128-block scales), D (m, n) fp32 or bf16 with ld m. */
+static int lt_kind(const lt_desc *x, const lt_layout *a, const lt_layout *b, const lt_layout *c, const lt_layout *d) {
+    int kind = LT_NONE;
+    if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F && x->b_mode == x->a_mode && lt_mode_on("outer"))
+        kind = LT_OUTER;
+    else if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F && x->b_mode == x->a_mode && lt_mode_on("block") &&
+             a->rows % 128 == 0)
+        kind = LT_BLOCK;
+    else if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F && x->b_mode == x->a_mode && lt_mode_on("raw"))
+        kind = LT_RAW;
+    const bool ok = x->compute == CUBLAS_COMPUTE_32F && x->scale_type == CUDA_R_32F && x->transa == CUBLAS_OP_T &&
+                    x->transb == CUBLAS_OP_N && a->type == CUDA_R_8F_E4M3 && b->type == CUDA_R_8F_E4M3 &&
+                    (d->type == CUDA_R_32F || d->type == CUDA_R_16BF) &&
+                    !(d->type == CUDA_R_32F && getenv("NS_CUDAMOCK_LT_NO_F32")) && !memcmp(c, d, sizeof *c) &&
+                    a->rows == b->rows && a->rows % 16 == 0 && a->cols % 16 == 0 && (int64_t)a->rows == a->ld &&
+                    (int64_t)b->rows == b->ld && d->rows == a->cols && d->cols == b->cols &&
+                    (int64_t)d->rows == d->ld;
+    return ok ? kind : LT_NONE;
 }
 
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t desc,
@@ -611,8 +639,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     (void)h, (void)pref;
     *n_found = 0;
     if (n_req < 1) return CUBLAS_STATUS_INVALID_VALUE;
-    if (!lt_supported((const lt_desc *)desc->data, (const lt_layout *)a->data, (const lt_layout *)b->data,
-                      (const lt_layout *)c->data, (const lt_layout *)d->data))
+    if (lt_kind((const lt_desc *)desc->data, (const lt_layout *)a->data, (const lt_layout *)b->data,
+                (const lt_layout *)c->data, (const lt_layout *)d->data) == LT_NONE)
         return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(res, 0, sizeof *res);
     res->algo.data[0] = 0x46503851u; /* "FP8Q": checked at the call */
@@ -623,9 +651,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
 }
 
 typedef struct {
-    int m, n, k;
+    int m, n, k, kind;
+    bool kb_major;                  /* 128-block scales read as [block][row] */
     const uint8_t *A, *B;
-    const float *a_scale, *b_scale; /* read when the GEMM runs, as on the device */
+    const float *a_scale, *b_scale; /* read when the GEMM runs, as on the device; NULL: 1 */
     void *D;
     bool d_bf16;
 } lt_args;
@@ -635,21 +664,37 @@ static void run_lt(const void *p) {
     float lut[256];
     for (int q = 0; q < 256; q++) lut[q] = ns_fp8_e4m3_to_float((uint8_t)q);
     float *a = malloc((size_t)g->m * g->k * sizeof *a), *b = malloc((size_t)g->n * g->k * sizeof *b);
-    float *d = malloc((size_t)g->m * g->n * sizeof *d);
-    if (!a || !b || !d) abort();
+    float *d = malloc((size_t)g->m * g->n * sizeof *d), *part = malloc((size_t)g->m * g->n * sizeof *part);
+    if (!a || !b || !d || !part) abort();
     for (size_t i = 0; i < (size_t)g->m * g->k; i++) a[i] = lut[g->A[i]];
     for (size_t i = 0; i < (size_t)g->n * g->k; i++) b[i] = lut[g->B[i]];
-    /* column-major D (m, n) = A^T B: as row-major, D^T (n, m) = B^T (n, k) . A (m, k)^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, g->m, g->k, 1.0f, b, g->k, a, g->k, 0.0f, d, g->m);
-    for (int j = 0; j < g->n; j++)
-        for (int i = 0; i < g->m; i++) {
-            float v = d[i + (size_t)j * g->m] * (g->a_scale[i] * g->b_scale[j]);
-            if (g->d_bf16) ((uint16_t *)g->D)[i + (size_t)j * g->m] = ns_fp32_to_bf16(v);
-            else ((float *)g->D)[i + (size_t)j * g->m] = v;
+    if (g->kind == LT_BLOCK) { /* each 128-wide block of K: its sums times its two scales */
+        const int kb = g->k / 128;
+        memset(d, 0, (size_t)g->m * g->n * sizeof *d);
+        for (int t = 0; t < kb; t++) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, g->m, 128, 1.0f, b + t * 128, g->k,
+                        a + t * 128, g->k, 0.0f, part, g->m);
+            for (int j = 0; j < g->n; j++)
+                for (int i = 0; i < g->m; i++) {
+                    const float sa = g->a_scale[g->kb_major ? (size_t)t * g->m + i : (size_t)i * kb + t];
+                    const float sb = g->b_scale[g->kb_major ? (size_t)t * g->n + j : (size_t)j * kb + t];
+                    d[i + (size_t)j * g->m] += part[i + (size_t)j * g->m] * (sa * sb);
+                }
         }
+    } else { /* column-major D (m, n) = A^T B: as row-major, D^T (n, m) = B^T (n, k) . A (m, k)^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, g->m, g->k, 1.0f, b, g->k, a, g->k, 0.0f, d, g->m);
+        for (int j = 0; j < g->n; j++)
+            for (int i = 0; i < g->m; i++)
+                d[i + (size_t)j * g->m] *= (g->a_scale ? g->a_scale[i] : 1.0f) * (g->b_scale ? g->b_scale[j] : 1.0f);
+    }
+    for (size_t i = 0; i < (size_t)g->m * g->n; i++) {
+        if (g->d_bf16) ((uint16_t *)g->D)[i] = ns_fp32_to_bf16(d[i]);
+        else ((float *)g->D)[i] = d[i];
+    }
     free(a);
     free(b);
     free(d);
+    free(part);
 }
 
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, const void *alpha, const void *A,
@@ -661,8 +706,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
     const lt_desc *x = (const lt_desc *)desc->data;
     const lt_layout *a = (const lt_layout *)adesc->data, *b = (const lt_layout *)bdesc->data,
                     *d = (const lt_layout *)ddesc->data;
-    if (!lt_supported(x, a, b, (const lt_layout *)cdesc->data, d) || !algo || algo->data[0] != 0x46503851u ||
-        *(const float *)alpha != 1.0f || *(const float *)beta != 0.0f || C != D || !x->a_scale || !x->b_scale)
+    const int kind = lt_kind(x, a, b, (const lt_layout *)cdesc->data, d);
+    if (kind == LT_NONE || !algo || algo->data[0] != 0x46503851u || *(const float *)alpha != 1.0f ||
+        *(const float *)beta != 0.0f || C != D || (kind != LT_RAW && (!x->a_scale || !x->b_scale)))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (M.capturing) {
         const char *f = getenv("NS_CUDAMOCK_CAPTURE_FAIL");
@@ -672,8 +718,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
         }
         M.gemms_in_capture++;
     }
-    lt_args g = {(int)a->cols, (int)b->cols, (int)a->rows, A, B, x->a_scale, x->b_scale, D, d->type == CUDA_R_16BF};
+    const char *kbm = getenv("NS_CUDAMOCK_LT_KB_MAJOR");
+    lt_args g = {(int)a->cols, (int)b->cols, (int)a->rows, kind, kbm && !strcmp(kbm, "1"), A, B,
+                 x->a_scale, x->b_scale, D, d->type == CUDA_R_16BF};
     M.n.gemms_fp8++;
+    M.n.gemms_fp8_block += kind == LT_BLOCK;
+    M.n.gemms_fp8_raw += kind == LT_RAW;
     M.n.gemms_bf16_out += d->type == CUDA_R_16BF;
     return LAUNCH(run_lt, g) == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
@@ -706,6 +756,47 @@ cudaError_t ns_cuda_quant_rows_fp8(uint8_t *out, float *scales, const void *x, i
     return emu_ns_cuda_quant_rows_fp8(out, scales, x, x_type, n_rows, n, s);
 #else
     return LAUNCH(run_quant_fp8, a);
+#endif
+}
+
+/* The 128-block scales of a row-scaled FP8 matrix, and the unscaled GEMM's scaling pass
+ * (kernels/cuda/fp8.cu): the same arithmetic as the kernels. */
+typedef struct { float *dst; const float *src; int64_t rows; int kb, kb_major; } xs_args;
+static void run_expand_scales(const void *p) {
+    const xs_args *a = p;
+    for (int64_t i = 0; i < a->rows * a->kb; i++) a->dst[i] = a->src[a->kb_major ? i % a->rows : i / a->kb];
+}
+cudaError_t ns_cuda_expand_scales(float *dst, const float *src, int64_t rows, int kb, int kb_major, cudaStream_t s) {
+    (void)s;
+    if (rows < 0 || kb < 1) return cudaErrorInvalidValue;
+    xs_args a = {dst, src, rows, kb, kb_major};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_expand_scales(dst, src, rows, kb, kb_major, s);
+#else
+    return LAUNCH(run_expand_scales, a);
+#endif
+}
+typedef struct { void *y; int y_type; const float *raw, *a_scale, *b_scale; int m, n; } so_args;
+static void run_scale_outer(const void *p) {
+    const so_args *a = p;
+    for (int64_t i = 0; i < (int64_t)a->m * a->n; i++) {
+        const int64_t r = i / a->n, c = i - r * a->n;
+        const float v = a->raw[i] * (a->a_scale[c] * a->b_scale[r]);
+        if (a->y_type == NS_CUDA_TYPE_BF16) ((uint16_t *)a->y)[i] = ns_fp32_to_bf16(v);
+        else ((float *)a->y)[i] = v;
+    }
+}
+cudaError_t ns_cuda_scale_outer(void *y, int y_type, const float *raw, const float *a_scale, const float *b_scale,
+                                int Mr, int N, cudaStream_t s) {
+    (void)s;
+    if (Mr < 0 || N < 1 || (y_type != NS_CUDA_TYPE_F32 && y_type != NS_CUDA_TYPE_BF16)) return cudaErrorInvalidValue;
+    so_args a = {y, y_type, raw, a_scale, b_scale, Mr, N};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_scale_outer(y, y_type, raw, a_scale, b_scale, Mr, N, s);
+#else
+    return LAUNCH(run_scale_outer, a);
 #endif
 }
 

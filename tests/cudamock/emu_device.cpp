@@ -29,6 +29,8 @@
 #define ns_cuda_attention_paged emu_ns_cuda_attention_paged
 #define ns_cuda_attention_paged_fp8 emu_ns_cuda_attention_paged_fp8
 #define ns_cuda_sample_greedy emu_ns_cuda_sample_greedy
+#define ns_cuda_expand_scales emu_ns_cuda_expand_scales
+#define ns_cuda_scale_outer emu_ns_cuda_scale_outer
 
 #include "../../kernels/cuda/add.cu"
 #include "../../kernels/cuda/attention.cu"

@@ -58,6 +58,11 @@ cudaError_t emu_ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, cons
 cudaError_t emu_ns_cuda_sample_greedy(int32_t *out_ids, const float *logits, int n_rows, int n_vocab, cudaStream_t
     stream);
 
+cudaError_t emu_ns_cuda_expand_scales(float *dst, const float *src, int64_t rows, int kb, int kb_major, cudaStream_t
+    stream);
+cudaError_t emu_ns_cuda_scale_outer(void *y, int y_type, const float *raw, const float *a_scale, const float *b_scale,
+    int M, int N, cudaStream_t stream);
+
 /* Queues run(args) (n bytes, copied) on the stand-in's stream, or records it while
  * capturing (cudamock.c); emu_cuda.h's launches call it with NS_EMU_DEFERRED. */
 void ns_cudamock_enqueue(void (*run)(const void *args), const void *args, size_t n);

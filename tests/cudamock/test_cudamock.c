@@ -418,14 +418,15 @@ NS_TEST(test_cudamock_kv_fp8_runs_and_composes) {
     CHECK_EQ_INT(hd16.mock.attention_fp8_calls, 0);
 }
 
-/* out (n_vocab) = the next-token logits after prompt (n) on model, by backend, with the
- * FP8 KV cache or not; false (a failed check) if the engine would not give them. */
-static bool prompt_logits(const char *backend, const char *model, bool kv_fp8, const int32_t *prompt, int n,
-                          float *out) {
+/* out (n_vocab) = the next-token logits after prompt (n) on model, by backend, with FP8
+ * GEMMs or not and the FP8 KV cache or not; false (a failed check) if the engine would not give them. */
+static bool prompt_logits_fp8(const char *backend, const char *model, bool fp8, bool kv_fp8, const int32_t *prompt,
+                              int n, float *out) {
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = model;
     cfg.backend = backend;
+    cfg.fp8 = fp8;
     cfg.kv_fp8 = kv_fp8;
     cfg.n_threads = 2;
     cfg.max_seqs = 4;
@@ -439,6 +440,11 @@ static bool prompt_logits(const char *backend, const char *model, bool kv_fp8, c
     CHECK_MSG(st == NS_OK, "prompt logits on %s: %s", backend, err.msg);
     ns_engine_close(e);
     return st == NS_OK;
+}
+
+static bool prompt_logits(const char *backend, const char *model, bool kv_fp8, const int32_t *prompt, int n,
+                          float *out) {
+    return prompt_logits_fp8(backend, model, false, kv_fp8, prompt, n, out);
 }
 
 /* Next-token logits after a 90-token prompt on the head_dim-64 model, CUDA against the
@@ -489,6 +495,110 @@ NS_TEST(test_cudamock_fp8_mixed_weights) {
               fp8.mock.gemms_fp8, fp8.mock.fused_fp8_calls);
     CHECK_MSG(n_same_requests(&bf16, &fp8) >= N_REQ - 2, "%d of %d requests the same as bf16",
               n_same_requests(&bf16, &fp8), N_REQ);
+}
+
+/* The FP8 GEMM's three ways of scaling (engine/backend_cuda.c, LT_OUTER ...), on a model
+ * whose layer matmuls have K 256 (attention, gate/up: two 128-wide blocks) and 192 (down).
+ * With outer-vector scales every GEMM takes them. A cuBLASLt with only the unscaled GEMM
+ * gives the same bits (the scaling pass does the stand-in's outer-vector arithmetic in its
+ * order). One without outer-vector scales (an H100 with CUDA 13) takes 128-block scales
+ * where K is a multiple of 128 and the unscaled GEMM elsewhere: prompt logits within
+ * NMSE 1e-9 of the outer-vector ones (each block's sums are scaled before they are added;
+ * a stale or misplaced block scale is off by far more), the same bits whichever layout of
+ * the block scales its probe found, and the same tokens with CUDA graphs (the input's
+ * block scales are expanded once per quantized input, and recorded). NS_CUDA_FP8_GEMM keeps one way: a way this cuBLASLt lacks
+ * fails the open, naming every way and why; a bad value is refused. */
+NS_TEST(test_cudamock_fp8_gemm_ways) {
+    static char path[512];
+    ns_tiny_cfg tc;
+    ns_tiny_cfg_default(&tc);
+    tc.wtype = NS_GGML_BF16;
+    tc.n_ctx = 512;
+    tc.n_embd = 256, tc.n_ff = 192, tc.n_head = 4, tc.n_head_kv = 1;
+    snprintf(path, sizeof path, "%s/tiny_cudamock_k192.gguf", ns_test_tmpdir());
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, &tc, &err), &err);
+    run_out outer, raw, block, block_kbm, block_graphs;
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true}, &outer);
+    CHECK_EQ_INT(outer.n_done, N_REQ);
+    CHECK_MSG(outer.mock.gemms_fp8 > 0 && outer.mock.gemms_fp8_block == 0 && outer.mock.gemms_fp8_raw == 0,
+              "outer-vector: %ld fp8 GEMMs, %ld with block scales, %ld unscaled", outer.mock.gemms_fp8,
+              outer.mock.gemms_fp8_block, outer.mock.gemms_fp8_raw);
+
+    setenv("NS_CUDAMOCK_LT_MODES", "raw", 1);
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true}, &raw);
+    CHECK_MSG(raw.mock.gemms_fp8 > 0 && raw.mock.gemms_fp8_raw == raw.mock.gemms_fp8, "unscaled: %ld of %ld",
+              raw.mock.gemms_fp8_raw, raw.mock.gemms_fp8);
+    CHECK_MSG(n_same_requests(&outer, &raw) == N_REQ && !memcmp(outer.lp, raw.lp, sizeof raw.lp),
+              "unscaled then scaled: %d of %d requests the same%s", n_same_requests(&outer, &raw), N_REQ,
+              memcmp(outer.lp, raw.lp, sizeof raw.lp) ? ", logprobs differ" : "");
+
+    setenv("NS_CUDAMOCK_LT_MODES", "block,raw", 1);
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true}, &block);
+    CHECK_EQ_INT(block.n_done, N_REQ);
+    CHECK_MSG(block.mock.gemms_fp8_block > 0 && block.mock.gemms_fp8_raw > 0 &&
+                  block.mock.gemms_fp8_block + block.mock.gemms_fp8_raw == block.mock.gemms_fp8,
+              "no outer-vector: %ld fp8 GEMMs, %ld with block scales, %ld unscaled", block.mock.gemms_fp8,
+              block.mock.gemms_fp8_block, block.mock.gemms_fp8_raw);
+    CHECK_MSG(n_same_requests(&outer, &block) >= N_REQ - 1, "block scales: %d of %d requests the same",
+              n_same_requests(&outer, &block), N_REQ);
+    setenv("NS_CUDAMOCK_LT_KB_MAJOR", "1", 1);
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true}, &block_kbm);
+    unsetenv("NS_CUDAMOCK_LT_KB_MAJOR");
+    /* prompt logits (90 tokens in chunks of 32): outer-vector, unscaled, block both layouts */
+    enum { NP = 90 };
+    int32_t prompt[NP];
+    for (int i = 0; i < NP; i++) prompt[i] = (i * 53 + 7) % NS_TINY_N_VOCAB;
+    static float lg[4][NS_TINY_N_VOCAB];
+    static const char *const lg_modes[4] = {NULL, "raw", "block,raw", "block,raw"};
+    bool got = true;
+    for (int k = 0; k < 4; k++) {
+        if (lg_modes[k]) setenv("NS_CUDAMOCK_LT_MODES", lg_modes[k], 1);
+        else unsetenv("NS_CUDAMOCK_LT_MODES");
+        if (k == 3) setenv("NS_CUDAMOCK_LT_KB_MAJOR", "1", 1);
+        got = prompt_logits_fp8("cuda", path, true, false, prompt, NP, lg[k]) && got;
+        unsetenv("NS_CUDAMOCK_LT_KB_MAJOR");
+    }
+    if (got) {
+        double num = 0, den = 0;
+        for (int i = 0; i < NS_TINY_N_VOCAB; i++) {
+            num += ((double)lg[2][i] - lg[0][i]) * ((double)lg[2][i] - lg[0][i]);
+            den += (double)lg[0][i] * lg[0][i];
+        }
+        printf("  prompt logits, 128-block scales against outer-vector: NMSE %.3g (bound 1e-9)\n", num / den);
+        CHECK_MSG(num / den <= 1e-9, "block scales: prompt logits NMSE %.3g against outer-vector", num / den);
+        CHECK_MSG(!memcmp(lg[0], lg[1], sizeof lg[0]), "unscaled then scaled: prompt logits differ");
+        CHECK_MSG(!memcmp(lg[2], lg[3], sizeof lg[0]), "block scales read [block][row]: prompt logits differ");
+    }
+    setenv("NS_CUDAMOCK_LT_MODES", "block,raw", 1);
+    CHECK_MSG(n_same_requests(&block, &block_kbm) == N_REQ && !memcmp(block.lp, block_kbm.lp, sizeof block.lp) &&
+                  block_kbm.mock.gemms_fp8_block > 0,
+              "block scales read [block][row]: %d of %d requests the same", n_same_requests(&block, &block_kbm), N_REQ);
+    run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true, .graphs = true}, &block_graphs);
+    CHECK_MSG(n_same_requests(&block, &block_graphs) == N_REQ && !memcmp(block.lp, block_graphs.lp, sizeof block.lp) &&
+                  block_graphs.mock.graph_launches > 0,
+              "block scales with graphs: %d of %d requests the same, %ld replays",
+              n_same_requests(&block, &block_graphs), N_REQ, block_graphs.mock.graph_launches);
+
+    static const struct {
+        const char *force, *want1, *want2;
+    } refused[] = {{"outer", "outer-vector scales: cudamock", "128-block scales: not chosen"},
+                   {"fast", "NS_CUDA_FP8_GEMM=fast", "expected outer, block, raw or auto"}};
+    for (int i = 0; i < 2; i++) {
+        setenv("NS_CUDA_FP8_GEMM", refused[i].force, 1);
+        ns_engine_config cfg;
+        ns_engine_config_default(&cfg);
+        cfg.model_path = path;
+        cfg.backend = "cuda";
+        cfg.fp8 = true;
+        ns_engine *e = NULL;
+        ns_status st = ns_engine_open(&cfg, &e, NULL, &err);
+        unsetenv("NS_CUDA_FP8_GEMM");
+        CHECK_MSG(st != NS_OK && strstr(err.msg, refused[i].want1) && strstr(err.msg, refused[i].want2),
+                  "NS_CUDA_FP8_GEMM=%s: status %d, '%s'", refused[i].force, st, st ? err.msg : "");
+        if (!st) ns_engine_close(e);
+    }
+    unsetenv("NS_CUDAMOCK_LT_MODES");
 }
 
 /* precision fp8 refused, saying why: on a device without FP8 tensor cores; in precise mode

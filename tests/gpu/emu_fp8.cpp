@@ -10,6 +10,11 @@
  * ns_cpu_quant_rows_fp8 over the values they computed (the fp32 output they wrote, or for
  * SwiGLU the same expression on the CPU); the same codes with the fp32 output left out or
  * written over x; rows kept in registers (n <= 16384) and rows computed twice.
+ * The FP8 GEMM's helpers where cuBLASLt lacks outer-vector scales: expand_scales (each
+ * row's scale to each of its K blocks, both layouts) equal to the rule, scale_outer
+ * (unscaled sums times the two scales, fp32 and bf16 out) bit for bit the stand-in's
+ * arithmetic; nothing written outside their outputs; through the launchers (a 4096-block
+ * grid cap, so grid-stride loops run more than once for the larger shapes).
  * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
 #include "emu_cuda.h"
 #include "../../kernels/cuda/fp8.cu"
@@ -175,6 +180,45 @@ static int run_swiglu(int n_rows, int n) {
     return bad == 0;
 }
 
+/* expand_scales through its launcher: dst (rows * kb) equal to src[r] at [r][j] or [j][r]. */
+static bool run_expand(int64_t rows, int kb, bool kb_major) {
+    const int64_t n = rows * kb;
+    std::vector<float> src(rows), dst(n + 2 * CANARY, 12345.0f);
+    for (int64_t r = 0; r < rows; r++) src[r] = rnd(5.0f);
+    float *d = dst.data() + CANARY;
+    int bad = ns_cuda_expand_scales(d, src.data(), rows, kb, kb_major, nullptr) != cudaSuccess ||
+              cudaGetLastError() != cudaSuccess;
+    for (int64_t r = 0; r < rows; r++)
+        for (int j = 0; j < kb; j++) bad += d[kb_major ? j * rows + r : r * kb + j] != src[r];
+    for (int i = 0; i < CANARY; i++) bad += dst[i] != 12345.0f || dst[CANARY + n + i] != 12345.0f;
+    std::printf("%s emu expand_scales %lld rows x %d blocks, %s\n", bad ? "FAIL" : "ok  ", (long long)rows, kb,
+                kb_major ? "[block][row]" : "[row][block]");
+    return bad == 0;
+}
+
+/* scale_outer through its launcher: y (M, N) = raw * (a_scale[n] * b_scale[m]), bit for bit. */
+static bool run_scale_outer(int M, int N, bool bf16) {
+    const int64_t n = (int64_t)M * N;
+    std::vector<float> raw(n), sa(N), sb(M), y32(n + 2 * CANARY, 12345.0f);
+    std::vector<uint16_t> y16(n + 2 * CANARY, 0x7777);
+    for (int64_t i = 0; i < n; i++) raw[i] = rnd(3e5f);
+    for (int i = 0; i < N; i++) sa[i] = rnd(0.01f);
+    for (int i = 0; i < M; i++) sb[i] = rnd(2.0f);
+    void *y = bf16 ? (void *)(y16.data() + CANARY) : (void *)(y32.data() + CANARY);
+    int bad = ns_cuda_scale_outer(y, bf16 ? NS_CUDA_TYPE_BF16 : NS_CUDA_TYPE_F32, raw.data(), sa.data(), sb.data(), M,
+                                  N, nullptr) != cudaSuccess ||
+              cudaGetLastError() != cudaSuccess;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = raw[i] * (sa[i % N] * sb[i / N]);
+        bad += bf16 ? y16[CANARY + i] != ns_fp32_to_bf16(v) : __float_as_uint(y32[CANARY + i]) != __float_as_uint(v);
+    }
+    for (int i = 0; i < CANARY; i++)
+        bad += bf16 ? y16[i] != 0x7777 || y16[CANARY + n + i] != 0x7777
+                    : y32[i] != 12345.0f || y32[CANARY + n + i] != 12345.0f;
+    std::printf("%s emu scale_outer %d x %d, %s out\n", bad ? "FAIL" : "ok  ", M, N, bf16 ? "bf16" : "fp32");
+    return bad == 0;
+}
+
 int main() {
     const int64_t shapes[][2] = {{9, 1}, {9, 3}, {18, 7}, {9, 576}, {10, 1000}, {9, 4099}, {3, 14336}};
     int n_pass = 0, n_fail = 0;
@@ -189,6 +233,12 @@ int main() {
         for (bool add : {false, true}) run_norm(s[0], s[1], add) ? n_pass++ : n_fail++;
     const int swiglu_shapes[][2] = {{2, 1}, {3, 1536}, {2, 8192}, {1, 20000}};
     for (auto &s : swiglu_shapes) run_swiglu(s[0], s[1]) ? n_pass++ : n_fail++;
+    const int expand_shapes[][2] = {{1, 1}, {7, 3}, {1000, 16}, {4096, 112}};
+    for (auto &s : expand_shapes)
+        for (bool kbm : {false, true}) run_expand(s[0], s[1], kbm) ? n_pass++ : n_fail++;
+    const int outer_shapes[][2] = {{1, 16}, {7, 48}, {33, 1008}, {600, 2048}};
+    for (auto &s : outer_shapes)
+        for (bool bf16 : {false, true}) run_scale_outer(s[0], s[1], bf16) ? n_pass++ : n_fail++;
     std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

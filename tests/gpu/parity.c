@@ -832,15 +832,26 @@ static ns_bweight *fp8_weight(ns_backend *b, const float *w, int N, int K) {
     return bw;
 }
 
-static ns_backend *backend_with(bool fp8) {
+/* A CUDA backend, with precision fp8 or not; NULL (and FAIL printed, unless quiet: then
+ * the reason is in *err) when it cannot be made. */
+static ns_backend *backend_with_err(bool fp8, bool quiet, ns_error *err) {
     ns_backend *b = NULL;
-    ns_error err;
-    ns_status st = ns_backend_cuda_create(0, &b, &err);
-    if (!st && fp8) st = b->ops->use_fp8(b, &err);
-    if (st) printf("FAIL cuda backend%s: %s\n", fp8 ? " with fp8" : "", err.msg);
-    if (st) ns_backend_destroy(b);
+    ns_status st = ns_backend_cuda_create(0, &b, err);
+    if (!st && fp8) st = b->ops->use_fp8(b, err);
+    if (st && !quiet) printf("FAIL cuda backend%s: %s\n", fp8 ? " with fp8" : "", err->msg);
+    if (st && b) ns_backend_destroy(b);
     return st ? NULL : b;
 }
+
+static ns_backend *backend_with(bool fp8) {
+    ns_error err;
+    return backend_with_err(fp8, false, &err);
+}
+
+/* backend_matmul's failure, kept instead of printed while set (a forced way of FP8 scaling
+ * that lacks a shape) */
+static bool matmul_quiet;
+static char matmul_err[sizeof(((ns_error *)0)->msg) + 1];
 
 /* y = x . W^T through the backend's matmul op (fp8 weights: cuBLASLt FP8). */
 static int backend_matmul(ns_backend *b, const ns_bweight *w, const float *x, float *y, int M, int N, int K,
@@ -867,7 +878,8 @@ static int backend_matmul(ns_backend *b, const ns_bweight *w, const float *x, fl
     }
     *ms = best;
     int ok = b->ops->download(b, y, dy, (size_t)M * N * 4, &err) == NS_OK;
-    if (!ok) printf("FAIL fp8 matmul %d x %d x %d: %s\n", M, N, K, err.msg);
+    if (!ok && matmul_quiet) snprintf(matmul_err, sizeof matmul_err, "%s", err.msg);
+    else if (!ok) printf("FAIL fp8 matmul %d x %d x %d: %s\n", M, N, K, err.msg);
     CU(cudaEventDestroy(e0));
     CU(cudaEventDestroy(e1));
     b->ops->buf_free(b, dx);
@@ -875,55 +887,84 @@ static int backend_matmul(ns_backend *b, const ns_bweight *w, const float *x, fl
     return ok;
 }
 
+/* The backend's FP8 matmul against ns_cpu_matmul_fp8_ref, in the way of scaling the
+ * backend picks per shape (auto: every shape must pass) and in each way alone
+ * (NS_CUDA_FP8_GEMM: outer-vector scales, 128-block scales, unscaled then a scaling pass;
+ * a way this device's cuBLASLt lacks, or a shape it lacks in that way, is reported, not
+ * failed: auto takes another). Then 8192^3 in each way the device has, and in bf16. */
 static void check_matmul_fp8(ns_test_rng *r) {
-    ns_backend *b = backend_with(true);
-    if (!b) {
-        result(0);
-        return;
-    }
+    static const char *const ways[] = {"auto", "outer", "block", "raw"};
     /* N and K multiples of 16, as the backend's fp8 weights are (M any) */
-    const int shapes[][3] = {{1, 64, 16}, {7, 48, 576}, {33, 1008, 64}, {1000, 256, 2048}, {517, 2048, 4096}};
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-        float *x = malloc((size_t)M * K * 4), *w = malloc((size_t)N * K * 4);
-        float *y = malloc((size_t)M * N * 4), *ref = malloc((size_t)M * N * 4);
-        float *xs = malloc((size_t)M * 4), *ws = malloc((size_t)N * 4);
-        uint8_t *xq = malloc((size_t)M * K), *wq = malloc((size_t)N * K);
-        for (int m = 0; m < M; m++) /* rows of two scales */
-            fill(r, x + (size_t)m * K, (size_t)K, m % 3 ? 1.0f : 40.0f);
-        fill(r, w, (size_t)N * K, 0.05f);
-        ns_cpu_quant_rows_fp8(xq, xs, x, M, K);
-        ns_cpu_quant_rows_fp8(wq, ws, w, N, K);
-        ns_cpu_matmul_fp8_ref(ref, xq, xs, wq, ws, M, N, K);
-        double amax = 0, ms = 0;
-        for (size_t i = 0; i < (size_t)M * N; i++) amax = fabs(ref[i]) > amax ? fabs(ref[i]) : amax;
-        ns_bweight *bw = fp8_weight(b, w, N, K);
-        char what[96];
-        snprintf(what, sizeof what, "matmul fp8 (cuBLASLt) %d x %d x %d", M, N, K);
-        result(bw && backend_matmul(b, bw, x, y, M, N, K, 1, &ms) && allclose(what, y, ref, (size_t)M * N, 2e-3 * amax,
-                                                                               1e-2, 1e-5));
-        if (bw) b->ops->weight_free(b, bw);
-        free(x), free(w), free(y), free(ref), free(xs), free(ws), free(xq), free(wq);
-    }
-    /* speed: 8192^3, fp8 and bf16 weights through the same op */
+    const int shapes[][3] = {{1, 64, 16}, {7, 48, 576}, {33, 1008, 64}, {1000, 256, 2048}, {517, 2048, 4096},
+                             {64, 512, 14336}};
     const int S = 8192;
-    float *x = malloc((size_t)S * S * 4), *y = malloc((size_t)S * S * 4);
-    fill(r, x, (size_t)S * S, 1.0f);
+    float *big = malloc((size_t)S * S * 4), *ybig = malloc((size_t)S * S * 4);
+    fill(r, big, (size_t)S * S, 1.0f);
+    for (int wi = 0; wi < 4; wi++) {
+        setenv("NS_CUDA_FP8_GEMM", ways[wi], 1);
+        matmul_quiet = wi > 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            ns_error err;
+            ns_backend *b = backend_with_err(true, wi > 0, &err); /* a failed shape leaves its backend failed */
+            if (!b) {
+                if (wi == 0) result(0);
+                else printf("info fp8 GEMMs with NS_CUDA_FP8_GEMM=%s: not on this device: %s\n", ways[wi], err.msg);
+                break;
+            }
+            float *x = malloc((size_t)M * K * 4), *w = malloc((size_t)N * K * 4);
+            float *y = malloc((size_t)M * N * 4), *ref = malloc((size_t)M * N * 4);
+            float *xs = malloc((size_t)M * 4), *ws = malloc((size_t)N * 4);
+            uint8_t *xq = malloc((size_t)M * K), *wq = malloc((size_t)N * K);
+            for (int m = 0; m < M; m++) /* rows of two scales */
+                fill(r, x + (size_t)m * K, (size_t)K, m % 3 ? 1.0f : 40.0f);
+            fill(r, w, (size_t)N * K, 0.05f);
+            ns_cpu_quant_rows_fp8(xq, xs, x, M, K);
+            ns_cpu_quant_rows_fp8(wq, ws, w, N, K);
+            ns_cpu_matmul_fp8_ref(ref, xq, xs, wq, ws, M, N, K);
+            double amax = 0, ms = 0;
+            for (size_t i = 0; i < (size_t)M * N; i++) amax = fabs(ref[i]) > amax ? fabs(ref[i]) : amax;
+            ns_bweight *bw = fp8_weight(b, w, N, K);
+            char what[128];
+            snprintf(what, sizeof what, "matmul fp8 (cuBLASLt, NS_CUDA_FP8_GEMM=%s) %d x %d x %d", ways[wi], M, N, K);
+            matmul_err[0] = 0;
+            const int ran = bw && backend_matmul(b, bw, x, y, M, N, K, 1, &ms);
+            if (!ran && wi > 0 && strstr(matmul_err, "no cuBLASLt algorithm"))
+                printf("info %s: not in this way here (%s)\n", what, matmul_err);
+            else
+                result(ran && allclose(what, y, ref, (size_t)M * N, 2e-3 * amax, 1e-2, 1e-5));
+            if (bw) b->ops->weight_free(b, bw);
+            b->ops->destroy(b);
+            free(x), free(w), free(y), free(ref), free(xs), free(ws), free(xq), free(wq);
+        }
+        /* speed: 8192^3 through the same op (GEMM only: the converted input is kept between calls) */
+        ns_error err;
+        ns_backend *b = backend_with_err(true, true, &err);
+        if (!b) continue;
+        double ms8 = 0;
+        matmul_err[0] = 0;
+        ns_bweight *w8 = fp8_weight(b, big, S, S);
+        if (w8 && backend_matmul(b, w8, big, ybig, S, S, S, 6, &ms8))
+            printf("info matmul %d^3 fp8, NS_CUDA_FP8_GEMM=%s: best of 5 %.3f ms (%.0f TFLOP/s)\n", S, ways[wi], ms8,
+                   2.0 * S * S * S / (ms8 * 1e9));
+        else
+            printf("%s matmul %d^3 fp8, NS_CUDA_FP8_GEMM=%s: %s\n", wi ? "info" : "FAIL", S, ways[wi],
+                   matmul_err[0] ? matmul_err : "did not run");
+        if (!wi) result(w8 && ms8 > 0);
+        if (w8) b->ops->weight_free(b, w8);
+        b->ops->destroy(b);
+    }
+    unsetenv("NS_CUDA_FP8_GEMM");
+    matmul_quiet = false;
     ns_backend *b16 = backend_with(false);
-    double ms8 = 0, ms16 = 0;
-    ns_bweight *w8 = fp8_weight(b, x, S, S), *w16 = b16 ? fp8_weight(b16, x, S, S) : NULL;
-    int ok = w8 && w16 && backend_matmul(b, w8, x, y, S, S, S, 6, &ms8) &&
-             backend_matmul(b16, w16, x, y, S, S, S, 6, &ms16);
-    if (ok)
-        printf("info matmul %d^3 through the backend (GEMM only: the converted input is kept between calls), best of "
-               "5: fp8 %.3f ms (%.0f TFLOP/s), bf16 %.3f ms (%.0f TFLOP/s), ratio %.2f\n",
-               S, ms8, 2.0 * S * S * S / (ms8 * 1e9), ms16, 2.0 * S * S * S / (ms16 * 1e9), ms16 / ms8);
+    double ms16 = 0;
+    ns_bweight *w16 = b16 ? fp8_weight(b16, big, S, S) : NULL;
+    const int ok = w16 && backend_matmul(b16, w16, big, ybig, S, S, S, 6, &ms16);
+    if (ok) printf("info matmul %d^3 bf16: best of 5 %.3f ms (%.0f TFLOP/s)\n", S, ms16, 2.0 * S * S * S / (ms16 * 1e9));
     result(ok);
-    if (w8) b->ops->weight_free(b, w8);
     if (w16) b16->ops->weight_free(b16, w16);
     if (b16) b16->ops->destroy(b16);
-    b->ops->destroy(b);
-    free(x), free(y);
+    free(big), free(ybig);
 }
 
 static void run_kernels(void) {

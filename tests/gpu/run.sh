@@ -45,9 +45,12 @@
 # defaults. Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a
 # table, the side-by-side throughput ratios, each switch's checks and ratios with what they
 # advise for its default, and "N passed, N failed, N skipped"; exit 1 on any failure.
-# usage: bash tests/gpu/run.sh [quick|profile|bench]
+# usage: bash tests/gpu/run.sh [quick|profile|bench|fp8]
 #   quick:   200 prompts in the benchmarks
 #   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
+#   fp8:     precision fp8 alone: steps 1, 4, 5 and 4p, then the 1B/8B benchmarks with every
+#            switch on in bf16 and in fp8 side by side, FP8's halves alone, HF, and where
+#            the FP8 run's time goes (a short call, after a change to the FP8 path)
 #   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
 #            (device time per op, host time) and with NS_CUDA_ATTN_SLOW=1 (the plain
 #            attention kernel, side by side); no HF run
@@ -127,12 +130,15 @@ bench() { # bench NAME TIMEOUT CMD...: runs CMD, keeps its "result:" line for th
 }
 
 [ "$mode" != bench ] && step "1. kernel parity" 60 "$bin/gpu-parity" kernels
-if [ "$mode" != profile ] && [ "$mode" != bench ]; then
+if [ "$mode" != profile ] && [ "$mode" != bench ] && [ "$mode" != fp8 ]; then
   step "2. CUDA unit tests" 60 "$bin/unit" cuda
   step "3. greedy, tiny model files" 60 "$bin/gpu-parity" greedy
 fi
 [ "$mode" != bench ] && step "4. synthetic models, CPU vs CUDA" 120 "$bin/gpu-parity" synthetic
-if [ "$mode" != profile ] && [ "$mode" != bench ]; then
+if [ "$mode" = fp8 ]; then
+  step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
+  step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
+elif [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
   # CUDA graphs (NS_CUDA_GRAPHS=1, off by default until these pass): the same checks
   step "3g. greedy, CUDA graphs" 60 env NS_CUDA_GRAPHS=1 "$bin/gpu-parity" greedy
@@ -168,7 +174,20 @@ bench gemm 40 "$bin/gpu-bench" gemm
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 gen gen-1b 90 1b "$n_prompts" 1024
 gen gen-8b 150 8b "$n_prompts" 1024
-if [ "$mode" != profile ]; then
+if [ "$mode" = fp8 ]; then
+  gen gen-1b-all 90 1b "$n_prompts" 1024 $all
+  gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8
+  gen gen-1b-fp8 90 1b "$n_prompts" 1024 $fp8
+  gen gen-1b-fp8gemm 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
+  gen gen-8b-all 150 8b "$n_prompts" 1024 $all
+  gen gen-8b-fp8-all 150 8b "$n_prompts" 1024 $all $fp8
+  gen gen-8b-fp8 150 8b "$n_prompts" 1024 $fp8
+  gen prof-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8 NS_CUDA_PROFILE=1
+  if python3 -c 'import torch, transformers' 2>/dev/null; then
+    bench hf-1b-b1000 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 1000
+    bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
+  fi
+elif [ "$mode" != profile ]; then
   # each switch alone on the 1B shape, then every switch at once
   gen gen-1b-graphs 90 1b "$n_prompts" 1024 NS_CUDA_GRAPHS=1
   gen gen-1b-tc1 90 1b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1

@@ -119,5 +119,14 @@ tree "$T/d" ""
 go "$T/d" "$T/od" bench; rc=$?
 check "bench mode: exit 0" [ $rc -eq 0 ]
 check "bench mode: checks not run, no advice to turn on" bash -c "! grep -q -- '-> turn on' '$T/od/summary.txt'"
+
+# 5. fp8 mode: its four checks and its benchmarks, fp8-all beside all
+tree "$T/e" ""
+go "$T/e" "$T/oe" fp8; rc=$?
+check "fp8 mode: exit 0" [ $rc -eq 0 ]
+check "fp8 mode: step 4p ran" grep -q "^4p\. .* 0 failed" "$T/oe/summary.txt"
+check "fp8 mode: no step 2" bash -c "! grep -q '^2\. ' '$T/oe/summary.txt'"
+check "fp8 mode: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oe/summary.txt"
+check "fp8 mode: 8B fp8 beside bf16" grep -q "^gen-8b-fp8 .* of gen-8b$" "$T/oe/summary.txt"
 echo "$pass passed, $fail failed, 0 skipped"
 [ $fail -eq 0 ]
