@@ -1,6 +1,7 @@
 /* test_cudamock.c: the CUDA backend's host code (engine/backend_cuda.c) through the
  * engine, on the CPU stand-in for the device (tests/cudamock/cudamock.c): padded decode
- * batches and CUDA graph recording and replay, device sampling plumbing, recordings
+ * batches and CUDA graph recording and replay, device sampling plumbing (and the judge of
+ * a sampled token a near-tie at a cut away, ns_sample_near_distance), recordings
  * dropped when a buffer they point into moves, a recording that fails, out of memory in
  * a step, the fused ops, and the FP8 GEMMs (with their accuracy on the demo model against
  * the golden logits). Built into build/unit-cudamock with tests/unit/test_cuda.c (whose device
@@ -179,11 +180,14 @@ NS_TEST(test_cudamock_greedy_matches_cpu) {
 
 /* Where request r's tokens first differ between a and b (or N_TOK), and how far, as a
  * fraction of the total weight, request r's draw at that token fell from the part of
- * the id-ordered weights that b's token owns, by the rule on the CPU's logits there. */
-static double draw_distance(const run_out *a, const run_out *b, int r, int *at) {
+ * the id-ordered weights that b's token owns, by the rule on the CPU's logits there or
+ * on logits a near-tie at a cut away from them (ns_sample_near_distance, logits within
+ * 1e-4); *kind says which gave it. */
+static double draw_distance(const run_out *a, const run_out *b, int r, int *at, const char **kind) {
     int i = 0;
     while (i < N_TOK && a->tok[r][i] == b->tok[r][i]) i++;
     *at = i;
+    *kind = "none";
     if (i == N_TOK) return 0.0;
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
@@ -199,14 +203,11 @@ static double draw_distance(const run_out *a, const run_out *b, int r, int *at) 
     make_request(r, true, false, false, &req, seq);
     memcpy(seq + req.n_prompt, a->tok[r], (size_t)i * sizeof(int32_t));
     float logits[NS_TINY_N_VOCAB];
-    uint64_t w[2 * NS_TINY_N_VOCAB];
     ns_sampler *s = ns_sampler_create(&req.sampling, NS_TINY_N_VOCAB);
     ns_row_sampling rp;
     for (int d = 0; d <= i && s; d++) ns_sampler_row_params(s, &rp);
-    if (e && s && !ns_engine_prompt_logits(e, seq, req.n_prompt + i, logits, &err)) {
-        const uint64_t S = ns_cpu_sample_weights_ref(logits, NS_TINY_N_VOCAB, &rp, w, w + NS_TINY_N_VOCAB);
-        dist = ns_sample_draw_distance(w, NS_TINY_N_VOCAB, S, rp.u, b->tok[r][i]);
-    }
+    if (e && s && !ns_engine_prompt_logits(e, seq, req.n_prompt + i, logits, &err))
+        dist = ns_sample_near_distance(logits, NS_TINY_N_VOCAB, &rp, b->tok[r][i], 1e-4f, kind);
     ns_sampler_free(s);
     ns_engine_close(e);
     return dist;
@@ -214,8 +215,9 @@ static double draw_distance(const run_out *a, const run_out *b, int r, int *at) 
 
 /* Sampled requests picked by the device's sample_rows: the CPU engine picking by the same
  * rule gives the same tokens, except where precise mode's logits (not bit-identical to
- * the CPU's) move a boundary past the draw: allowed only within 1e-3 of the total weight;
- * the requests with logprobs go through the host sampler. */
+ * the CPU's) move a boundary past the draw: allowed only within 1e-3 of the total weight,
+ * on the CPU's logits or a near-tie at a cut away; the requests with logprobs go through
+ * the host sampler. */
 NS_TEST(test_cudamock_sampled_matches_cpu_rule) {
     run_out cpu, dev, host;
     run(&(run_cfg){.backend = "cpu", .sampled = true, .cpu_row_rule = true}, &cpu);
@@ -225,15 +227,142 @@ NS_TEST(test_cudamock_sampled_matches_cpu_rule) {
     CHECK_MSG(dev.mock.sample_rows_calls > 0, "the device sampler was not used");
     for (int r = 0; r < N_REQ; r++) {
         int at;
-        const double dist = draw_distance(&cpu, &dev, r, &at);
-        CHECK_MSG(dist <= 1e-3, "request %d, token %d: device %d, cpu %d; the draw is %.3g of the weight away", r, at,
-                  at < N_TOK ? dev.tok[r][at] : -1, at < N_TOK ? cpu.tok[r][at] : -1, dist);
-        if (at < N_TOK) printf("  request %d differs at token %d, at a draw boundary (%.2g)\n", r, at, dist);
+        const char *kind;
+        const double dist = draw_distance(&cpu, &dev, r, &at, &kind);
+        CHECK_MSG(dist <= 1e-3, "request %d, token %d: device %d, cpu %d; the draw is %.3g of the weight away (%s)", r,
+                  at, at < N_TOK ? dev.tok[r][at] : -1, at < N_TOK ? cpu.tok[r][at] : -1, dist, kind);
+        if (at < N_TOK) printf("  request %d differs at token %d, at a boundary (%.2g, %s)\n", r, at, dist, kind);
     }
     CHECK(n_same_requests(&cpu, &dev) >= N_REQ - 1);
     CHECK(memcmp(host.tok[5], dev.tok[5], sizeof host.tok[5]) == 0); /* logprobs: the host sampler */
     CHECK_MSG(n_same_requests(&host, &dev) < N_REQ, "the row rule and the host sampler agree everywhere: "
                                                      "the test does not sample");
+}
+
+/* The near-tie tests below: rows of NEAR_N logits, ns_sample_near_distance's tolerance. */
+enum { NEAR_N = 64 };
+#define NEAR_DELTA 1e-4f
+
+/* On the row l (NEAR_N) with p, and l2 with p2 (p when NULL): a near-tie at a cut away,
+ * made by the test as ns_sample_near_distance should make it. Puts the draw p->u inside
+ * token c's part of l2's weights, 1/8 of c's weight from its edge on the side where c's
+ * part lies on l. Then the rule picks c on l2 and not on l, and the plain distance on l
+ * is above 1e-3 (so the near-tie is what explains c); ns_sample_near_distance gives 0 by
+ * kind_want when is_accepted (the tie within NEAR_DELTA), else above 1e-3; the token far
+ * (kept, its part away from the draw) is never accepted. */
+static void check_near_tie(const char *what, const float *l, const float *l2, ns_row_sampling *p,
+                           const ns_row_sampling *p2, int32_t c, int32_t far, const char *kind_want, int is_accepted) {
+    uint64_t w[NEAR_N], w2[NEAR_N], keys[NEAR_N], scratch[2 * NEAR_N];
+    ns_row_sampling q = p2 ? *p2 : *p;
+    const uint64_t S = ns_cpu_sample_weights_ref(l, NEAR_N, p, w, keys);
+    const uint64_t S2 = ns_cpu_sample_weights_ref(l2, NEAR_N, &q, w2, keys);
+    uint64_t lo = 0, lo2 = 0;
+    for (int i = 0; i < c; i++) lo += w[i], lo2 += w2[i];
+    const double at = (double)lo / (double)S, at2 = (double)lo2 / (double)S2; /* where c's part starts */
+    CHECK_MSG(w[c] > 0 && w2[c] > 0 && at != at2 && w[far] > 0, "%s: the row does not move token %d's part", what, c);
+    if (!(w[c] > 0 && w2[c] > 0 && at != at2)) return;
+    const uint64_t r2 = at2 > at ? lo2 + w2[c] - w2[c] / 8 : lo2 + w2[c] / 8;
+    q.u = p->u = ((double)r2 + 0.5) / (double)S2;
+    CHECK(ns_sample_draw_r(p->u, S2) == r2);
+    int32_t pick, pick2;
+    ns_cpu_sample_rows_ref(&pick, l, 1, NEAR_N, p, scratch);
+    ns_cpu_sample_rows_ref(&pick2, l2, 1, NEAR_N, &q, scratch);
+    CHECK_MSG(pick2 == c && pick != c, "%s: the rule picks %d on the row, %d a near-tie away; want %d there only", what,
+              pick, pick2, c);
+    const double plain = ns_sample_draw_distance(w, NEAR_N, S, p->u, c);
+    CHECK_MSG(plain > 1e-3, "%s: token %d is %.3g of the weight from the draw on the row itself", what, c, plain);
+    const char *kind = "";
+    const double near = ns_sample_near_distance(l, NEAR_N, p, c, NEAR_DELTA, &kind);
+    if (is_accepted)
+        CHECK_MSG(near == 0.0 && !strcmp(kind, kind_want), "%s: token %d at %.3g by %s, want 0 by %s", what, c, near,
+                  kind, kind_want);
+    else
+        CHECK_MSG(near > 1e-3, "%s: token %d accepted (%.3g by %s) past the tolerance", what, c, near, kind);
+    const char *kind_far = "";
+    const double near_far = ns_sample_near_distance(l, NEAR_N, p, far, NEAR_DELTA, &kind_far);
+    CHECK_MSG(near_far > 0.1, "%s: token %d, far from the draw, at %.3g by %s", what, far, near_far, kind_far);
+    if (getenv("NS_TEST_VERBOSE"))
+        fprintf(stderr, "  %s: rule picks %d; token %d: plain %.4g, near %.4g (%s); far token %d: near %.4g\n", what,
+                pick, c, plain, near, kind, far, near_far);
+}
+
+/* A near-tie at top_p's cut: tokens 50 (kept, the last in top_p's order) and 5 (the
+ * first cut) 2e-6 apart in logit, so that logits a little off keep 5 instead, and every
+ * part between ids 5 and 50 moves by one token's weight (about 1/80 of S here). The
+ * draw is put where that decides token 30. Accepted within the tolerance only: the same
+ * pair 1e-3 apart is not. Then top_p's target 5e-6 W into token 50's weight (5 far
+ * below): a W a little off cuts 50, and token 45's part moves (as a fraction of S, which
+ * loses token 50's weight); 1e-4 W into it is past the tolerance. */
+NS_TEST(test_cudamock_near_tie_top_p) {
+    static const char *whats[] = {"top_p tie", "top_p, 1e-3 apart", "top_p target", "top_p target, 1e-4 W"};
+    for (int v = 0; v < 4; v++) {
+        const float gap = v == 0 ? 2e-6f : v == 1 ? 1e-3f : 0.1f;
+        float l[NEAR_N], l2[NEAR_N];
+        ns_test_rng g = {7};
+        for (int i = 0; i < NEAR_N; i++) l[i] = 1.5f * ns_test_rng_f32(&g);
+        l[50] = 0.0f, l[5] = -gap, l[30] = 0.3f, l[45] = 0.3f, l[2] = 0.8f; /* 2: kept, far from the draw */
+        /* top_p's target `into` token 50's weight in (e desc, id asc) order: 50 the last kept */
+        ns_row_sampling p = {1.0f, 0, 1.0f, 0.0f, 0.0};
+        uint64_t w[NEAR_N], keys[NEAR_N], before = 0;
+        const uint64_t W = ns_cpu_sample_weights_ref(l, NEAR_N, &p, w, keys);
+        for (int i = 0; i < NEAR_N; i++)
+            if (w[i] > w[50]) before += w[i];
+        const double into = v < 2 ? (double)w[50] / 2 : v == 2 ? 5e-6 * (double)W : 1e-4 * (double)W;
+        p.top_p = (float)(((double)before + into) / (double)W);
+        ns_row_sampling p2 = p; /* v >= 2: the target 5e-6 W short of token 50 */
+        p2.top_p = (float)(((double)before - 5e-6 * (double)W) / (double)W);
+        memcpy(l2, l, sizeof l);
+        if (v < 2) l2[50] = l[5], l2[5] = l[50];
+        ns_cpu_sample_weights_ref(l, NEAR_N, &p, w, keys);
+        CHECK_MSG(w[50] > 0 && w[5] == 0, "the cut is not after token 50");
+        check_near_tie(whats[v], l, l2, &p, v < 2 ? NULL : &p2, v < 2 ? 30 : 45, 2,
+                       v < 2 ? "top_p tie" : "top_p target", v == 0 || v == 2);
+    }
+}
+
+/* A near-tie at top_k's cut: tokens 5 and 50 the k-th and (k+1)-th by logit, equal (5
+ * first by id) or 3e-5 apart; logits a little off keep 50 instead, and token 30's part
+ * moves by token 5's weight. 1e-3 apart is past the tolerance. */
+NS_TEST(test_cudamock_near_tie_top_k) {
+    static const float gaps[] = {0.0f, 3e-5f, 1e-3f};
+    static const char *whats[] = {"top_k tie, equal logits", "top_k tie, 3e-5 apart", "top_k, 1e-3 apart"};
+    for (int v = 0; v < 3; v++) {
+        float l[NEAR_N], l2[NEAR_N];
+        ns_test_rng g = {11};
+        for (int i = 0; i < NEAR_N; i++) l[i] = 1.5f * ns_test_rng_f32(&g);
+        l[5] = 0.0f, l[50] = -gaps[v], l[30] = 0.3f;
+        int k = 1;
+        for (int i = 0; i < NEAR_N; i++) k += l[i] > 0.0f;
+        ns_row_sampling p = {1.0f, k, 1.0f, 0.0f, 0.0};
+        memcpy(l2, l, sizeof l);
+        l2[5] = l[50], l2[50] = v == 0 ? 1e-6f : l[5]; /* equal: 50 raised above 5, as the exchange does */
+        check_near_tie(whats[v], l, l2, &p, NULL, 30, 63, "top_k tie", v < 2);
+    }
+}
+
+/* min_p's threshold (e = 0.05, at logit m + ln 0.05): token 10 2e-5 above it (kept;
+ * logits a little off cut it) or 2e-5 below (cut; they keep it), and token 25's part
+ * moves by token 10's weight. Besides 10, ids 20 to 31 and the largest, 60, are kept, the
+ * rest far below the threshold. 1e-3 above is past the tolerance. */
+NS_TEST(test_cudamock_near_tie_min_p) {
+    for (int v = 0; v < 3; v++) {
+        float l[NEAR_N], l2[NEAR_N];
+        ns_test_rng g = {13};
+        for (int i = 0; i < NEAR_N; i++)
+            l[i] = i >= 20 && i < 32 ? -1.0f + ns_test_rng_f32(&g) : -7.0f + ns_test_rng_f32(&g);
+        l[60] = 0.5f;
+        const float l_th = 0.5f + logf(0.05f);
+        const float off = v == 0 ? 2e-5f : v == 1 ? -2e-5f : 1e-3f;
+        l[10] = l_th + off;
+        memcpy(l2, l, sizeof l);
+        l2[10] = off > 0.0f ? l_th - 1.0f : l_th + 2e-5f;
+        ns_row_sampling p = {1.0f, 0, 1.0f, 0.05f, 0.0};
+        uint64_t w[NEAR_N], keys[NEAR_N];
+        ns_cpu_sample_weights_ref(l, NEAR_N, &p, w, keys);
+        CHECK_MSG((w[10] > 0) == (off > 0.0f), "token 10 on the wrong side of min_p (offset %g)", (double)off);
+        check_near_tie(v == 0 ? "min_p edge, kept" : v == 1 ? "min_p edge, cut" : "min_p, 1e-3 above", l, l2, &p, NULL,
+                       25, 60, "min_p edge", v < 2);
+    }
 }
 
 /* Overlapped steps (NS_ENGINE_OVERLAP=1, with the backend's pick_launch): step k + 1 runs on
