@@ -184,6 +184,7 @@ typedef struct cuda_backend {
     float *x_scale_blk;
     bool x_blk_valid;
     int x_blk_rows, x_blk_kb;
+    long lt_calls[LT_MODES][2]; /* FP8 GEMMs run per way of scaling, bf16 [0] and fp32 [1] output (profile) */
     /* the unscaled GEMM's fp32 sums (LT_RAW), y_raw_cap floats, sized by batch_set */
     float *y_raw;
     size_t y_raw_cap;
@@ -267,6 +268,11 @@ static void prof_report(cuda_backend *c) {
                         p->calls[k][i], p->ms[k][i], total > 0 ? 100.0 * p->ms[k][i] / total : 0.0,
                         p->batches[k] ? p->ms[k][i] / p->batches[k] : 0.0);
     }
+    if (c->fp8)
+        for (int m = 0; m < LT_MODES; m++)
+            if (c->lt_calls[m][0] + c->lt_calls[m][1])
+                fprintf(stderr, "  fp8 GEMMs with %s: %ld with bf16 output, %ld with fp32 output\n", lt_mode_name[m],
+                        c->lt_calls[m][0], c->lt_calls[m][1]);
 destroy:
     for (int i = 0; i <= PROF_MAX; i++)
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
@@ -953,6 +959,7 @@ static void gemm_fp8(cuda_backend *c, void *y, cudaDataType y_type, const ns_bwe
     if (!p) return;
     if (p->mode == LT_RAW && ensure_y_raw_cap(c, (size_t)M * (size_t)N, &e)) goto fail;
     prof_mark(c, P_GEMM);
+    c->lt_calls[p->mode][y_type == CUDA_R_32F]++;
     const int kb = (K + 127) / 128;
     if (p->mode == LT_BLOCK && !(c->x_blk_valid && c->x_blk_rows == M && c->x_blk_kb == kb)) {
         op_check(c, ns_cuda_expand_scales(c->x_scale_blk, c->x_scale, M, kb, c->blk_kb_major[1], c->stream),
