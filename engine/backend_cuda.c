@@ -594,30 +594,30 @@ static ns_status ensure_x_cap(cuda_backend *c, size_t n, ns_error *err) {
     return st;
 }
 
-/* The bf16 output of fp32-result fp8 GEMMs (lt_bf16_only), grown to n elements: by
- * batch_set for the batch, so the ops of a step do not allocate. */
-static ns_status ensure_y_cap(cuda_backend *c, size_t n, ns_error *err) {
-    if (n <= c->y_bf16_cap) return NS_OK;
-    if (c->y_bf16) cudaFree(c->y_bf16);
-    c->y_bf16 = NULL;
-    c->y_bf16_cap = 0;
-    c->gen++; /* recordings pointing at the old buffer go */
-    ns_status st = dev_alloc(c, n * sizeof(uint16_t), "the fp8 matmul's bf16 output", (void **)&c->y_bf16, err);
-    if (!st) c->y_bf16_cap = n;
+/* A device buffer of the step (*buf, *cap elements of elem bytes), grown to n elements;
+ * recordings that point at the old one go. */
+static ns_status ensure_dev_cap(cuda_backend *c, void **buf, size_t *cap, size_t n, size_t elem, const char *what,
+                                ns_error *err) {
+    if (n <= *cap) return NS_OK;
+    if (*buf) cudaFree(*buf);
+    *buf = NULL;
+    *cap = 0;
+    c->gen++;
+    ns_status st = dev_alloc(c, n * elem, what, buf, err);
+    if (!st) *cap = n;
     return st;
 }
 
-/* The unscaled FP8 GEMM's fp32 sums (LT_RAW), grown to n elements: by batch_set for the
- * batch, as ensure_y_cap. */
+/* The bf16 output of fp32-result fp8 GEMMs (lt_bf16_only), and the unscaled FP8 GEMM's
+ * fp32 sums (LT_RAW): grown to n elements by batch_set for the batch, so the ops of a step
+ * do not allocate. */
+static ns_status ensure_y_cap(cuda_backend *c, size_t n, ns_error *err) {
+    return ensure_dev_cap(c, (void **)&c->y_bf16, &c->y_bf16_cap, n, sizeof(uint16_t), "the fp8 matmul's bf16 output",
+                          err);
+}
 static ns_status ensure_y_raw_cap(cuda_backend *c, size_t n, ns_error *err) {
-    if (n <= c->y_raw_cap) return NS_OK;
-    if (c->y_raw) cudaFree(c->y_raw);
-    c->y_raw = NULL;
-    c->y_raw_cap = 0;
-    c->gen++; /* recordings pointing at the old buffer go */
-    ns_status st = dev_alloc(c, n * sizeof(float), "the unscaled fp8 matmul's sums", (void **)&c->y_raw, err);
-    if (!st) c->y_raw_cap = n;
-    return st;
+    return ensure_dev_cap(c, (void **)&c->y_raw, &c->y_raw_cap, n, sizeof(float), "the unscaled fp8 matmul's sums",
+                          err);
 }
 
 static void free_ids(cuda_backend *c) {

@@ -602,6 +602,20 @@ NS_TEST(test_cudamock_prompt_logits_near_cpu) {
     }
 }
 
+/* The tiny model's defaults with bf16 weights and a 512-token context, for a test to change. */
+static void tiny_bf16_cfg(ns_tiny_cfg *tc) {
+    ns_tiny_cfg_default(tc);
+    tc->wtype = NS_GGML_BF16;
+    tc->n_ctx = 512;
+}
+
+/* Writes tc's model to `file` in the test directory; its path into path (n bytes). */
+static void tiny_write(char *path, size_t n, const char *file, const ns_tiny_cfg *tc) {
+    snprintf(path, n, "%s/%s", ns_test_tmpdir(), file);
+    ns_error err;
+    CHECK_STATUS_OK(ns_tiny_model_write(path, tc, &err), &err);
+}
+
 /* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
  * down rows 72 wide, not multiples of 16): those stay bf16, the attention's matrices are
  * fp8, and no op writes fp8 rows in place of its output (a bf16 GEMM could read it). The
@@ -609,13 +623,9 @@ NS_TEST(test_cudamock_prompt_logits_near_cpu) {
 NS_TEST(test_cudamock_fp8_mixed_weights) {
     static char path[512];
     ns_tiny_cfg tc;
-    ns_tiny_cfg_default(&tc);
-    tc.wtype = NS_GGML_BF16;
-    tc.n_ctx = 512;
+    tiny_bf16_cfg(&tc);
     tc.n_ff = 72;
-    snprintf(path, sizeof path, "%s/tiny_cudamock_ff72.gguf", ns_test_tmpdir());
-    ns_error err;
-    CHECK_STATUS_OK(ns_tiny_model_write(path, &tc, &err), &err);
+    tiny_write(path, sizeof path, "tiny_cudamock_ff72.gguf", &tc);
     run_out bf16, fp8;
     run(&(run_cfg){.backend = "cuda", .model = path}, &bf16);
     run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true, .fused_norm = true, .fused_ffn = true}, &fp8);
@@ -635,18 +645,16 @@ NS_TEST(test_cudamock_fp8_mixed_weights) {
  * NMSE 1e-9 of the outer-vector ones (each block's sums are scaled before they are added;
  * a stale or misplaced block scale is off by far more), the same bits whichever layout of
  * the block scales its probe found, and the same tokens with CUDA graphs (the input's
- * block scales are expanded once per quantized input, and recorded). NS_CUDA_FP8_GEMM keeps one way: a way this cuBLASLt lacks
- * fails the open, naming every way and why; a bad value is refused. */
+ * block scales are expanded once per quantized input, and recorded). NS_CUDA_FP8_GEMM
+ * keeps one way: a way this cuBLASLt lacks fails the open, naming every way and why; a
+ * bad value is refused. */
 NS_TEST(test_cudamock_fp8_gemm_ways) {
     static char path[512];
     ns_tiny_cfg tc;
-    ns_tiny_cfg_default(&tc);
-    tc.wtype = NS_GGML_BF16;
-    tc.n_ctx = 512;
+    tiny_bf16_cfg(&tc);
     tc.n_embd = 256, tc.n_ff = 192, tc.n_head = 4, tc.n_head_kv = 1;
-    snprintf(path, sizeof path, "%s/tiny_cudamock_k192.gguf", ns_test_tmpdir());
+    tiny_write(path, sizeof path, "tiny_cudamock_k192.gguf", &tc);
     ns_error err;
-    CHECK_STATUS_OK(ns_tiny_model_write(path, &tc, &err), &err);
     run_out outer, raw, block, block_kbm, block_graphs;
     run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true}, &outer);
     CHECK_EQ_INT(outer.n_done, N_REQ);
