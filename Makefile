@@ -59,7 +59,9 @@ else
 endif
 ifeq ($(strip $(HAVE_CUDA)),1)
   # the CUDA backend's host code on a CPU stand-in for the device (tests/cudamock, below)
-  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/unit-cudamock-emu $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format
+  # and the GPU check programs, built (not run) so that a compile break shows without a GPU
+  CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/unit-cudamock-emu $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format \
+                  $(BUILD)/gpu-parity $(BUILD)/gpu-bench
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
   CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
   LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \

@@ -30,12 +30,14 @@
  * weight matrices (tensors "blk.*", rows a multiple of 16 wide, a multiple of 16 rows)
  * are stored as FP8 E4M3 with a scale per output row, each matmul input is quantized per
  * token the same way (ns_cuda_quant_rows_fp8, kernels/cpu/fp8.h), and cuBLASLt
- * multiplies them (fp32 accumulation, the two scale vectors applied as outer-vector
- * scales, output fp32 or bf16). The token embedding and the output head stay bf16. Twice
- * the tensor-core rate of bf16 on Hopper, at a cost in accuracy that
+ * multiplies them (fp32 accumulation, output fp32 or bf16), the two scale vectors applied
+ * in the first of three ways the device's cuBLASLt has (LT_OUTER, LT_BLOCK, LT_RAW below;
+ * NS_CUDA_FP8_GEMM=outer|block|raw keeps one). The token embedding and the output head
+ * stay bf16. Twice the tensor-core rate of bf16 on Hopper, at a cost in accuracy that
  * test_cudamock_fp8_demo_model_accuracy measures against the golden logits. Off by
- * default: it changes results. Where cuBLASLt has the form with bf16 output only, fp32
- * results are written as bf16 and widened.
+ * default: it changes results. Where cuBLASLt has the scaled forms with bf16 output only,
+ * fp32 results are written as bf16 and widened. On an H100 it ran, unscaled plus the
+ * scaling pass, slower than bf16 (tests/gpu/RESULTS.md, run 9).
  * Not yet: batch invariance (cuBLAS picks its algorithm by shape), the quantized-weight
  * GEMV for small batches.
  */
@@ -78,12 +80,13 @@ struct ns_bweight {
 };
 
 /* How an FP8 GEMM applies the two row-scale vectors (precision fp8). cuBLASLt's
- * outer-vector scales do it in the GEMM, but an H100 with CUDA 13 has no algorithm for
- * them; its 128-block scales (one per row and 128-wide block of K) do the same product when
- * each row's blocks all take the row's scale (the vectors expanded, ns_cuda_expand_scales);
- * last, an unscaled FP8 GEMM with fp32 output and a pass that multiplies each sum by its
- * two scales (ns_cuda_scale_outer), which costs a read and a write of the output. Each
- * GEMM shape takes the first that cuBLASLt has an algorithm for. */
+ * outer-vector scales do it in the GEMM (sm_90; an H100 refused them when queried without
+ * scale pointers, see fp8_setup). Its 128-block scales (one per row and 128-wide block of
+ * K) do the same product when each row's blocks all take the row's scale (the vectors
+ * expanded, ns_cuda_expand_scales). Last, an unscaled FP8 GEMM with fp32 output and a
+ * pass that multiplies each sum by its two scales (ns_cuda_scale_outer), which costs a
+ * read and a write of the output. Each GEMM shape takes the first that cuBLASLt has an
+ * algorithm for. */
 enum { LT_OUTER, LT_BLOCK, LT_RAW, LT_MODES };
 static const char *const lt_mode_name[LT_MODES] = {"outer-vector scales", "128-block scales",
                                                     "unscaled, then a scaling pass"};
@@ -178,6 +181,7 @@ typedef struct cuda_backend {
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t lt_desc[LT_MODES]; /* one per way of scaling (LT_OUTER ...) */
     bool lt_on[LT_MODES];                    /* the ways the setup found here (or NS_CUDA_FP8_GEMM chose) */
+    float *lt_scale_stub; /* what the scaled descriptors' scale pointers hold until a GEMM sets them (see fp8_setup) */
     bool blk_kb_major[2];                    /* 128-block scale layouts of A (the weight) and B (the input) */
     /* the input's 128-block scales (x_scale expanded; lt_on[LT_BLOCK]): valid for x_blk_rows
      * rows and x_blk_kb blocks until x_scale is written again */
@@ -1447,6 +1451,20 @@ static ns_status fp8_setup(cuda_backend *c, ns_error *err) {
                                                                  &scale_mode[m], sizeof scale_mode[m])))))
             return cublas_fail(err, s, "cublasLtMatmulDescSetAttribute");
     }
+    /* The scaled forms' scale pointers, set before any heuristic query: cuBLASLt reads a
+     * NULL one as "no scale" only in the scalar mode, and an H100 (CUDA 13.1) answered the
+     * query of a scaled form without them with CUBLAS_STATUS_INVALID_VALUE, although both
+     * forms exist on sm_90. Each GEMM sets its own before it runs. */
+    CUDA_TRY(cudaMalloc((void **)&c->lt_scale_stub, 256), "cudaMalloc (fp8 scale placeholder)");
+    CUDA_TRY(cudaMemsetAsync(c->lt_scale_stub, 0, 256, c->stream), "cudaMemsetAsync (fp8 scale placeholder)");
+    for (int m = 0; m < LT_MODES; m++) {
+        if (m == LT_RAW) continue;
+        if ((s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c->lt_scale_stub,
+                                                sizeof c->lt_scale_stub)) ||
+            (s = cublasLtMatmulDescSetAttribute(c->lt_desc[m], CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &c->lt_scale_stub,
+                                                sizeof c->lt_scale_stub)))
+            return cublas_fail(err, s, "cublasLtMatmulDescSetAttribute (scale pointers)");
+    }
     if ((s = cublasLtMatmulPreferenceCreate(&c->lt_pref)) != CUBLAS_STATUS_SUCCESS) {
         c->lt_pref = NULL;
         return cublas_fail(err, s, "cublasLtMatmulPreferenceCreate");
@@ -1541,6 +1559,7 @@ static void cuda_destroy(ns_backend *b) {
     if (c->y_bf16) cudaFree(c->y_bf16);
     if (c->y_raw) cudaFree(c->y_raw);
     if (c->x_scale_blk) cudaFree(c->x_scale_blk);
+    if (c->lt_scale_stub) cudaFree(c->lt_scale_stub);
     if (c->lt_plans)
         for (int i = 0; i < c->n_lt_plans; i++) lt_plan_clear(&c->lt_plans[i]);
     free(c->lt_plans);

@@ -35,12 +35,14 @@
  *   block of K; K a multiple of 128 here), and none (the scalar mode with no scale
  *   pointers: scale 1). Computed as e4m3 -> float, sgemm (one per K block for 128-block
  *   scales), then the scales; anything else is CUBLAS_STATUS_NOT_SUPPORTED, at the
- *   heuristic query and at the call. NS_CUDAMOCK_LT_MODES (a list of outer, block, raw;
- *   default all three) says which kinds this cuBLASLt has: "block,raw" is what an H100
- *   with CUDA 13 showed (no outer-vector scales). A 128-block scale tensor is read as
- *   [row][block] (cuBLAS's documented layout), or [block][row] with
- *   NS_CUDAMOCK_LT_KB_MAJOR=1, so that the backend's probe of the layout is tested both
- *   ways. NS_CUDAMOCK_LT_NO_F32=1: no fp32 D either, as a cuBLAS without that form would.
+ *   heuristic query and at the call. A scaled form queried with no scale pointers set is
+ *   CUBLAS_STATUS_INVALID_VALUE: what an H100 (CUDA 13.1) answered for both scaled forms
+ *   when the backend queried them so. NS_CUDAMOCK_LT_MODES (a list of outer, block, raw;
+ *   default all three) says which kinds this cuBLASLt has, so that each way the backend
+ *   can take runs here. A 128-block scale tensor is read as [row][block] (cuBLAS's
+ *   documented layout), or [block][row] with NS_CUDAMOCK_LT_KB_MAJOR=1, so that the
+ *   backend's probe of the layout is tested both ways. NS_CUDAMOCK_LT_NO_F32=1: no fp32 D
+ *   either, as a cuBLAS without that form would.
  *   Compute capability 9.0 (NS_CUDAMOCK_CC=86 says 8.6, say).
  * - Counters for the tests: ns_cudamock_stats.
  */
@@ -639,9 +641,12 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     (void)h, (void)pref;
     *n_found = 0;
     if (n_req < 1) return CUBLAS_STATUS_INVALID_VALUE;
-    if (lt_kind((const lt_desc *)desc->data, (const lt_layout *)a->data, (const lt_layout *)b->data,
-                (const lt_layout *)c->data, (const lt_layout *)d->data) == LT_NONE)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
+    const lt_desc *x = (const lt_desc *)desc->data;
+    const int kind = lt_kind(x, (const lt_layout *)a->data, (const lt_layout *)b->data, (const lt_layout *)c->data,
+                             (const lt_layout *)d->data);
+    if (kind == LT_NONE) return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* a scaled form queried without its scale pointers: what an H100 answered (CUDA 13.1) */
+    if (kind != LT_RAW && (!x->a_scale || !x->b_scale)) return CUBLAS_STATUS_INVALID_VALUE;
     memset(res, 0, sizeof *res);
     res->algo.data[0] = 0x46503851u; /* "FP8Q": checked at the call */
     res->state = CUBLAS_STATUS_SUCCESS;

@@ -9,6 +9,12 @@
  *          N_PROMPTS requests of N_IN random prompt tokens, N_OUT generated each
  *          (greedy, ignore_eos), at most MAX_SEQS in one batch. Prints output tok/s,
  *          total tok/s, and the MFU against PEAK_TFLOPS when given.
+ *        gpu-bench ops
+ *          the row kernels at a 1B prompt batch's shapes (4096 rows of 2048 and of 8192),
+ *          each one that writes FP8 rows (precision fp8) beside the one it replaces:
+ *          median ms of 20 after 3 warm-ups, and GB/s of the bytes each must move (every
+ *          input read once, every output written once), for finding where FP8's element-wise
+ *          time goes (tests/gpu/RESULTS.md, run 9)
  * Lines starting "result:" are machine-readable (key=value).
  */
 #include <cublas_v2.h>
@@ -20,6 +26,7 @@
 #include "engine.h"
 #include "model.h"
 #include "ops.h"
+#include "ops_cuda.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -249,9 +256,127 @@ static int run_gen(int argc, char **argv) {
     return gen == (int64_t)n * n_out ? 0 : 1;
 }
 
+/* ---- gpu-bench ops ---- */
+
+enum { OP_RMSNORM, OP_RMSNORM_FP8, OP_ADD_RMSNORM, OP_ADD_RMSNORM_FP8, OP_SWIGLU_BF16, OP_SWIGLU_BF16_FP8,
+       OP_QUANT_BF16, OP_TO_BF16, OP_SCALE_OUTER_F32, OP_SCALE_OUTER_BF16, OP_N };
+
+typedef struct {
+    float *x, *x2, *delta, *w, *out, *raw, *sa, *sb, *scales;
+    uint16_t *g, *u, *bf16;
+    uint8_t *q;
+} ops_bufs;
+
+/* Launches op once on stream 0; its name, shape and bytes moved in *name, *rows, *n, *bytes. */
+static cudaError_t ops_launch(int op, const ops_bufs *b, int R, int E, int F, const char **name, int *rows, int *n,
+                              double *bytes) {
+    const float eps = 1e-5f;
+    *rows = R;
+    switch (op) {
+    case OP_RMSNORM: /* the bf16 path: fp32 out and the GEMM's bf16 input */
+        *name = "rmsnorm", *n = E, *bytes = (double)R * E * (4 + 4 + 2);
+        return ns_cuda_rmsnorm(b->out, b->bf16, b->x, b->w, R, E, eps, 0);
+    case OP_RMSNORM_FP8: /* fp32 out and the GEMM's fp8 rows */
+        *name = "rmsnorm_fp8", *n = E, *bytes = (double)R * E * (4 + 4 + 1);
+        return ns_cuda_rmsnorm_fp8(b->out, b->q, b->scales, b->x, b->w, R, E, eps, 0);
+    case OP_ADD_RMSNORM: /* x += delta, the GEMM's bf16 input */
+        *name = "add_rmsnorm", *n = E, *bytes = (double)R * E * (4 + 4 + 4 + 2);
+        return ns_cuda_add_rmsnorm(b->x2, b->delta, NULL, b->bf16, b->w, R, E, eps, 0);
+    case OP_ADD_RMSNORM_FP8:
+        *name = "add_rmsnorm_fp8", *n = E, *bytes = (double)R * E * (4 + 4 + 4 + 1);
+        return ns_cuda_add_rmsnorm_fp8(b->x2, b->delta, NULL, b->q, b->scales, b->w, R, E, eps, 0);
+    case OP_SWIGLU_BF16: /* the fused feed-forward's SwiGLU: bf16 gate, up -> bf16 */
+        *name = "swiglu_bf16", *n = F, *bytes = (double)R * F * (2 + 2 + 2);
+        return ns_cuda_swiglu_bf16(b->bf16, b->g, b->u, (int64_t)R * F, 0);
+    case OP_SWIGLU_BF16_FP8:
+        *name = "swiglu_bf16_fp8", *n = F, *bytes = (double)R * F * (2 + 2 + 1);
+        return ns_cuda_swiglu_bf16_fp8(b->q, b->scales, b->g, b->u, R, F, 0);
+    case OP_QUANT_BF16: /* the quantizer pass (attention output, plain SwiGLU), from bf16 */
+        *name = "quant_rows_fp8_bf16", *n = F, *bytes = (double)R * F * (2 + 1);
+        return ns_cuda_quant_rows_fp8(b->q, b->scales, b->bf16, NS_CUDA_TYPE_BF16, R, F, 0);
+    case OP_TO_BF16: /* the bf16 path's conversion of a GEMM input */
+        *name = "f32_to_bf16", *n = F, *bytes = (double)R * F * (4 + 2);
+        return ns_cuda_f32_to_bf16(b->bf16, b->x, (int64_t)R * F, 0);
+    case OP_SCALE_OUTER_F32: /* the unscaled FP8 GEMM's pass, fp32 out */
+        *name = "scale_outer_f32", *n = F, *bytes = (double)R * F * (4 + 4);
+        return ns_cuda_scale_outer(b->out, NS_CUDA_TYPE_F32, b->raw, b->sa, b->sb, R, F, 0);
+    default: /* and bf16 out */
+        *name = "scale_outer_bf16", *n = F, *bytes = (double)R * F * (4 + 2);
+        return ns_cuda_scale_outer(b->bf16, NS_CUDA_TYPE_BF16, b->raw, b->sa, b->sb, R, F, 0);
+    }
+}
+
+static int run_ops(void) {
+    enum { R = 4096, E = 2048, F = 8192, REPS = 20 };
+    const size_t big = (size_t)R * F;
+    ops_bufs b;
+    CU(cudaMalloc((void **)&b.x, big * 4));
+    CU(cudaMalloc((void **)&b.x2, (size_t)R * E * 4));
+    CU(cudaMalloc((void **)&b.delta, (size_t)R * E * 4));
+    CU(cudaMalloc((void **)&b.w, F * 4));
+    CU(cudaMalloc((void **)&b.out, big * 4));
+    CU(cudaMalloc((void **)&b.raw, big * 4));
+    CU(cudaMalloc((void **)&b.sa, F * 4));
+    CU(cudaMalloc((void **)&b.sb, R * 4));
+    CU(cudaMalloc((void **)&b.scales, R * 4));
+    CU(cudaMalloc((void **)&b.g, big * 2));
+    CU(cudaMalloc((void **)&b.u, big * 2));
+    CU(cudaMalloc((void **)&b.bf16, big * 2));
+    CU(cudaMalloc((void **)&b.q, big));
+    /* random data, never zeros (they can run faster than real data) */
+    float *hf = malloc(big * 4);
+    uint16_t *hb = malloc(big * 2);
+    if (!hf || !hb) return 1;
+    uint64_t r = 77;
+    for (size_t i = 0; i < big; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        hf[i] = ((float)(r >> 40) / (float)(1u << 24) - 0.5f) * 4.0f;
+    }
+    CU(cudaMemcpy(b.x, hf, big * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.raw, hf, big * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.x2, hf, (size_t)R * E * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.delta, hf + (size_t)R * E, (size_t)R * E * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.w, hf + 17, F * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.sa, hf + 99, F * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.sb, hf + 999, R * 4, cudaMemcpyHostToDevice));
+    fill_bf16(hb, big, 3);
+    CU(cudaMemcpy(b.g, hb, big * 2, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b.bf16, hb, big * 2, cudaMemcpyHostToDevice));
+    fill_bf16(hb, big, 4);
+    CU(cudaMemcpy(b.u, hb, big * 2, cudaMemcpyHostToDevice));
+    free(hf);
+    free(hb);
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    char result[1024] = "result:";
+    for (int op = 0; op < OP_N; op++) {
+        const char *name = "";
+        int rows = 0, n = 0;
+        double bytes = 0, t[REPS];
+        for (int i = -3; i < REPS; i++) {
+            CU(cudaEventRecord(e0, 0));
+            CU(ops_launch(op, &b, R, E, F, &name, &rows, &n, &bytes));
+            CU(cudaEventRecord(e1, 0));
+            CU(cudaEventSynchronize(e1));
+            float ms;
+            CU(cudaEventElapsedTime(&ms, e0, e1));
+            if (i >= 0) t[i] = ms;
+        }
+        qsort(t, REPS, sizeof t[0], cmp_double);
+        const double med = t[REPS / 2], gbps = bytes / (med * 1e-3) / 1e9;
+        printf("op %-20s %d x %d: median %.3f ms over %d, %.0f GB/s\n", name, rows, n, med, REPS, gbps);
+        const size_t used = strlen(result);
+        snprintf(result + used, sizeof result - used, " %s_gbps=%.0f", name, gbps);
+    }
+    printf("%s\n", result);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "gemm")) return run_gemm();
     if (argc >= 2 && !strcmp(argv[1], "gen")) return run_gen(argc, argv);
-    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS]\n");
+    if (argc >= 2 && !strcmp(argv[1], "ops")) return run_ops();
+    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops\n");
     return 2;
 }

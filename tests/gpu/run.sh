@@ -48,10 +48,11 @@
 # usage: bash tests/gpu/run.sh [quick|profile|bench|fp8]
 #   quick:   200 prompts in the benchmarks
 #   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
-#   fp8:     precision fp8 alone: steps 1, 4, 5 and 4p, then the 1B/8B benchmarks with every
-#            switch on in bf16 and in fp8 side by side, FP8's halves alone, HF, and where
-#            the FP8 run's time goes (a short call, after a change to the FP8 path)
-#   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
+#   fp8:     precision fp8 alone: steps 1, 4, 5 and 4p, the row kernels' GB/s (gpu-bench ops),
+#            then the 1B/8B benchmarks with every switch on in bf16 and in fp8 side by side,
+#            FP8's halves alone, HF, and where the FP8 run's time goes (a short call, after a
+#            change to the FP8 path)
+#   profile: steps 1, 4, 5, 6 (and gpu-bench ops), then the 1B and 8B runs again with NS_CUDA_PROFILE=1
 #            (device time per op, host time) and with NS_CUDA_ATTN_SLOW=1 (the plain
 #            attention kernel, side by side); no HF run
 set -u
@@ -171,6 +172,8 @@ gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench g
   bench "$name" "$limit" env $off "$@" "$bin/gpu-bench" gen "$shape" "$n" 128 128 "$seqs" "${peak:-0}"
 }
 bench gemm 40 "$bin/gpu-bench" gemm
+# the row kernels, each FP8-writing one beside the one it replaces (GB/s)
+{ [ "$mode" = fp8 ] || [ "$mode" = profile ]; } && bench ops 40 "$bin/gpu-bench" ops
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 gen gen-1b 90 1b "$n_prompts" 1024
 gen gen-8b 150 8b "$n_prompts" 1024
