@@ -42,6 +42,15 @@ static int cmp_double(const void *a, const void *b) {
         }                                                                                         \
     } while (0)
 
+/* Milliseconds from e0 (recorded on stream 0 before the work) to now, the work done. */
+static float elapsed_ms(cudaEvent_t e0, cudaEvent_t e1) {
+    CU(cudaEventRecord(e1, 0));
+    CU(cudaEventSynchronize(e1));
+    float ms;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    return ms;
+}
+
 static void fill_bf16(uint16_t *h, size_t n, uint64_t seed) {
     for (size_t i = 0; i < n; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -82,10 +91,7 @@ static int run_gemm(void) {
             fprintf(stderr, "cublasGemmEx: %s\n", cublasGetStatusString(s));
             return 1;
         }
-        CU(cudaEventRecord(e1, 0));
-        CU(cudaEventSynchronize(e1));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
+        const float ms = elapsed_ms(e0, e1);
         if (i >= 0) t[i] = ms;
     }
     qsort(t, reps, sizeof t[0], cmp_double);
@@ -357,10 +363,7 @@ static int run_ops(void) {
         for (int i = -3; i < REPS; i++) {
             CU(cudaEventRecord(e0, 0));
             CU(ops_launch(op, &b, R, E, F, &name, &rows, &n, &bytes));
-            CU(cudaEventRecord(e1, 0));
-            CU(cudaEventSynchronize(e1));
-            float ms;
-            CU(cudaEventElapsedTime(&ms, e0, e1));
+            const float ms = elapsed_ms(e0, e1);
             if (i >= 0) t[i] = ms;
         }
         qsort(t, REPS, sizeof t[0], cmp_double);
