@@ -223,7 +223,7 @@ $(BUILD)/emu-kernels: tests/gpu/emu_kernels.cpp tests/gpu/emu_cuda.h $(EMU_SMALL
 	    tests/gpu/emu_kernels.cpp $(BUILD)/libnightshift.a -o $@ -lm
 
 # The FP8 row quantizer, emulated the same way, against its CPU reference (bit for bit).
-$(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \
+$(BUILD)/emu-fp8: tests/gpu/emu_fp8.cpp tests/gpu/emu_cuda.h kernels/cuda/fp8.cu kernels/cuda/rmsnorm.cu kernels/cuda/reduce.cuh kernels/cpu/fp8.h \
                  kernels/cuda/common.cuh kernels/cuda/ops_cuda.h $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \
 	    tests/gpu/emu_fp8.cpp $(BUILD)/libnightshift.a -o $@ -lm

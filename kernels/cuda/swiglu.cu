@@ -1,5 +1,5 @@
 /* swiglu.cu: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)), elementwise (out may
- * alias gate or up), from fp32 or from bf16 inputs. expf, not __expf: within a few ulp
+ * alias gate or up), from fp32 or from bf16 inputs (8 at a time where aligned). expf, not __expf: within a few ulp
  * of ns_cpu_swiglu_ref. */
 #include "common.cuh"
 
@@ -22,9 +22,32 @@ static __global__ void swiglu_bf16_kernel(__nv_bfloat16 *out, const __nv_bfloat1
     }
 }
 
+/* The same, 8 elements a thread: 16-byte loads and stores (n_groups = n / 8; every
+ * pointer 16-byte aligned). Each element's expression is the one above. */
+static __device__ __forceinline__ float bf16_word_lo(uint32_t w) { return __uint_as_float(w << 16); }
+static __device__ __forceinline__ float bf16_word_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+static __device__ __forceinline__ uint32_t swiglu_pair(uint32_t g, uint32_t u) {
+    const float g0 = bf16_word_lo(g), g1 = bf16_word_hi(g);
+    const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(g0 / (1.0f + expf(-g0)) * bf16_word_lo(u)));
+    const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(g1 / (1.0f + expf(-g1)) * bf16_word_hi(u)));
+    return lo | hi << 16;
+}
+static __global__ void swiglu_bf16_vec8_kernel(uint4 *out, const uint4 *gate, const uint4 *up, int64_t n_groups) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n_groups;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 g = __ldg(gate + i), u = __ldg(up + i);
+        out[i] = make_uint4(swiglu_pair(g.x, u.x), swiglu_pair(g.y, u.y), swiglu_pair(g.z, u.z), swiglu_pair(g.w, u.w));
+    }
+}
+
 extern "C" cudaError_t ns_cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, int64_t n,
                                            cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+    if (n % 8 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)gate % 16 == 0 && (uintptr_t)up % 16 == 0) {
+        NS_LAUNCH(ns_grid_for(n / 8, 256), 256, 0, stream, swiglu_bf16_vec8_kernel)(
+            (uint4 *)out, (const uint4 *)gate, (const uint4 *)up, n / 8);
+        return cudaGetLastError();
+    }
     NS_LAUNCH(ns_grid_for(n, 256), 256, 0, stream, swiglu_bf16_kernel)(
         (__nv_bfloat16 *)out, (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, n);
     return cudaGetLastError();

@@ -9,7 +9,10 @@
  * another order) and the residual sum exact; their codes and scales exactly those of
  * ns_cpu_quant_rows_fp8 over the values they computed (the fp32 output they wrote, or for
  * SwiGLU the same expression on the CPU); the same codes with the fp32 output left out or
- * written over x; rows kept in registers (n <= 16384) and rows computed twice.
+ * written over x; the fp32 values and x bit for bit those of rmsnorm.cu's kernels (the
+ * same sums in the same order: the GPU's parity check holds them to that); through the
+ * launchers, at each width kept in registers and one computed twice; SwiGLU's 8-wide and
+ * 1-wide paths likewise.
  * The FP8 GEMM's helpers where cuBLASLt lacks outer-vector scales: expand_scales (each
  * row's scale to each of its K blocks, both layouts) equal to the rule, scale_outer
  * (unscaled sums times the two scales, fp32 and bf16 out) bit for bit the stand-in's
@@ -18,6 +21,7 @@
  * tests/gpu/parity.c checks the real kernels on a GPU. Built and run by `make test`. */
 #include "emu_cuda.h"
 #include "../../kernels/cuda/fp8.cu"
+#include "../../kernels/cuda/rmsnorm.cu"
 
 extern "C" {
 #include "ops.h"
@@ -118,19 +122,22 @@ static int run_norm(int n_rows, int n, bool add) {
         float *ss = sc[mode].data() + CANARY;
         const float *wp = w.data(), *dp = delta.data();
         float *xp = x.data();
-        const bool keep = n <= FP8_KEEP_N;
-        emu_launch((unsigned)n_rows, 1, FP8_THREADS, 0, [=] {
-            if (add && keep) rmsnorm_fp8_kernel<true, true>(xp, dp, o, qq, ss, wp, n, 1e-5f);
-            if (add && !keep) rmsnorm_fp8_kernel<true, false>(xp, dp, o, qq, ss, wp, n, 1e-5f);
-            if (!add && keep) rmsnorm_fp8_kernel<false, true>(xp, nullptr, o, qq, ss, wp, n, 1e-5f);
-            if (!add && !keep) rmsnorm_fp8_kernel<false, false>(xp, nullptr, o, qq, ss, wp, n, 1e-5f);
-        });
+        const cudaError_t e = add ? ns_cuda_add_rmsnorm_fp8(xp, dp, o, qq, ss, wp, n_rows, n, 1e-5f, nullptr)
+                                  : ns_cuda_rmsnorm_fp8(o, qq, ss, xp, wp, n_rows, n, 1e-5f, nullptr);
+        bad += e != cudaSuccess || cudaGetLastError() != cudaSuccess;
         if (add && mode != 2)
             for (size_t i = 0; i < N; i++) bad += __float_as_uint(x[i]) != __float_as_uint(xsum[i]); /* x += delta, exactly */
         if (mode == 0) {
             for (size_t i = 0; i < N; i++) /* the values, against the CPU's */
                 if (!(std::fabs(o[i] - ref[i]) <= 1e-5f * (1.0f + std::fabs(ref[i]))) && bad++ < 3)
                     std::printf("  rmsnorm_fp8 elem %zu: %.9g, reference %.9g\n", i, (double)o[i], (double)ref[i]);
+            /* and bit for bit those of rmsnorm.cu's kernel (the one the bf16 path runs) */
+            std::vector<float> xu = x0, du = delta, ou(N);
+            bad += (add ? ns_cuda_add_rmsnorm(xu.data(), du.data(), ou.data(), nullptr, wp, n_rows, n, 1e-5f, nullptr)
+                        : ns_cuda_rmsnorm(ou.data(), nullptr, xu.data(), wp, n_rows, n, 1e-5f, nullptr)) != cudaSuccess;
+            for (size_t i = 0; i < N; i++)
+                if (__float_as_uint(ou[i]) != __float_as_uint(o[i]) && bad++ < 6)
+                    std::printf("  rmsnorm_fp8 elem %zu: %a, rmsnorm.cu's %a\n", i, (double)o[i], (double)ou[i]);
             ns_cpu_quant_rows_fp8(q_ref.data(), sc_ref.data(), o, n_rows, n); /* the codes of those values */
             for (int i = 0; i < CANARY; i++) bad += out[i] != 12345.0f || out[CANARY + N + i] != 12345.0f;
         }
@@ -142,41 +149,47 @@ static int run_norm(int n_rows, int n, bool add) {
             bad += q[mode][i] != CANARY_BYTE || q[mode][CANARY + N + i] != CANARY_BYTE ||
                    sc[mode][i] != 12345.0f || sc[mode][CANARY + n_rows + i] != 12345.0f;
     }
-    std::printf("%s emu %srmsnorm_fp8 %d rows x %d (%s): fp32 out, none, over x\n", bad ? "FAIL" : "ok  ",
-                add ? "add_" : "", n_rows, n, n <= FP8_KEEP_N ? "kept in registers" : "computed twice");
+    char kept[48] = "none kept, computed twice";
+    if (fp8_norm_per(n)) std::snprintf(kept, sizeof kept, "%d per thread kept", fp8_norm_per(n));
+    std::printf("%s emu %srmsnorm_fp8 %d rows x %d (%s): fp32 out (rmsnorm.cu's bits), none, over x\n",
+                bad ? "FAIL" : "ok  ", add ? "add_" : "", n_rows, n, kept);
     return bad == 0;
 }
 
-static int run_swiglu(int n_rows, int n) {
+/* q_offset: bytes added to q (1 forces the 1-wide path). */
+static int run_swiglu(int n_rows, int n, size_t q_offset) {
     const size_t N = (size_t)n_rows * n;
     std::vector<__nv_bfloat16> g(N), u(N);
     std::vector<float> v(N);
     for (size_t i = 0; i < N; i++) {
         g[i] = __float2bfloat16_rn(rnd(6.0f));
         u[i] = __float2bfloat16_rn(rnd(2.0f));
+        if (i % 997 == 5) g[i] = __float2bfloat16_rn(-100.0f); /* silu -0: a zero's sign */
+        if (n_rows > 1 && i / n == 1) g[i] = __float2bfloat16_rn(0.0f); /* row 1 all (signed) zeros: scale 1 */
         float gf = __bfloat162float(g[i]);
         v[i] = gf / (1.0f + expf(-gf)) * __bfloat162float(u[i]);
     }
-    std::vector<uint8_t> q(N + 2 * CANARY, CANARY_BYTE), q_ref(N);
+    std::vector<uint8_t> q(N + 2 * CANARY + 8, CANARY_BYTE), q_ref(N);
     std::vector<float> sc(n_rows + 2 * CANARY, 12345.0f), sc_ref(n_rows);
     ns_cpu_quant_rows_fp8(q_ref.data(), sc_ref.data(), v.data(), n_rows, n);
-    uint8_t *qq = q.data() + CANARY;
+    uint8_t *qq = q.data() + CANARY + q_offset;
     float *ss = sc.data() + CANARY;
-    const __nv_bfloat16 *gp = g.data(), *up = u.data();
-    emu_launch((unsigned)n_rows, 1, FP8_THREADS, 0, [=] {
-        if (n <= FP8_KEEP_N) swiglu_bf16_fp8_kernel<true>(qq, ss, gp, up, n);
-        else swiglu_bf16_fp8_kernel<false>(qq, ss, gp, up, n);
-    });
-    int bad = 0;
+    const bool vec = swiglu_fp8_vec(qq, g.data(), u.data(), n);
+    const int groups = swiglu_fp8_groups(n, vec ? 8 : 1);
+    int bad = ns_cuda_swiglu_bf16_fp8(qq, ss, (const uint16_t *)g.data(), (const uint16_t *)u.data(), n_rows, n,
+                                      nullptr) != cudaSuccess ||
+              cudaGetLastError() != cudaSuccess;
     for (size_t i = 0; i < N; i++)
         if (qq[i] != q_ref[i] && bad++ < 3)
             std::printf("  swiglu_bf16_fp8 elem %zu: code %02x, reference %02x\n", i, qq[i], q_ref[i]);
     for (int r = 0; r < n_rows; r++) bad += __float_as_uint(ss[r]) != __float_as_uint(sc_ref[r]);
     for (int i = 0; i < CANARY; i++)
-        bad += q[i] != CANARY_BYTE || q[CANARY + N + i] != CANARY_BYTE || sc[i] != 12345.0f ||
+        bad += q[i] != CANARY_BYTE || q[CANARY + q_offset + N + i] != CANARY_BYTE || sc[i] != 12345.0f ||
                sc[CANARY + n_rows + i] != 12345.0f;
-    std::printf("%s emu swiglu_bf16_fp8 %d rows x %d (%s)\n", bad ? "FAIL" : "ok  ", n_rows, n,
-                n <= FP8_KEEP_N ? "kept in registers" : "computed twice");
+    char kept[48] = "none kept, computed twice";
+    if (groups) std::snprintf(kept, sizeof kept, "%d group%s per thread kept", groups, groups > 1 ? "s" : "");
+    std::printf("%s emu swiglu_bf16_fp8 %d rows x %d (%d-wide, %s)\n", bad ? "FAIL" : "ok  ", n_rows, n, vec ? 8 : 1,
+                kept);
     return bad == 0;
 }
 
@@ -228,15 +241,20 @@ int main() {
                 if (offset && s[1] % 4) continue; /* already scalar */
                 run_case(s[0], s[1], type, offset) ? n_pass++ : n_fail++;
             }
-    const int norm_shapes[][2] = {{2, 1}, {3, 7}, {2, 576}, {2, 2048}, {1, 16384}, {1, 20000}};
+    /* per thread kept: 4, 4, 4, 8, 16, 32, 32, none, none */
+    const int norm_shapes[][2] = {{2, 1}, {3, 7}, {2, 576}, {2, 2048}, {2, 4096}, {1, 8000}, {1, 8192}, {1, 8193}, {1, 20000}};
     for (auto &s : norm_shapes)
         for (bool add : {false, true}) run_norm(s[0], s[1], add) ? n_pass++ : n_fail++;
-    const int swiglu_shapes[][2] = {{2, 1}, {3, 1536}, {2, 8192}, {1, 20000}};
-    for (auto &s : swiglu_shapes) run_swiglu(s[0], s[1]) ? n_pass++ : n_fail++;
+    /* 8-wide: 1, 1, 2, 4, 8 groups, none; 1-wide: 1, 2, 4, 8, none; 8192 1-wide by q's offset */
+    const int swiglu_shapes[][2] = {{3, 8},    {3, 1536}, {2, 8192}, {2, 14336}, {1, 20000}, {1, 40000},
+                                    {2, 1},    {2, 1001}, {2, 2001}, {1, 4001},  {1, 4100}};
+    for (auto &s : swiglu_shapes) run_swiglu(s[0], s[1], 0) ? n_pass++ : n_fail++;
+    run_swiglu(2, 8192, 1) ? n_pass++ : n_fail++;
     const int expand_shapes[][2] = {{1, 1}, {7, 3}, {1000, 16}, {4096, 112}};
     for (auto &s : expand_shapes)
         for (bool kbm : {false, true}) run_expand(s[0], s[1], kbm) ? n_pass++ : n_fail++;
-    const int outer_shapes[][2] = {{1, 16}, {7, 48}, {33, 1008}, {600, 2048}};
+    /* 4-wide, 1-wide (N odd), rows past the grid's 2048, columns past its 16 x 1024 */
+    const int outer_shapes[][2] = {{1, 16}, {7, 48}, {5, 37}, {33, 1008}, {600, 2048}, {2100, 8}, {3, 20000}};
     for (auto &s : outer_shapes)
         for (bool bf16 : {false, true}) run_scale_outer(s[0], s[1], bf16) ? n_pass++ : n_fail++;
     std::printf("%d passed, %d failed, 0 skipped\n", n_pass, n_fail);

@@ -740,7 +740,7 @@ static void fetch_bytes(void *host, const void *d, size_t n) {
 /* The ops that write FP8 rows directly against the unfused ops on the device, bit for
  * bit: rmsnorm_fp8 = rmsnorm (fp32 out) then quant_rows_fp8; add_rmsnorm_fp8 = add_rmsnorm
  * then quant_rows_fp8 (and x the same); swiglu_bf16_fp8 = swiglu (fp32, from the bf16
- * inputs widened) then quant_rows_fp8. Rows kept in registers (n <= 16384) and not. */
+ * inputs widened) then quant_rows_fp8. Rows kept in registers at each width, and rows computed twice. */
 static void check_fused_fp8(ns_test_rng *r) {
     const int shapes[][2] = {{1, 1}, {7, 576}, {33, 2048}, {5, 14336}, {3, 20000}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
