@@ -216,7 +216,7 @@ $(BUILD)/emu-attention: tests/gpu/emu_attention.cpp tests/gpu/emu_cuda.h tests/g
 # The small kernels (RMSNorm and the fused add, SwiGLU, add, RoPE, embedding, gathers,
 # dequantization, greedy sampling), emulated the same way, against the CPU references.
 EMU_SMALL_CU := kernels/cuda/add.cu kernels/cuda/embed.cu kernels/cuda/quant.cu kernels/cuda/rmsnorm.cu \
-                kernels/cuda/rope.cu kernels/cuda/sample.cu kernels/cuda/swiglu.cu
+                kernels/cuda/rope.cu kernels/cuda/rope.cuh kernels/cuda/qkv.cu kernels/cuda/sample.cu kernels/cuda/swiglu.cu
 $(BUILD)/emu-kernels: tests/gpu/emu_kernels.cpp tests/gpu/emu_cuda.h $(EMU_SMALL_CU) kernels/cuda/common.cuh \
                       kernels/cuda/ops_cuda.h kernels/cuda/reduce.cuh $(BUILD)/libnightshift.a
 	$(CXX) -std=c++20 -O2 -fno-strict-aliasing -Wall -Wno-sign-compare -Wno-unknown-pragmas -g -pthread -Ikernels/cpu -Iengine \

@@ -109,6 +109,19 @@ typedef struct ns_backend_ops {
     void (*gate_up_swiglu)(ns_backend *b, float *out, float *tmp, const float *x, const ns_bweight *w_gate,
                            const ns_bweight *w_up, int M, int N, int K);
     void (*add)(ns_backend *b, float *y, const float *x, int64_t n);
+    /* Optional, both or neither (NULL: the attention block's q, k and v come from three
+     * matmuls, add_bias and rope). weight_join stacks the rows of n matrices of one width
+     * into *out (the sum of their rows), for one GEMM in place of n: each part then keeps
+     * working as itself (its rows inside out's storage) and may be freed before or after
+     * out. *out NULL with NS_OK: the backend does not join these (their forms differ).
+     * qkv_rope: q (T, n_head * head_dim), k and v (T, n_head_kv * head_dim) = x (T, K) .
+     * wqkv^T split, wqkv the join of wq, wk and wv, each part plus its bias (NULL: none),
+     * then RoPE on q and k at the batch positions: what matmul, add_bias and rope give, up
+     * to the GEMM's rounding. tmp (T, q_dim + 2 kv_dim) is scratch. */
+    ns_status (*weight_join)(ns_backend *b, ns_bweight *const *parts, int n, ns_bweight **out, ns_error *err);
+    void (*qkv_rope)(ns_backend *b, float *q, float *k, float *v, float *tmp, const float *x, const ns_bweight *wqkv,
+                     const ns_bweight *bq, const ns_bweight *bk, const ns_bweight *bv, int T, int n_head, int n_head_kv,
+                     int head_dim, int n_rot, const float *inv_freq_dev, int is_neox);
     /* Optional (NULL: add, then rmsnorm). The residual add and the next RMSNorm: x (n_rows,
      * n) += delta, out = rmsnorm(x) * w, for a backend that can skip writing out in fp32:
      * out then holds the result in the form the backend's matmul takes as input, so out

@@ -77,6 +77,8 @@ struct ns_bweight {
                            * ceil(ne0 / 128) blocks, in the layout the setup's probe found */
     int64_t ne0, ne1;
     bool is_bf16;   /* a matrix (bf16, or fp8 when fp8 is set); false: an fp32 vector */
+    bool joined;    /* its rows (data, or fp8 and fp8_scale) live in a joined matrix's storage
+                     * (weight_join), which frees them; fp8_scale_blk stays its own */
 };
 
 /* How an FP8 GEMM applies the two row-scale vectors (precision fp8). cuBLASLt's
@@ -203,7 +205,8 @@ typedef struct cuda_backend {
     uint16_t *y_bf16;
     size_t y_bf16_cap;
     prof prof; /* NS_CUDA_PROFILE=1 */
-    ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu (NS_CUDA_FUSED_FFN=1), add_rmsnorm (NS_CUDA_FUSED_NORM=1) */
+    ns_backend_ops ops; /* cuda_ops, with gate_up_swiglu (NS_CUDA_FUSED_FFN=1), add_rmsnorm (NS_CUDA_FUSED_NORM=1),
+                         * weight_join and qkv_rope (NS_CUDA_FUSED_QKV=1) */
     /* CUDA graphs (NS_CUDA_GRAPHS=1): decode batches padded to a row count, one recorded
      * forward pass per count. gen changes whenever a buffer a recording points into is
      * reallocated (the batch layout, the bf16 matmul input, the KV pool): a recording of an
@@ -423,9 +426,11 @@ static ns_status cuda_download(ns_backend *b, void *dst, const void *src, size_t
 static void cuda_weight_free(ns_backend *b, ns_bweight *w) {
     (void)b;
     if (!w) return;
-    if (w->data) cudaFree(w->data);
-    if (w->fp8) cudaFree(w->fp8);
-    if (w->fp8_scale) cudaFree(w->fp8_scale);
+    if (!w->joined) {
+        if (w->data) cudaFree(w->data);
+        if (w->fp8) cudaFree(w->fp8);
+        if (w->fp8_scale) cudaFree(w->fp8_scale);
+    }
     if (w->fp8_scale_blk) cudaFree(w->fp8_scale_blk);
     free(w);
 }
@@ -499,6 +504,77 @@ fail:
     if (f32) cudaFree(f32);
     cuda_weight_free(b, w);
     return st;
+}
+
+/* NS_CUDA_FUSED_QKV=1: the parts' rows copied into one matrix, in order; each part then
+ * points into it (joined). Matrices of one width and one form (bf16, or fp8 with its row
+ * scales) only; others are left apart (*out NULL). */
+static ns_status cuda_weight_join(ns_backend *b, ns_bweight *const *parts, int n, ns_bweight **out, ns_error *err) {
+    cuda_backend *c = cb(b);
+    *out = NULL;
+    if (n < 1) return NS_OK;
+    const int64_t K = parts[0]->ne0;
+    const bool fp8 = parts[0]->fp8 != NULL;
+    int64_t N = 0;
+    for (int i = 0; i < n; i++) {
+        if (!parts[i]->is_bf16 || parts[i]->joined || parts[i]->ne0 != K || (parts[i]->fp8 != NULL) != fp8) return NS_OK;
+        N += parts[i]->ne1;
+    }
+    CUDA_TRY(cudaSetDevice(c->device), "cudaSetDevice");
+    ns_bweight *w = calloc(1, sizeof *w);
+    if (!w) return ns_error_set(err, NS_ERR_NOMEM, "cuda backend: out of host memory");
+    w->ne0 = K;
+    w->ne1 = N;
+    w->is_bf16 = true;
+    char what[96];
+    snprintf(what, sizeof what, "a joined matrix (%lld x %lld, %s)", (long long)N, (long long)K, fp8 ? "fp8" : "bf16");
+    const size_t elem = fp8 ? 1 : 2;
+    ns_status st = dev_alloc(c, (size_t)N * (size_t)K * elem, what, fp8 ? (void **)&w->fp8 : &w->data, err);
+    if (!st && fp8) st = dev_alloc(c, (size_t)N * sizeof(float), what, (void **)&w->fp8_scale, err);
+    if (!st && fp8 && c->lt_on[LT_BLOCK])
+        st = dev_alloc(c, (size_t)N * (size_t)((K + 127) / 128) * sizeof(float), what, (void **)&w->fp8_scale_blk, err);
+    if (st) {
+        cuda_weight_free(b, w);
+        return st;
+    }
+    cudaError_t e = cudaSuccess;
+    int64_t row = 0;
+    for (int i = 0; i < n && e == cudaSuccess; i++) {
+        const ns_bweight *p = parts[i];
+        const size_t off = (size_t)row * (size_t)K * elem, bytes = (size_t)p->ne1 * (size_t)K * elem;
+        e = cudaMemcpyAsync((uint8_t *)(fp8 ? (void *)w->fp8 : w->data) + off, fp8 ? (void *)p->fp8 : p->data, bytes,
+                            cudaMemcpyDeviceToDevice, c->stream);
+        if (e == cudaSuccess && fp8)
+            e = cudaMemcpyAsync(w->fp8_scale + row, p->fp8_scale, (size_t)p->ne1 * sizeof(float),
+                                cudaMemcpyDeviceToDevice, c->stream);
+        row += p->ne1;
+    }
+    if (e == cudaSuccess && w->fp8_scale_blk)
+        e = ns_cuda_expand_scales(w->fp8_scale_blk, w->fp8_scale, N, (int)((K + 127) / 128), c->blk_kb_major[0],
+                                  c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) {
+        cuda_weight_free(b, w);
+        return cuda_fail(err, e, "weight_join (copying the parts)");
+    }
+    row = 0;
+    for (int i = 0; i < n; i++) { /* each part now a view of its rows */
+        ns_bweight *p = parts[i];
+        if (fp8) {
+            cudaFree(p->fp8);
+            cudaFree(p->fp8_scale);
+            p->fp8 = w->fp8 + (size_t)row * (size_t)K;
+            p->fp8_scale = w->fp8_scale + row;
+        } else {
+            cudaFree(p->data);
+            p->data = (uint8_t *)w->data + (size_t)row * (size_t)K * 2;
+        }
+        p->joined = true;
+        row += p->ne1;
+    }
+    if (fp8 && N > c->max_n_fp8) c->max_n_fp8 = N;
+    *out = w;
+    return NS_OK;
 }
 
 static const float *cuda_weight_f32(const ns_bweight *w) {
@@ -1033,6 +1109,27 @@ static void cuda_matmul(ns_backend *b, float *y, const float *x, const ns_bweigh
     if (M == 0 || !x_for(c, w, x, M, K)) return;
     gemm(c, y, CUDA_R_32F, w, M, N, K);
     x_written(c, y);
+}
+
+/* NS_CUDA_FUSED_QKV=1: one GEMM over wq, wk and wv joined (weight_join) into tmp, then
+ * one pass (ns_cuda_qkv_split_rope) for the split, the biases and RoPE, where the unfused
+ * path runs three GEMMs, up to three add_bias and two rope. */
+static void cuda_qkv_rope(ns_backend *b, float *q, float *k, float *v, float *tmp, const float *x,
+                          const ns_bweight *wqkv, const ns_bweight *bq, const ns_bweight *bk, const ns_bweight *bv,
+                          int T, int n_head, int n_head_kv, int head_dim, int n_rot, const float *inv_freq,
+                          int is_neox) {
+    cuda_backend *c = cb(b);
+    const int N = (int)wqkv->ne1, K = (int)wqkv->ne0;
+    NS_ASSERT(wqkv->is_bf16 && (int64_t)N == (int64_t)(n_head + 2 * n_head_kv) * head_dim);
+    if (T == 0 || !x_for(c, wqkv, x, T, K)) return;
+    gemm(c, tmp, CUDA_R_32F, wqkv, T, N, K);
+    x_forget(c); /* q, k, v and tmp written */
+    prof_mark(c, P_ROPE);
+    op_check(c,
+             ns_cuda_qkv_split_rope(q, k, v, tmp, bq ? cuda_weight_f32(bq) : NULL, bk ? cuda_weight_f32(bk) : NULL,
+                                    bv ? cuda_weight_f32(bv) : NULL, c->d_pos, c->n_tokens, n_head, n_head_kv,
+                                    head_dim, n_rot, inv_freq, is_neox, c->stream),
+             "qkv_rope");
 }
 
 /* NS_CUDA_FUSED_FFN=1 (off by default until measured on a GPU; never in precise mode):
@@ -1656,6 +1753,10 @@ ns_status ns_backend_cuda_create(int device, ns_backend **out, ns_error *err) {
     if (ns_switch("NS_CUDA_FUSED_FFN", NS_DEFAULT_CUDA_FUSED_FFN, 1) && !c->precise)
         c->ops.gate_up_swiglu = cuda_gate_up_swiglu;
     if (ns_switch("NS_CUDA_FUSED_NORM", NS_DEFAULT_CUDA_FUSED_NORM, 1)) c->ops.add_rmsnorm = cuda_add_rmsnorm;
+    if (ns_switch("NS_CUDA_FUSED_QKV", NS_DEFAULT_CUDA_FUSED_QKV, 1)) {
+        c->ops.weight_join = cuda_weight_join;
+        c->ops.qkv_rope = cuda_qkv_rope;
+    }
     c->capturing = -1;
     c->kv_type = c->precise ? NS_CUDA_TYPE_F32 : NS_CUDA_TYPE_BF16;
     c->base.kv_elem_bytes = c->precise ? 4 : 2;

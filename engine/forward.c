@@ -31,13 +31,26 @@ ns_status ns_fwd_scratch_alloc(const ns_model *m, int max_tokens, int max_logits
             return st;
         }
     }
+    if (hp->n_layer > 0 && m->layers[0].wqkv) {
+        const size_t n_qkv = q_dim + 2 * kv_dim;
+        if (n_qkv <= (size_t)hp->n_ff) {
+            s->qkv = s->hb;
+        } else {
+            ns_status st = b->ops->buf_alloc(b, T * n_qkv * sizeof(float), (void **)&s->qkv, err);
+            if (st) {
+                ns_fwd_scratch_free(m, s);
+                return st;
+            }
+        }
+    }
     return NS_OK;
 }
 
 void ns_fwd_scratch_free(const ns_model *m, ns_fwd_scratch *s) {
     if (!m || !s) return;
     ns_backend *b = m->backend;
-    float *ps[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->hb, s->hb2, s->xl, s->logits};
+    float *ps[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->hb, s->hb2, s->xl, s->logits,
+                   s->qkv != s->hb ? s->qkv : NULL};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         if (ps[i]) b->ops->buf_free(b, ps[i]);
     memset(s, 0, sizeof *s);
@@ -76,14 +89,19 @@ static void forward_ops(const ns_model *m, ns_fwd_scratch *s, int T, int n_logit
     for (int il = 0; il < hp->n_layer; il++) {
         const ns_layer_weights *L = &m->layers[il];
         /* attention block (xb: the attention norm of x, made by the previous layer's end) */
-        op->matmul(b, s->q, s->xb, L->wq, T, q_dim, n_embd);
-        op->matmul(b, s->k, s->xb, L->wk, T, kv_dim, n_embd);
-        op->matmul(b, s->v, s->xb, L->wv, T, kv_dim, n_embd);
-        if (L->bq) op->add_bias(b, s->q, L->bq, T, q_dim);
-        if (L->bk) op->add_bias(b, s->k, L->bk, T, kv_dim);
-        if (L->bv) op->add_bias(b, s->v, L->bv, T, kv_dim);
-        op->rope(b, s->q, hp->n_head, hd, hp->n_rot, m->rope_inv_freq, hp->is_neox);
-        op->rope(b, s->k, hp->n_head_kv, hd, hp->n_rot, m->rope_inv_freq, hp->is_neox);
+        if (L->wqkv && s->qkv) {
+            op->qkv_rope(b, s->q, s->k, s->v, s->qkv, s->xb, L->wqkv, L->bq, L->bk, L->bv, T, hp->n_head,
+                         hp->n_head_kv, hd, hp->n_rot, m->rope_inv_freq, hp->is_neox);
+        } else {
+            op->matmul(b, s->q, s->xb, L->wq, T, q_dim, n_embd);
+            op->matmul(b, s->k, s->xb, L->wk, T, kv_dim, n_embd);
+            op->matmul(b, s->v, s->xb, L->wv, T, kv_dim, n_embd);
+            if (L->bq) op->add_bias(b, s->q, L->bq, T, q_dim);
+            if (L->bk) op->add_bias(b, s->k, L->bk, T, kv_dim);
+            if (L->bv) op->add_bias(b, s->v, L->bv, T, kv_dim);
+            op->rope(b, s->q, hp->n_head, hd, hp->n_rot, m->rope_inv_freq, hp->is_neox);
+            op->rope(b, s->k, hp->n_head_kv, hd, hp->n_rot, m->rope_inv_freq, hp->is_neox);
+        }
         op->kv_store(b, il, s->k, s->v);
         op->attention(b, il, s->att, s->q, hp->n_head, scale);
         op->matmul(b, s->xb, s->att, L->wo, T, n_embd, q_dim);

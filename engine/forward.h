@@ -22,6 +22,9 @@ typedef struct ns_fwd_scratch {
     float *att;    /* (max_tokens, n_head*head_dim) */
     float *hb;     /* (max_tokens, n_ff) gate, then swiglu out */
     float *hb2;    /* (max_tokens, n_ff) up */
+    float *qkv;    /* (max_tokens, q_dim + 2 kv_dim) the fused QKV's product (the model has wqkv):
+                    * hb where n_ff is that wide (the attention block does not use it), else its
+                    * own; NULL without wqkv */
     float *xl;     /* (max_logits, n_embd) rows for the output head */
     float *logits; /* (max_logits, n_vocab) device */
 } ns_fwd_scratch;

@@ -216,6 +216,15 @@ static ns_status set_rope(ns_model *m, const float *factors, ns_error *err) {
     return st;
 }
 
+/* wq, wk and wv as one matrix (L->wqkv), for a backend that computes the three in one
+ * GEMM (qkv_rope); left NULL where it has no such op or does not join these. */
+static ns_status join_qkv(ns_model *m, ns_layer_weights *L, ns_error *err) {
+    ns_backend *b = m->backend;
+    if (!b->ops->weight_join || !b->ops->qkv_rope) return NS_OK;
+    ns_bweight *parts[3] = {L->wq, L->wk, L->wv};
+    return b->ops->weight_join(b, parts, 3, &L->wqkv, err);
+}
+
 ns_status ns_model_load(const ns_gguf *g, ns_backend *b, ns_model **out, ns_error *err) {
     return ns_model_load_shard(g, b, 0, 1, out, err);
 }
@@ -300,6 +309,7 @@ ns_status ns_model_load_shard(const ns_gguf *g, ns_backend *b, int rank, int n_r
             if ((st = load_one(m, g, name, spec[i].ne0, spec[i].ne1, spec[i].opt, spec[i].sh, spec[i].dst, err)))
                 goto fail;
         }
+        if ((st = join_qkv(m, L, err))) goto fail;
     }
 
     /* this rank's share of the heads and the feed-forward rows */
@@ -454,6 +464,7 @@ ns_status ns_model_random(const ns_hparams *hp_in, uint64_t seed, ns_backend *b,
             if ((st = load_random(m, name, spec[i].ne0, spec[i].ne1, pool, pool_n, &rng, vec, spec[i].dst, err)))
                 goto fail;
         }
+        if ((st = join_qkv(m, L, err))) goto fail;
     }
     if ((st = set_rope(m, NULL, err))) goto fail;
     free(pool);
@@ -473,7 +484,7 @@ void ns_model_free(ns_model *m) {
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             ns_layer_weights *L = &m->layers[il];
-            ns_bweight *ws[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv,
+            ns_bweight *ws[] = {L->attn_norm, L->wq, L->wk, L->wv, L->bq, L->bk, L->bv, L->wqkv,
                                 L->wo, L->ffn_norm, L->w_gate, L->w_up, L->w_down};
             for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
                 if (ws[i]) b->ops->weight_free(b, ws[i]);

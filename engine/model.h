@@ -38,6 +38,7 @@ typedef struct ns_layer_weights {
     ns_bweight *wk;          /* (n_head_kv*head_dim, n_embd) */
     ns_bweight *wv;          /* (n_head_kv*head_dim, n_embd) */
     ns_bweight *bq, *bk, *bv;/* biases or NULL */
+    ns_bweight *wqkv;        /* wq, wk, wv joined (backend qkv_rope), or NULL */
     ns_bweight *wo;          /* (n_embd, n_head*head_dim) */
     ns_bweight *ffn_norm;    /* (n_embd) */
     ns_bweight *w_gate;      /* (n_ff, n_embd) */

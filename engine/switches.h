@@ -37,6 +37,10 @@
 #ifndef NS_DEFAULT_CUDA_FUSED_NORM /* residual add + RMSNorm in one pass */
 #define NS_DEFAULT_CUDA_FUSED_NORM 1
 #endif
+#ifndef NS_DEFAULT_CUDA_FUSED_QKV  /* q, k, v from one GEMM over the joined weights, then one pass for
+                                    * the biases and RoPE (qkv.cu); off until measured on a GPU */
+#define NS_DEFAULT_CUDA_FUSED_QKV 0
+#endif
 #ifndef NS_DEFAULT_ENGINE_OVERLAP  /* the host takes in step k's tokens while step k + 1 runs */
 #define NS_DEFAULT_ENGINE_OVERLAP 1
 #endif

@@ -55,6 +55,7 @@ if [ -x "$build/unit-cudamock-emu" ]; then
   run env NS_CUDA_ATTN_TC=2 "$build/unit-cudamock-emu" test_cudamock_prompt_logits_near_cpu
   run "$build/unit-cudamock-emu" test_cudamock_greedy_matches_cpu
   run env NS_CUDA_ATTN_TC=2 "$build/unit-cudamock-emu" test_cudamock_kv_fp8_runs_and_composes
+  run "$build/unit-cudamock-emu" test_cudamock_fused_qkv_all_switches
 fi
 if [ -x "$build/cudamock/nightshift" ]; then
   echo "== the job pipeline with backend cuda on the CPU stand-in (tests/gpu/runner_cuda.sh)" >&2

@@ -65,6 +65,13 @@ cudaError_t ns_cuda_add_rmsnorm(float *x, const float *delta, float *out, uint16
  * theta and its cos/sin in double, the rotation in fp32, as ns_cpu_rope. */
 cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim,
                          int n_rot, const float *inv_freq, int is_neox, cudaStream_t stream);
+/* The fused QKV GEMM's epilogue: qkv (n_tokens, q_dim + 2 kv_dim), each row q | k | v
+ * (q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim), plus the biases (each may be
+ * NULL) into q (n_tokens, q_dim), k and v (n_tokens, kv_dim), then RoPE on q and k at
+ * positions pos: bit for bit ns_cuda_add_bias then ns_cuda_rope on each. */
+cudaError_t ns_cuda_qkv_split_rope(float *q, float *k, float *v, const float *qkv, const float *bq, const float *bk,
+                                   const float *bv, const int32_t *pos, int n_tokens, int n_head, int n_head_kv,
+                                   int head_dim, int n_rot, const float *inv_freq, int is_neox, cudaStream_t stream);
 /* out (n) = silu(gate) * up; out may alias gate or up. */
 cudaError_t ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
                            cudaStream_t stream);

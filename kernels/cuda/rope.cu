@@ -1,8 +1,10 @@
 /* rope.cu: rotary position embedding in place, one thread per (token, head, pair). As in
  * ns_cpu_rope: theta = pos * inv_freq in double and its cos/sin in double rounded to fp32
- * (positions of tens of thousands lose ~1e-3 rad in fp32), the rotation in fp32.
- * is_neox 0 pairs (2i, 2i+1), 1 pairs (i, i + n_rot/2); dims past n_rot are untouched. */
+ * (positions of tens of thousands lose ~1e-3 rad in fp32), the rotation in fp32
+ * (rope.cuh, which qkv.cu shares). is_neox 0 pairs (2i, 2i+1), 1 pairs (i, i + n_rot/2);
+ * dims past n_rot are untouched. */
 #include "common.cuh"
+#include "rope.cuh"
 
 static __global__ void rope_f32_kernel(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim,
                                        int half, const float *inv_freq, int is_neox) {
@@ -12,13 +14,13 @@ static __global__ void rope_f32_kernel(float *x, const int32_t *pos, int n_token
         int i = (int)(idx % half);
         int64_t th = idx / half; /* token * n_head + head */
         int t = (int)(th / n_head);
-        double theta = (double)pos[t] * (double)inv_freq[i];
-        float c = (float)cos(theta), s = (float)sin(theta);
+        float c, s;
+        ns_rope_cos_sin(pos[t], inv_freq[i], &c, &s);
         float *v = x + th * head_dim;
         int i0 = is_neox ? i : 2 * i, i1 = is_neox ? i + half : 2 * i + 1;
         float a = v[i0], b = v[i1];
-        v[i0] = a * c - b * s;
-        v[i1] = a * s + b * c;
+        v[i0] = ns_rope_first(a, b, c, s);
+        v[i1] = ns_rope_second(a, b, c, s);
     }
 }
 

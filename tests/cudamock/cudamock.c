@@ -902,6 +902,46 @@ cudaError_t ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head,
 #endif
 }
 
+typedef struct {
+    float *q, *k, *v;
+    const float *qkv, *bias[3], *inv;
+    const int32_t *pos;
+    int n_tokens, n_head, n_head_kv, head_dim, n_rot, is_neox;
+} qkv_args;
+/* The fused QKV's epilogue as the unfused ops: split, each part plus its bias, then rope
+ * (the CPU reference, as the stand-in's ns_cuda_rope). */
+static void run_qkv(const void *p) {
+    const qkv_args *a = p;
+    const int q_dim = a->n_head * a->head_dim, kv_dim = a->n_head_kv * a->head_dim, n_all = q_dim + 2 * kv_dim;
+    float *outs[3] = {a->q, a->k, a->v};
+    const int widths[3] = {q_dim, kv_dim, kv_dim}, offs[3] = {0, q_dim, q_dim + kv_dim};
+    for (int t = 0; t < a->n_tokens; t++)
+        for (int part = 0; part < 3; part++)
+            for (int j = 0; j < widths[part]; j++) {
+                float x = a->qkv[(size_t)t * n_all + offs[part] + j];
+                if (a->bias[part]) x = x + a->bias[part][j];
+                outs[part][(size_t)t * widths[part] + j] = x;
+            }
+    ns_cpu_rope_ref(a->q, a->pos, a->n_tokens, a->n_head, a->head_dim, a->n_rot, a->inv, a->is_neox);
+    ns_cpu_rope_ref(a->k, a->pos, a->n_tokens, a->n_head_kv, a->head_dim, a->n_rot, a->inv, a->is_neox);
+}
+cudaError_t ns_cuda_qkv_split_rope(float *q, float *k, float *v, const float *qkv, const float *bq, const float *bk,
+                                   const float *bv, const int32_t *pos, int n_tokens, int n_head, int n_head_kv,
+                                   int head_dim, int n_rot, const float *inv_freq, int is_neox, cudaStream_t s) {
+    (void)s;
+    if (n_tokens < 0 || n_head < 1 || n_head_kv < 1 || head_dim < 1 || n_rot < 0 || n_rot % 2 || n_rot > head_dim)
+        return M.last_error = cudaErrorInvalidValue;
+    M.n.qkv_split_rope++;
+    qkv_args a = {q, k, v, qkv, {bq, bk, bv}, inv_freq, pos, n_tokens, n_head, n_head_kv, head_dim, n_rot, is_neox};
+#ifdef NS_CUDAMOCK_EMU_KERNELS
+    (void)a;
+    return emu_ns_cuda_qkv_split_rope(q, k, v, qkv, bq, bk, bv, pos, n_tokens, n_head, n_head_kv, head_dim, n_rot,
+                                      inv_freq, is_neox, s);
+#else
+    return LAUNCH(run_qkv, a);
+#endif
+}
+
 typedef struct { float *out; uint16_t *out_bf16; const float *a, *b; int64_t n; int kind; int M, N; } ew_args;
 static void run_ew(const void *p) {
     const ew_args *a = p;

@@ -19,6 +19,7 @@ typedef struct ns_cudamock_counters {
     long fused_fp8_calls;       /* ops that wrote their output as fp8 rows (RMSNorm, the fused SwiGLU) */
     long kv_fp8_stores;         /* ns_cuda_kv_store_fp8 calls (the FP8 KV cache) */
     long attention_fp8_calls;   /* ns_cuda_attention_paged_fp8 calls */
+    long qkv_split_rope;        /* the fused QKV's epilogue (ns_cuda_qkv_split_rope) calls */
 } ns_cudamock_counters; /* longs only: the tests read it as an array */
 _Static_assert(sizeof(ns_cudamock_counters) % sizeof(long) == 0, "ns_cudamock_counters holds longs only");
 

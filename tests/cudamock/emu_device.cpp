@@ -13,6 +13,7 @@
 #define ns_cuda_f32_to_bf16_split emu_ns_cuda_f32_to_bf16_split
 #define ns_cuda_rmsnorm emu_ns_cuda_rmsnorm
 #define ns_cuda_rope emu_ns_cuda_rope
+#define ns_cuda_qkv_split_rope emu_ns_cuda_qkv_split_rope
 #define ns_cuda_swiglu emu_ns_cuda_swiglu
 #define ns_cuda_add_rmsnorm emu_ns_cuda_add_rmsnorm
 #define ns_cuda_swiglu_bf16 emu_ns_cuda_swiglu_bf16
@@ -37,6 +38,7 @@
 #include "../../kernels/cuda/attention_tc.cu"
 #include "../../kernels/cuda/embed.cu"
 #include "../../kernels/cuda/fp8.cu"
+#include "../../kernels/cuda/qkv.cu"
 #include "../../kernels/cuda/quant.cu"
 #include "../../kernels/cuda/rmsnorm.cu"
 #include "../../kernels/cuda/rope.cu"

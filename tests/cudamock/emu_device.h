@@ -23,6 +23,9 @@ cudaError_t emu_ns_cuda_rmsnorm(float *out, uint16_t *out_bf16, const float *x, 
     float eps, cudaStream_t stream);
 cudaError_t emu_ns_cuda_rope(float *x, const int32_t *pos, int n_tokens, int n_head, int head_dim, int n_rot, const
     float *inv_freq, int is_neox, cudaStream_t stream);
+cudaError_t emu_ns_cuda_qkv_split_rope(float *q, float *k, float *v, const float *qkv, const float *bq, const float *bk,
+                                       const float *bv, const int32_t *pos, int n_tokens, int n_head, int n_head_kv,
+                                       int head_dim, int n_rot, const float *inv_freq, int is_neox, cudaStream_t stream);
 cudaError_t emu_ns_cuda_swiglu(float *out, uint16_t *out_bf16, const float *gate, const float *up, int64_t n,
     cudaStream_t stream);
 cudaError_t emu_ns_cuda_add_rmsnorm(float *x, const float *delta, float *out, uint16_t *out_bf16, const float *w,

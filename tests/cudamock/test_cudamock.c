@@ -81,6 +81,7 @@ typedef struct run_cfg {
     bool no_logprobs;      /* request 5 without logprobs: every row picked on the device */
     bool fused_ffn;        /* NS_CUDA_FUSED_FFN=1: gate/up GEMMs writing bf16, the bf16 SwiGLU */
     bool fused_norm;       /* NS_CUDA_FUSED_NORM=1: residual add + RMSNorm in one op */
+    bool fused_qkv;        /* NS_CUDA_FUSED_QKV=1: q, k, v from one GEMM, then one pass for biases and RoPE */
     bool fp8;              /* precision fp8: the layers' GEMMs in FP8 (cuBLASLt) */
     bool kv_fp8;           /* precision fp8: the FP8 KV cache */
     bool second_wave_long; /* after the first wave: one request with a 90-token prompt, then the wave again */
@@ -97,6 +98,7 @@ static void run(const run_cfg *rc, run_out *out) {
     setenv("NS_ENGINE_OVERLAP", rc->overlap ? "1" : "0", 1);
     setenv("NS_CUDA_FUSED_FFN", rc->fused_ffn ? "1" : "0", 1);
     setenv("NS_CUDA_FUSED_NORM", rc->fused_norm ? "1" : "0", 1);
+    setenv("NS_CUDA_FUSED_QKV", rc->fused_qkv ? "1" : "0", 1);
     ns_engine_config cfg;
     ns_engine_config_default(&cfg);
     cfg.model_path = rc->model ? rc->model : model_path();
@@ -114,6 +116,7 @@ static void run(const run_cfg *rc, run_out *out) {
     unsetenv("NS_ENGINE_OVERLAP");
     unsetenv("NS_CUDA_FUSED_FFN");
     unsetenv("NS_CUDA_FUSED_NORM");
+    unsetenv("NS_CUDA_FUSED_QKV");
     CHECK_MSG(st == NS_OK, "open on %s: %s", rc->backend, err.msg);
     if (st) return;
     if (rc->cpu_row_rule) ns_backend_cpu_set_row_sampling(ns_engine_backend(e), true);
@@ -634,6 +637,72 @@ NS_TEST(test_cudamock_fp8_mixed_weights) {
               fp8.mock.gemms_fp8, fp8.mock.fused_fp8_calls);
     CHECK_MSG(n_same_requests(&bf16, &fp8) >= N_REQ - 2, "%d of %d requests the same as bf16",
               n_same_requests(&bf16, &fp8), N_REQ);
+}
+
+/* NS_CUDA_FUSED_QKV=1: wq, wk, wv joined at load, one GEMM, then ns_cuda_qkv_split_rope.
+ * The stand-in's GEMM sums each output element the same way whatever N, and the epilogue
+ * is add_bias then rope, so each run must give its unfused twin's tokens and logprobs bit
+ * for bit. */
+typedef struct { const char *what, *model; bool fp8, kv_fp8, all, block; } fused_qkv_case;
+static void check_fused_qkv(const fused_qkv_case *fc) {
+    if (fc->block) setenv("NS_CUDAMOCK_LT_MODES", "block,raw", 1);
+    run_cfg rc = {.backend = "cuda", .model = fc->model, .fp8 = fc->fp8, .kv_fp8 = fc->kv_fp8};
+    if (fc->all) rc.graphs = rc.overlap = rc.fused_ffn = rc.fused_norm = true;
+    run_out plain, fused;
+    run(&rc, &plain);
+    rc.fused_qkv = true;
+    run(&rc, &fused);
+    unsetenv("NS_CUDAMOCK_LT_MODES");
+    CHECK_EQ_INT(fused.n_done, N_REQ);
+    CHECK_MSG(plain.mock.qkv_split_rope == 0 && fused.mock.qkv_split_rope > 0, "%s: %ld and %ld fused epilogues",
+              fc->what, plain.mock.qkv_split_rope, fused.mock.qkv_split_rope);
+    const bool lp_same = !memcmp(plain.lp, fused.lp, sizeof plain.lp);
+    CHECK_MSG(n_same_requests(&plain, &fused) == N_REQ && lp_same, "%s: %d of %d requests the same%s", fc->what,
+              n_same_requests(&plain, &fused), N_REQ, lp_same ? "" : ", logprobs differ");
+    if (fc->fp8) CHECK_MSG(fused.mock.gemms_fp8 > 0, "%s: no fp8 GEMM", fc->what);
+    if (fc->block) CHECK_MSG(fused.mock.gemms_fp8_block > 0, "%s: no block-scaled GEMM", fc->what);
+    if (fc->kv_fp8) CHECK_MSG(fused.mock.kv_fp8_stores > 0, "%s: no fp8 KV store", fc->what);
+    if (fc->all) CHECK_MSG(fused.mock.graph_launches > 0, "%s: no recording replayed", fc->what);
+}
+
+/* The tiny Qwen2 (q, k and v biases), bf16. */
+static const char *model_qwen2_path(void) {
+    static char path[512];
+    if (!path[0]) {
+        ns_tiny_cfg tc;
+        tiny_bf16_cfg(&tc);
+        tc.arch = "qwen2";
+        tiny_write(path, sizeof path, "tiny_cudamock_qwen2.gguf", &tc);
+    }
+    return path;
+}
+
+/* Llama (no biases; the product in hb), Qwen2 (biases), a model whose n_ff is narrower
+ * than q + k + v (the product in a buffer of its own), FP8 GEMMs (the joined codes and row
+ * scales; 128-block scales expanded again for the joined rows), the FP8 KV cache. */
+NS_TEST(test_cudamock_fused_qkv) {
+    static char ff72[512];
+    ns_tiny_cfg tc;
+    tiny_bf16_cfg(&tc);
+    tc.n_ff = 72;
+    tiny_write(ff72, sizeof ff72, "tiny_cudamock_ff72q.gguf", &tc);
+    const char *qwen = model_qwen2_path();
+    const fused_qkv_case cases[] = {
+        {"llama", NULL, false, false, false, false},
+        {"qwen2 (biases)", qwen, false, false, false, false},
+        {"n_ff 72 (own buffer)", ff72, false, false, false, false},
+        {"fp8 GEMMs", qwen, true, false, false, false},
+        {"fp8 GEMMs, 128-block scales", qwen, true, false, false, true},
+        {"fp8 KV cache", model_hd64_path(), false, true, false, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_fused_qkv(&cases[i]);
+}
+
+/* Every other switch on too, with graphs, on the Qwen2: tests/run.sh also runs this one on
+ * build/unit-cudamock-emu, where the epilogue is qkv.cu's kernel and the unfused twin
+ * rope.cu's and add.cu's. */
+NS_TEST(test_cudamock_fused_qkv_all_switches) {
+    check_fused_qkv(&(fused_qkv_case){"every switch, graphs", model_qwen2_path(), false, false, true, false});
 }
 
 /* The FP8 GEMM's three ways of scaling (engine/backend_cuda.c, LT_OUTER ...), on a model

@@ -13,6 +13,9 @@
  *   rope           both pairings, n_rot below head_dim, positions up to 40000: within
  *                  2e-6 of the larger input of the pair (fp32 rotation against the
  *                  reference's double), dims past n_rot untouched;
+ *   qkv_split_rope the fused QKV's epilogue bit for bit add_bias then rope on each part,
+ *                  with biases and without, both pairings, n_rot below head_dim, pairs
+ *                  past the shared cos/sin table, more tokens than the grid;
  *   embed          every storage type against ns_cpu_dequant_row_ref, bit for bit;
  *   gather_rows, tokens_from_ids  exact, by their definitions;
  *   dequant_row    every type to fp32 (bit for bit) and to bf16 (the fp32 value rounded);
@@ -24,6 +27,7 @@
 #include "emu_cuda.h"
 #include "../../kernels/cuda/add.cu"
 #include "../../kernels/cuda/embed.cu"
+#include "../../kernels/cuda/qkv.cu"
 #include "../../kernels/cuda/quant.cu"
 #include "../../kernels/cuda/rmsnorm.cu"
 #include "../../kernels/cuda/rope.cu"
@@ -255,6 +259,62 @@ static void check_rope() {
     }
 }
 
+/* The fused QKV's epilogue against the unfused ops it replaces: the product (T, q_dim +
+ * 2 kv_dim) split into q, k, v, each plus its bias (add_bias), then rope on q and k: the
+ * same bits. Canaries around each output. */
+static void check_qkv_split_rope() {
+    struct qc { int T, n_head, n_head_kv, head_dim, n_rot, neox; bool bias; unsigned grid; };
+    const qc cases[] = {{5, 4, 2, 64, 64, 0, false, 0}, {5, 4, 2, 64, 64, 1, true, 0}, {3, 3, 3, 80, 32, 0, true, 0},
+                        {4, 4, 1, 128, 96, 1, false, 2}, {2, 2, 1, 1026, 1026, 1, true, 0}, {1, 1, 1, 2, 0, 0, true, 0}};
+    for (const qc &c : cases) {
+        const int half = c.n_rot / 2, q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+        const int n_all = q_dim + 2 * kv_dim;
+        std::vector<float> qkv((size_t)c.T * n_all), bias(n_all), inv(half > 0 ? half : 1);
+        std::vector<int32_t> pos(c.T);
+        for (auto &x : qkv) x = rnd(4.0f);
+        for (auto &x : bias) x = rnd(0.5f);
+        for (int i = 0; i < half; i++) inv[i] = std::pow(500000.0f, -2.0f * i / (float)c.n_rot);
+        for (int t = 0; t < c.T; t++) pos[t] = t == 0 ? 0 : rnd_int(40000);
+        /* the unfused ops: split, add_bias, rope */
+        std::vector<float> rq((size_t)c.T * q_dim), rk((size_t)c.T * kv_dim), rv((size_t)c.T * kv_dim);
+        for (int t = 0; t < c.T; t++) {
+            std::memcpy(&rq[(size_t)t * q_dim], &qkv[(size_t)t * n_all], q_dim * 4);
+            std::memcpy(&rk[(size_t)t * kv_dim], &qkv[(size_t)t * n_all + q_dim], kv_dim * 4);
+            std::memcpy(&rv[(size_t)t * kv_dim], &qkv[(size_t)t * n_all + q_dim + kv_dim], kv_dim * 4);
+        }
+        bool ok = true;
+        if (c.bias)
+            ok = launched(ns_cuda_add_bias(rq.data(), bias.data(), c.T, q_dim, nullptr)) &&
+                 launched(ns_cuda_add_bias(rk.data(), bias.data() + q_dim, c.T, kv_dim, nullptr)) &&
+                 launched(ns_cuda_add_bias(rv.data(), bias.data() + q_dim + kv_dim, c.T, kv_dim, nullptr));
+        ok = ok && launched(ns_cuda_rope(rq.data(), pos.data(), c.T, c.n_head, c.head_dim, c.n_rot, inv.data(), c.neox,
+                                         nullptr)) &&
+             launched(ns_cuda_rope(rk.data(), pos.data(), c.T, c.n_head_kv, c.head_dim, c.n_rot, inv.data(), c.neox,
+                                   nullptr));
+        guarded<float> q((size_t)c.T * q_dim), k((size_t)c.T * kv_dim), v((size_t)c.T * kv_dim);
+        const float *bq = c.bias ? bias.data() : nullptr, *bk = c.bias ? bias.data() + q_dim : nullptr,
+                    *bv = c.bias ? bias.data() + q_dim + kv_dim : nullptr;
+        float *qp = q.p(), *kp = k.p(), *vp = v.p();
+        if (c.grid) /* fewer blocks than tokens: the grid-stride loop */
+            run(c.grid, QKV_THREADS, [&] {
+                qkv_split_rope_kernel(qp, kp, vp, qkv.data(), bq, bk, bv, pos.data(), c.T, q_dim, kv_dim, c.head_dim,
+                                      half, inv.data(), c.neox);
+            });
+        else
+            ok = ok && launched(ns_cuda_qkv_split_rope(qp, kp, vp, qkv.data(), bq, bk, bv, pos.data(), c.T, c.n_head,
+                                                       c.n_head_kv, c.head_dim, c.n_rot, inv.data(), c.neox, nullptr));
+        ok = ok && q.intact() && k.intact() && v.intact();
+        for (size_t i = 0; i < rq.size() && ok; i++) ok = same_bits(qp[i], rq[i]);
+        for (size_t i = 0; i < rk.size() && ok; i++) ok = same_bits(kp[i], rk[i]) && same_bits(vp[i], rv[i]);
+        char what[160];
+        std::snprintf(what, sizeof what,
+                      "emu qkv_split_rope %s T%d H%d/%d hd%d rot%d%s%s: add_bias then rope's bits on q, k, v",
+                      c.neox ? "neox" : "pairs", c.T, c.n_head, c.n_head_kv, c.head_dim, c.n_rot,
+                      c.bias ? " biases" : "", c.grid ? " grid 2" : "");
+        result(ok, what);
+    }
+}
+
 /* A table (n_rows, n) in type from random floats (with a few special values). */
 static std::vector<uint8_t> make_rows(int type, int n_rows, int n, std::vector<float> *ref) {
     const size_t rb = ns_cuda_row_bytes(type, n);
@@ -392,6 +452,7 @@ int main() {
     check_swiglu();
     check_add();
     check_rope();
+    check_qkv_split_rope();
     check_embed_and_gather();
     check_dequant();
     check_sample_greedy();

@@ -9,7 +9,8 @@
  *               !(err <= atol + rtol |ref|) so that NaN fails; 64 canary floats either side
  *               of every device output must come back untouched. ns_cuda_sample_rows
  *               must give ns_cpu_sample_rows_ref's token in every row, exactly, and
- *               its time for 1,000 rows of 128,256 logits is printed.
+ *               its time for 1,000 rows of 128,256 logits is printed. The fused QKV's
+ *               epilogue (ns_cuda_qkv_split_rope) bit-equal to add_bias then rope.
  *               FP8 (precision fp8): ns_cuda_quant_rows_fp8 equal to ns_cpu_quant_rows_fp8
  *               byte for byte (scales bit for bit), fp32 and bf16 inputs, special rows;
  *               the ops writing FP8 rows (rmsnorm, add_rmsnorm, the bf16 SwiGLU) bit-equal
@@ -347,6 +348,58 @@ static void check_rope(ns_test_rng *r) {
             result(ok && allclose(what, got, ref, N, 1e-5, 1e-5, 1e-10));
             CU(cudaFree(dpos)); CU(cudaFree(dinv));
             free(x), free(ref), free(got);
+        }
+}
+
+/* The fused QKV's epilogue (NS_CUDA_FUSED_QKV) on the device against the unfused device
+ * ops it replaces, bit for bit: the product (T, q_dim + 2 kv_dim) split, each part plus
+ * its bias (ns_cuda_add_bias), then ns_cuda_rope on q and k. Canaries around q, k, v. */
+static void fetch_bytes(void *host, const void *d, size_t n);
+static void check_qkv_split_rope(ns_test_rng *r) {
+    const int cfg[][6] = {{1, 1, 1, 2, 2, 1}, {5, 4, 2, 64, 64, 0}, {7, 6, 3, 80, 32, 1}, {33, 32, 8, 64, 64, 1},
+                          {3, 4, 1, 128, 128, 0}}; /* tokens heads kv_heads hd n_rot biases */
+    for (int ci = 0; ci < 5; ci++)
+        for (int neox = 0; neox < 2; neox++) {
+            const int T = cfg[ci][0], H = cfg[ci][1], Hk = cfg[ci][2], hd = cfg[ci][3], nr = cfg[ci][4];
+            const bool bias = cfg[ci][5];
+            const size_t qd = (size_t)H * hd, kd = (size_t)Hk * hd, na = qd + 2 * kd;
+            float *x = malloc((size_t)T * na * 4), *b = malloc(na * 4), *got = malloc((size_t)T * qd * 4),
+                  *ref = malloc((size_t)T * qd * 4), inv[64];
+            int32_t pos[40];
+            for (int t = 0; t < T; t++) pos[t] = t * 4099 + 3;
+            ns_rope_inv_freq(inv, nr, 10000.0f, 1.0f, 1.0f, 4.0f, 8192, NULL);
+            fill(r, x, (size_t)T * na, 1.0f);
+            fill(r, b, na, 0.5f);
+            float *dx = dev_copy(x, (size_t)T * na * 4), *db = dev_copy(b, na * 4), *dinv = dev_copy(inv, nr / 2 * 4);
+            int32_t *dpos = dev_copy(pos, (size_t)T * 4);
+            float *dq = dev_canary((size_t)T * qd), *dk = dev_canary((size_t)T * kd), *dv = dev_canary((size_t)T * kd);
+            CU(ns_cuda_qkv_split_rope(dq, dk, dv, dx, bias ? db : NULL, bias ? db + qd : NULL, bias ? db + qd + kd : NULL,
+                                      dpos, T, H, Hk, hd, nr, dinv, neox, 0));
+            /* the unfused ops, each part from the host's split */
+            float *parts[3];
+            const size_t width[3] = {qd, kd, kd}, off[3] = {0, qd, qd + kd};
+            for (int p = 0; p < 3; p++) {
+                for (int t = 0; t < T; t++) memcpy(ref + (size_t)t * width[p], x + (size_t)t * na + off[p], width[p] * 4);
+                parts[p] = dev_copy(ref, (size_t)T * width[p] * 4);
+                if (bias) CU(ns_cuda_add_bias(parts[p], db + off[p], T, (int)width[p], 0));
+            }
+            CU(ns_cuda_rope(parts[0], dpos, T, H, hd, nr, dinv, neox, 0));
+            CU(ns_cuda_rope(parts[1], dpos, T, Hk, hd, nr, dinv, neox, 0));
+            char what[96];
+            snprintf(what, sizeof what, "qkv_split_rope %s T%d H%d/%d hd%d rot%d%s", neox ? "neox" : "interleaved", T,
+                     H, Hk, hd, nr, bias ? " biases" : "");
+            float *outs[3] = {dq, dk, dv};
+            int ok = 1;
+            for (int p = 0; p < 3; p++) {
+                fetch_bytes(ref, parts[p], (size_t)T * width[p] * 4);
+                ok = fetch(what, got, outs[p], (size_t)T * width[p]) && ok;
+                ok = ok && memcmp(got, ref, (size_t)T * width[p] * 4) == 0;
+                CU(cudaFree(parts[p]));
+            }
+            printf("%s %s: add_bias then rope's bits on q, k, v%s\n", ok ? "ok  " : "FAIL", what, ok ? "" : " NOT");
+            result(ok);
+            CU(cudaFree(dx)); CU(cudaFree(db)); CU(cudaFree(dinv)); CU(cudaFree(dpos));
+            free(x), free(b), free(got), free(ref);
         }
 }
 
@@ -972,6 +1025,7 @@ static void run_kernels(void) {
     check_dequant(&r);
     check_rows(&r);
     check_rope(&r);
+    check_qkv_split_rope(&r);
     check_sample_rows(&r);
     check_quant_fp8(&r);
     check_fused_fp8(&r);

@@ -32,6 +32,9 @@
 #   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU) and
 #          NS_CUDA_FUSED_NORM=1 (residual add + RMSNorm in one pass), the 1B benchmark with
 #          each, the 8B with both, and the 1B/8B with every switch on at once
+#   4q-5q. steps 4-5 with NS_CUDA_FUSED_QKV=1 (q, k, v from one GEMM over the joined
+#          weights, then one pass for the biases and RoPE), the 1B benchmark with it alone and
+#          with every other switch, the 8B with every other switch
 #   4p.    precision fp8 (FP8 GEMMs through cuBLASLt and the FP8 KV cache; changes results,
 #          so never on by default): gpu-parity fp8 (logits against the CPU, determinism),
 #          the 1B/8B benchmarks with it (gpu-bench: NS_CUDA_FP8=1 NS_CUDA_KV_FP8=1), each
@@ -159,12 +162,15 @@ elif [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "4f. synthetic, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 "$bin/gpu-parity" synthetic
   step "5f. nightshift run, fused ops" 120 env NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1 \
     bash tests/gpu/runner_cuda.sh "$bin"
+  # the fused QKV (NS_CUDA_FUSED_QKV=1, off by default; its epilogue's parity is in step 1)
+  step "4q. synthetic, fused QKV" 120 env NS_CUDA_FUSED_QKV=1 "$bin/gpu-parity" synthetic
+  step "5q. nightshift run, fused QKV" 120 env NS_CUDA_FUSED_QKV=1 bash tests/gpu/runner_cuda.sh "$bin"
   step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
 fi
 # Benchmarks, most wanted first, so that a run cut short by the time budget loses the
 # least: every switch is said either way (off="... =0"), so each side-by-side pair differs
 # in one switch whatever engine/switches.h's defaults are; "-all" is every switch on.
-off="NS_CUDA_GRAPHS=0 NS_CUDA_ATTN_TC=0 NS_ENGINE_OVERLAP=0 NS_CUDA_FUSED_FFN=0 NS_CUDA_FUSED_NORM=0"
+off="NS_CUDA_GRAPHS=0 NS_CUDA_ATTN_TC=0 NS_ENGINE_OVERLAP=0 NS_CUDA_FUSED_FFN=0 NS_CUDA_FUSED_NORM=0 NS_CUDA_FUSED_QKV=0"
 all="NS_CUDA_GRAPHS=1 NS_CUDA_ATTN_TC=1 NS_ENGINE_OVERLAP=1 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1"
 fp8="NS_CUDA_FP8=1 NS_CUDA_KV_FP8=1" # a job's precision: fp8 (gpu-bench's names for its two halves)
 gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench gen, switches off but those given
@@ -199,6 +205,8 @@ elif [ "$mode" != profile ]; then
   gen gen-1b-norm 90 1b "$n_prompts" 1024 NS_CUDA_FUSED_NORM=1
   gen gen-1b-overlap 90 1b "$n_prompts" 1024 NS_ENGINE_OVERLAP=1
   gen gen-1b-all 90 1b "$n_prompts" 1024 $all
+  gen gen-1b-qkv 90 1b "$n_prompts" 1024 NS_CUDA_FUSED_QKV=1
+  gen gen-1b-all-qkv 90 1b "$n_prompts" 1024 $all NS_CUDA_FUSED_QKV=1
   # precision fp8 (FP8 GEMMs and the FP8 KV cache), each half alone, and with every switch
   gen gen-1b-fp8 90 1b "$n_prompts" 1024 $fp8
   gen gen-1b-fp8gemm 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
@@ -215,6 +223,7 @@ elif [ "$mode" != profile ]; then
   gen gen-8b-tc1 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1
   gen gen-8b-fused 150 8b "$n_prompts" 1024 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1
   gen gen-8b-all 150 8b "$n_prompts" 1024 $all
+  gen gen-8b-all-qkv 150 8b "$n_prompts" 1024 $all NS_CUDA_FUSED_QKV=1
   gen gen-8b-fp8 150 8b "$n_prompts" 1024 $fp8
   gen gen-8b-fp8-all 150 8b "$n_prompts" 1024 $all $fp8
   gen gen-8b-kvfp8 150 8b "$n_prompts" 1024 NS_CUDA_KV_FP8=1
@@ -250,7 +259,7 @@ for pair in "gen-1b-graphs gen-1b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 ge
             "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
             "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-1b-fp8gemm gen-1b" "gen-1b-kvfp8 gen-1b" \
-            "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" \
+            "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" "gen-1b-qkv gen-1b" "gen-1b-all-qkv gen-1b-all" "gen-8b-all-qkv gen-8b-all" \
             "gen-1b-fp8-all gen-1b-all" "gen-8b-fp8-all gen-8b-all" "gen-1b-fp8-all hf-1b" "gen-1b-fp8-all hf-1b-b1000"; do
   ratio $pair
 done | tee -a "$logs/summary.txt"
@@ -302,6 +311,7 @@ echo "== the switches" | tee -a "$logs/summary.txt"
   verdict NS_ENGINE_OVERLAP=1 "4o. 5o." "gen-1b-overlap/gen-1b gen-1b-b64-graphs-overlap/gen-1b-b64-graphs"
   verdict NS_CUDA_FUSED_FFN=1 "1. 4f. 5f." "gen-1b-ffn/gen-1b"
   verdict NS_CUDA_FUSED_NORM=1 "1. 4f. 5f." "gen-1b-norm/gen-1b"
+  verdict NS_CUDA_FUSED_QKV=1 "1. 4q. 5q." "gen-1b-qkv/gen-1b gen-1b-all-qkv/gen-1b-all gen-8b-all-qkv/gen-8b-all"
   verdict NS_CUDA_FP8=1 "1. 4p." "gen-1b-fp8/gen-1b gen-8b-fp8/gen-8b gen-1b-fp8gemm/gen-1b gen-1b-kvfp8/gen-1b gen-8b-kvfp8/gen-8b"
 } | tee -a "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"

@@ -49,6 +49,7 @@ f="1"
 [ "${NS_ENGINE_OVERLAP:-0}" = 1 ] && f="$f*1.00"
 [ "${NS_CUDA_FUSED_FFN:-0}" = 1 ] && f="$f*1.06"
 [ "${NS_CUDA_FUSED_NORM:-0}" = 1 ] && f="$f*1.03"
+[ "${NS_CUDA_FUSED_QKV:-0}" = 1 ] && f="$f*1.04"
 [ "${NS_CUDA_FP8:-0}" = 1 ] && f="$f*1.20"
 [ "${NS_CUDA_KV_FP8:-0}" = 1 ] && f="$f*1.10"
 awk -v b="$base" "BEGIN { printf \"result: shape=$2 out_tok_s=%.0f total_tok_s=1 tflops=1 mfu_pct=1 seconds=1\\n\", b * $f }"
@@ -76,12 +77,13 @@ go "$T/a" "$T/oa" full; rc=$?
 check "all pass: exit 0" [ $rc -eq 0 ]
 check "all pass: totals line" says "$T/oa" "^[0-9]* passed, 0 failed, 1 skipped$"
 n_rows=$(sed -n '/^== summary/,/^== side by side/p' "$T/oa/out.txt" | grep -c ' (.* s)$')
-check "all pass: 14 checks + 25 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 39 ]
+check "all pass: 16 checks + 28 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 44 ]
 check "all pass: step 5 ran on the stand-in" says "$T/oa" "^5. nightshift run on cuda .* 0 failed"
 check "all pass: graphs ratio x1.010" grep -q "^gen-1b-graphs .*x1.010 of gen-1b$" "$T/oa/summary.txt"
 check "all pass: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oa/summary.txt"
 check "all pass: fp8 KV alone x1.100" grep -q "^gen-1b-kvfp8 .*x1.100 of gen-1b$" "$T/oa/summary.txt"
 check "all pass: fused 8B ratio x1.092" grep -q "^gen-8b-fused .*x1.092 of gen-8b$" "$T/oa/summary.txt"
+check "all pass: fused QKV with every switch, 8B x1.040" grep -q "^gen-8b-all-qkv .*x1.040 of gen-8b-all$" "$T/oa/summary.txt"
 # defaults as they are in the tree: 1.01 is under the 1.02 bar, 0.97 under 0.98
 default_of() { sed -n "/^#ifndef $1\\b/{n;s/^#define [A-Z_]* \\([0-9]\\).*/\\1/p}" engine/switches.h; }
 want_on() { [ "$(default_of "$1")" = "$2" ] && echo "on by default already" || echo "turn on: $1 $2"; }
@@ -91,6 +93,7 @@ check "all pass: tc1 (x1.05) advice" verdict_is "$T/oa" NS_CUDA_ATTN_TC=1 "$(wan
 check "all pass: tc2 (x0.97) advice" verdict_is "$T/oa" NS_CUDA_ATTN_TC=2 "keep off\|off: NS_DEFAULT_CUDA_ATTN_TC 0"
 check "all pass: ffn (x1.06) advice" verdict_is "$T/oa" NS_CUDA_FUSED_FFN=1 "$(want_on NS_DEFAULT_CUDA_FUSED_FFN 1)"
 check "all pass: norm (x1.03) advice" verdict_is "$T/oa" NS_CUDA_FUSED_NORM=1 "$(want_on NS_DEFAULT_CUDA_FUSED_NORM 1)"
+check "all pass: qkv (x1.04) advice" verdict_is "$T/oa" NS_CUDA_FUSED_QKV=1 "$(want_on NS_DEFAULT_CUDA_FUSED_QKV 1)"
 check "all pass: overlap (x1.00) advice" verdict_is "$T/oa" NS_ENGINE_OVERLAP=1 "$(want_off NS_DEFAULT_ENGINE_OVERLAP)"
 check "all pass: fp8 stays opt-in" verdict_is "$T/oa" NS_CUDA_FP8=1 "opt-in only"
 
