@@ -18,7 +18,8 @@
 #   5. runner_cuda.sh:        submit / run / export of a 40-item job with backend cuda,
 #                             and the same job on 2 worker processes (--devices 0,0 is
 #                             refused, so both on device 0 through the spec's devices)
-#   6. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator)
+#   6. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator);
+#      gpu-bench ops:         the row kernels' GB/s, each FP8-writing one beside its twin
 #   7. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
 #                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
 #   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload, in batches
@@ -55,7 +56,7 @@
 #            then the 1B/8B benchmarks with every switch on in bf16 and in fp8 side by side,
 #            FP8's halves alone, HF, and where the FP8 run's time goes (a short call, after a
 #            change to the FP8 path)
-#   profile: steps 1, 4, 5, 6 (and gpu-bench ops), then the 1B and 8B runs again with NS_CUDA_PROFILE=1
+#   profile: steps 1, 4, 5, 6, then the 1B and 8B runs again with NS_CUDA_PROFILE=1
 #            (device time per op, host time) and with NS_CUDA_ATTN_SLOW=1 (the plain
 #            attention kernel, side by side); no HF run
 set -u
@@ -179,7 +180,7 @@ gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench g
 }
 bench gemm 40 "$bin/gpu-bench" gemm
 # the row kernels, each FP8-writing one beside the one it replaces (GB/s)
-{ [ "$mode" = fp8 ] || [ "$mode" = profile ]; } && bench ops 40 "$bin/gpu-bench" ops
+[ "$mode" != bench ] && bench ops 40 "$bin/gpu-bench" ops
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 gen gen-1b 90 1b "$n_prompts" 1024
 gen gen-8b 150 8b "$n_prompts" 1024
