@@ -24,6 +24,16 @@ static __device__ __forceinline__ float load_x(const __nv_bfloat16 *x, int64_t i
  * needs n % 4 == 0 and out 4-byte aligned. */
 static inline bool quant_rows_vec(const uint8_t *out, int64_t n) { return n % 4 == 0 && (uintptr_t)out % 4 == 0; }
 
+/* The block's row amax m (each thread's share) to the row's scale, stored by thread 0 at
+ * *scale; returns what each value is multiplied by before its encoding (ns_fp8_row_scale). */
+static __device__ __forceinline__ float block_row_scale(float m, float *shared, float *scale) {
+    m = ns_block_amax(m, shared);
+    float inv;
+    const float s = ns_fp8_row_scale(m, &inv);
+    if (threadIdx.x == 0) *scale = s;
+    return inv;
+}
+
 /* out (n_rows, n) e4m3, scales (n_rows); x (n_rows, n) of T. */
 template <typename T, bool VEC>
 static __global__ void __launch_bounds__(FP8_THREADS)
@@ -38,10 +48,7 @@ static __global__ void __launch_bounds__(FP8_THREADS)
     } else {
         for (int64_t i = threadIdx.x; i < n; i += FP8_THREADS) m = ns_amax_join(m, fabsf(load_x(xr, i)));
     }
-    m = ns_block_amax(m, shared);
-    float inv;
-    float scale = ns_fp8_row_scale(m, &inv);
-    if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+    const float inv = block_row_scale(m, shared, scales + blockIdx.x);
     if (VEC) {
         for (int64_t i = 4 * (int64_t)threadIdx.x; i < n; i += 4 * FP8_THREADS) {
             uint32_t word = 0;
@@ -82,10 +89,7 @@ static __device__ __forceinline__ void row_to_fp8_twice(const F &f, int64_t n, f
         if (out) out[i] = v;
         m = ns_amax_join(m, fabsf(v));
     }
-    m = ns_block_amax(m, shared);
-    float inv;
-    float s = ns_fp8_row_scale(m, &inv);
-    if (threadIdx.x == 0) *scale = s;
+    const float inv = block_row_scale(m, shared, scale);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
         q[i] = ns_fp8_e4m3_from_float(__fmul_rn(out ? out[i] : f(i), inv));
 }
@@ -145,10 +149,7 @@ static __global__ void __launch_bounds__(FP8_THREADS)
                 m = ns_amax_join(m, fabsf(v[j]));
             }
         }
-        m = ns_block_amax(m, shared);
-        float inv;
-        const float scale = ns_fp8_row_scale(m, &inv);
-        if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+        const float inv = block_row_scale(m, shared, scales + blockIdx.x);
 #pragma unroll
         for (int j = 0; j < PER; j++) {
             const int i = threadIdx.x + j * FP8_THREADS;
@@ -210,10 +211,7 @@ static __global__ void __launch_bounds__(SWIGLU_THREADS)
                 for (int k = 0; k < VEC; k++) m = ns_amax_join(m, fabsf(v[j * VEC + k]));
             }
         }
-        m = ns_block_amax(m, shared);
-        float inv;
-        const float scale = ns_fp8_row_scale(m, &inv);
-        if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+        const float inv = block_row_scale(m, shared, scales + blockIdx.x);
 #pragma unroll
         for (int j = 0; j < G; j++) {
             const int64_t i = ((int64_t)threadIdx.x + (int64_t)j * SWIGLU_THREADS) * VEC;

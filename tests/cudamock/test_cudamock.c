@@ -619,16 +619,24 @@ static void tiny_write(char *path, size_t n, const char *file, const ns_tiny_cfg
     CHECK_STATUS_OK(ns_tiny_model_write(path, tc, &err), &err);
 }
 
+/* The tiny model, bf16, with n_ff 72 (narrower than q + k + v's 128; not a multiple of 16). */
+static const char *model_ff72_path(void) {
+    static char path[512];
+    if (!path[0]) {
+        ns_tiny_cfg tc;
+        tiny_bf16_cfg(&tc);
+        tc.n_ff = 72;
+        tiny_write(path, sizeof path, "tiny_cudamock_ff72.gguf", &tc);
+    }
+    return path;
+}
+
 /* A model with layer matrices that cannot be fp8 (n_ff = 72: gate and up have 72 rows,
  * down rows 72 wide, not multiples of 16): those stay bf16, the attention's matrices are
  * fp8, and no op writes fp8 rows in place of its output (a bf16 GEMM could read it). The
  * run completes and keeps nearly the bf16 run's tokens. */
 NS_TEST(test_cudamock_fp8_mixed_weights) {
-    static char path[512];
-    ns_tiny_cfg tc;
-    tiny_bf16_cfg(&tc);
-    tc.n_ff = 72;
-    tiny_write(path, sizeof path, "tiny_cudamock_ff72.gguf", &tc);
+    const char *path = model_ff72_path();
     run_out bf16, fp8;
     run(&(run_cfg){.backend = "cuda", .model = path}, &bf16);
     run(&(run_cfg){.backend = "cuda", .model = path, .fp8 = true, .fused_norm = true, .fused_ffn = true}, &fp8);
@@ -681,12 +689,7 @@ static const char *model_qwen2_path(void) {
  * than q + k + v (the product in a buffer of its own), FP8 GEMMs (the joined codes and row
  * scales; 128-block scales expanded again for the joined rows), the FP8 KV cache. */
 NS_TEST(test_cudamock_fused_qkv) {
-    static char ff72[512];
-    ns_tiny_cfg tc;
-    tiny_bf16_cfg(&tc);
-    tc.n_ff = 72;
-    tiny_write(ff72, sizeof ff72, "tiny_cudamock_ff72q.gguf", &tc);
-    const char *qwen = model_qwen2_path();
+    const char *qwen = model_qwen2_path(), *ff72 = model_ff72_path();
     const fused_qkv_case cases[] = {
         {"llama", NULL, false, false, false, false},
         {"qwen2 (biases)", qwen, false, false, false, false},
