@@ -14,11 +14,13 @@
  *          each one that writes FP8 rows (precision fp8) beside the one it replaces:
  *          median ms of 20 after 3 warm-ups, and GB/s of the bytes each must move (every
  *          input read once, every output written once), for finding where FP8's element-wise
- *          time goes (tests/gpu/RESULTS.md, run 9)
+ *          time goes (tests/gpu/RESULTS.md, run 9); and the fused QKV's epilogue beside the
+ *          two RoPE passes it replaces (1B heads: 32 + 8 of 64)
  * Lines starting "result:" are machine-readable (key=value).
  */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,12 +267,13 @@ static int run_gen(int argc, char **argv) {
 /* ---- gpu-bench ops ---- */
 
 enum { OP_RMSNORM, OP_RMSNORM_FP8, OP_ADD_RMSNORM, OP_ADD_RMSNORM_FP8, OP_SWIGLU_BF16, OP_SWIGLU_BF16_FP8,
-       OP_QUANT_BF16, OP_TO_BF16, OP_SCALE_OUTER_F32, OP_SCALE_OUTER_BF16, OP_N };
+       OP_QUANT_BF16, OP_TO_BF16, OP_SCALE_OUTER_F32, OP_SCALE_OUTER_BF16, OP_ROPE_QK, OP_QKV_SPLIT_ROPE, OP_N };
 
 typedef struct {
-    float *x, *x2, *delta, *w, *out, *raw, *sa, *sb, *scales;
+    float *x, *x2, *delta, *w, *out, *raw, *sa, *sb, *scales, *inv;
     uint16_t *g, *u, *bf16;
     uint8_t *q;
+    int32_t *pos;
 } ops_bufs;
 
 /* Launches op once on stream 0; its name, shape and bytes moved in *name, *rows, *n, *bytes. */
@@ -306,9 +309,18 @@ static cudaError_t ops_launch(int op, const ops_bufs *b, int R, int E, int F, co
     case OP_SCALE_OUTER_F32: /* the unscaled FP8 GEMM's pass, fp32 out */
         *name = "scale_outer_f32", *n = F, *bytes = (double)R * F * (4 + 4);
         return ns_cuda_scale_outer(b->out, NS_CUDA_TYPE_F32, b->raw, b->sa, b->sb, R, F, 0);
-    default: /* and bf16 out */
+    case OP_SCALE_OUTER_BF16: /* and bf16 out */
         *name = "scale_outer_bf16", *n = F, *bytes = (double)R * F * (4 + 2);
         return ns_cuda_scale_outer(b->bf16, NS_CUDA_TYPE_BF16, b->raw, b->sa, b->sb, R, F, 0);
+    case OP_ROPE_QK: { /* the unfused attention inputs (1B: 32 heads, 8 KV heads of 64): rope on q, then on k */
+        *name = "rope_q_k", *n = 40 * 64, *bytes = (double)R * 40 * 64 * (4 + 4);
+        cudaError_t e = ns_cuda_rope(b->out, b->pos, R, 32, 64, 64, b->inv, 0, 0);
+        return e != cudaSuccess ? e : ns_cuda_rope(b->out + (size_t)R * 32 * 64, b->pos, R, 8, 64, 64, b->inv, 0, 0);
+    }
+    default: /* the fused QKV's epilogue in their place: the product split into q, k, v, RoPE on q and k */
+        *name = "qkv_split_rope", *n = 48 * 64, *bytes = (double)R * 48 * 64 * (4 + 4);
+        return ns_cuda_qkv_split_rope(b->out, b->out + (size_t)R * 32 * 64, b->out + (size_t)R * 40 * 64, b->raw, NULL,
+                                      NULL, NULL, b->pos, R, 32, 8, 64, 64, b->inv, 0, 0);
     }
 }
 
@@ -329,6 +341,8 @@ static int run_ops(void) {
     CU(cudaMalloc((void **)&b.u, big * 2));
     CU(cudaMalloc((void **)&b.bf16, big * 2));
     CU(cudaMalloc((void **)&b.q, big));
+    CU(cudaMalloc((void **)&b.inv, 32 * 4));
+    CU(cudaMalloc((void **)&b.pos, R * 4));
     /* random data, never zeros (they can run faster than real data) */
     float *hf = malloc(big * 4);
     uint16_t *hb = malloc(big * 2);
@@ -345,6 +359,14 @@ static int run_ops(void) {
     CU(cudaMemcpy(b.w, hf + 17, F * 4, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(b.sa, hf + 99, F * 4, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(b.sb, hf + 999, R * 4, cudaMemcpyHostToDevice));
+    { /* RoPE: positions 0 .. 255 (a 1B batch's), Llama 3's base */
+        int32_t hp[R];
+        float hi[32];
+        for (int i = 0; i < R; i++) hp[i] = i % 256;
+        for (int i = 0; i < 32; i++) hi[i] = powf(500000.0f, -2.0f * i / 64.0f);
+        CU(cudaMemcpy(b.pos, hp, sizeof hp, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(b.inv, hi, sizeof hi, cudaMemcpyHostToDevice));
+    }
     fill_bf16(hb, big, 3);
     CU(cudaMemcpy(b.g, hb, big * 2, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(b.bf16, hb, big * 2, cudaMemcpyHostToDevice));
