@@ -14,8 +14,9 @@
  *          each one that writes FP8 rows (precision fp8) beside the one it replaces:
  *          median ms of 20 after 3 warm-ups, and GB/s of the bytes each must move (every
  *          input read once, every output written once), for finding where FP8's element-wise
- *          time goes (tests/gpu/RESULTS.md, run 9); and the fused QKV's epilogue beside the
- *          two RoPE passes it replaces (1B heads: 32 + 8 of 64)
+ *          time goes (tests/gpu/RESULTS.md, run 9); the fused QKV's epilogue beside the
+ *          two RoPE passes it replaces (1B heads: 32 + 8 of 64); decode attention at the
+ *          1B's decode shape, each kernel over bf16 and FP8 pools, in GB/s of K and V read
  * Lines starting "result:" are machine-readable (key=value).
  */
 #include <cublas_v2.h>
@@ -324,6 +325,88 @@ static cudaError_t ops_launch(int op, const ops_bufs *b, int R, int E, int F, co
     }
 }
 
+/* Decode attention at the 1B's decode shape (1,000 sequences of 192 cached tokens, 32
+ * heads over 8 KV heads of 64, blocks of 16): the fast kernel and the tensor-core one,
+ * over bf16 and FP8 pools, one layer; GB/s of the K and V bytes each must read (every
+ * cached row once). Prints its own "result:" line. */
+static int run_attn(cudaEvent_t e0, cudaEvent_t e1) {
+    char result[256] = "result:";
+    const size_t cap = sizeof result;
+    enum { S = 1000, CTX = 192, H = 32, HK = 8, HD = 64, BS = 16, NB = CTX / BS, REPS = 20 };
+    const size_t rows = (size_t)S * CTX, row = (size_t)HK * HD;
+    int32_t *hpos = malloc(S * 4), *hseq = malloc(S * 4), *hgrp = malloc(2 * S * 4), *htab = malloc((size_t)S * NB * 4);
+    uint16_t *hkv = malloc(rows * row * 2);
+    float *hq = malloc((size_t)S * H * HD * 4), *hs = malloc(rows * HK * 4);
+    if (!hpos || !hseq || !hgrp || !htab || !hkv || !hq || !hs) return 1;
+    for (int t = 0; t < S; t++) hpos[t] = CTX - 1, hseq[t] = t, hgrp[2 * t] = t, hgrp[2 * t + 1] = 1;
+    for (int i = 0; i < S * NB; i++) htab[i] = i; /* sequence s: blocks s * NB .. */
+    fill_bf16(hkv, rows * row, 5);
+    uint64_t r = 91;
+    for (size_t i = 0; i < (size_t)S * H * HD; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        hq[i] = ((float)(r >> 40) / (float)(1u << 24) - 0.5f);
+    }
+    for (size_t i = 0; i < rows * HK; i++) hs[i] = 0.01f;
+    int32_t *pos, *seq, *grp, *tab;
+    float *q, *out, *ks, *vs;
+    void *k16, *v16, *k8, *v8;
+    CU(cudaMalloc((void **)&pos, S * 4));
+    CU(cudaMalloc((void **)&seq, S * 4));
+    CU(cudaMalloc((void **)&grp, 2 * S * 4));
+    CU(cudaMalloc((void **)&tab, (size_t)S * NB * 4));
+    CU(cudaMalloc((void **)&q, (size_t)S * H * HD * 4));
+    CU(cudaMalloc((void **)&out, (size_t)S * H * HD * 4));
+    CU(cudaMalloc((void **)&ks, rows * HK * 4));
+    CU(cudaMalloc((void **)&vs, rows * HK * 4));
+    CU(cudaMalloc(&k16, rows * row * 2));
+    CU(cudaMalloc(&v16, rows * row * 2));
+    CU(cudaMalloc(&k8, rows * row));
+    CU(cudaMalloc(&v8, rows * row));
+    CU(cudaMemcpy(pos, hpos, S * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(seq, hseq, S * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(grp, hgrp, 2 * S * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(tab, htab, (size_t)S * NB * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(q, hq, (size_t)S * H * HD * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(ks, hs, rows * HK * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(vs, hs, rows * HK * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(k16, hkv, rows * row * 2, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(v16, hkv, rows * row * 2, cudaMemcpyHostToDevice));
+    CU(cudaMemset(k8, 0x30, rows * row)); /* e4m3 0.5 */
+    CU(cudaMemset(v8, 0x38, rows * row)); /* e4m3 1.0 */
+    free(hpos), free(hseq), free(hgrp), free(htab), free(hkv), free(hq), free(hs);
+    const float scale = 0.125f;
+    for (int v = 0; v < 4; v++) {
+        const bool tc = v >= 2, f8 = v % 2;
+        const char *name = v == 0 ? "attn_decode" : v == 1 ? "attn_decode_fp8" : v == 2 ? "attn_decode_tc" : "attn_decode_tc_fp8";
+        const double bytes = 2.0 * rows * row * (f8 ? 1 : 2) + (f8 ? 2.0 * rows * HK * 4 : 0.0);
+        double t[REPS];
+        for (int i = -3; i < REPS; i++) {
+            CU(cudaEventRecord(e0, 0));
+            if (tc)
+                CU(ns_cuda_attention_tc(out, NULL, q, pos, seq, grp, S, 1, tab, NB, f8 ? k8 : k16, f8 ? v8 : v16,
+                                        f8 ? ks : NULL, f8 ? vs : NULL, BS, H, HK, HD, scale, 0));
+            else if (f8)
+                CU(ns_cuda_attention_paged_fp8(out, NULL, q, pos, seq, grp, S, 1, tab, NB, k8, v8, ks, vs, BS, H, HK,
+                                               HD, scale, 0));
+            else
+                CU(ns_cuda_attention_paged(out, NULL, q, pos, seq, grp, S, 1, tab, NB, k16, v16, NS_CUDA_TYPE_BF16, BS,
+                                           H, HK, HD, scale, 0));
+            const float ms = elapsed_ms(e0, e1);
+            if (i >= 0) t[i] = ms;
+        }
+        qsort(t, REPS, sizeof t[0], cmp_double);
+        const double med = t[REPS / 2], gbps = bytes / (med * 1e-3) / 1e9;
+        printf("op %-20s %d seqs x %d keys: median %.3f ms over %d, %.0f GB/s of K and V\n", name, S, CTX, med, REPS,
+               gbps);
+        const size_t used = strlen(result);
+        snprintf(result + used, cap - used, " %s_gbps=%.0f", name, gbps);
+    }
+    CU(cudaFree(pos)); CU(cudaFree(seq)); CU(cudaFree(grp)); CU(cudaFree(tab)); CU(cudaFree(q)); CU(cudaFree(out));
+    CU(cudaFree(ks)); CU(cudaFree(vs)); CU(cudaFree(k16)); CU(cudaFree(v16)); CU(cudaFree(k8)); CU(cudaFree(v8));
+    printf("%s\n", result);
+    return 0;
+}
+
 static int run_ops(void) {
     enum { R = 4096, E = 2048, F = 8192, REPS = 20 };
     const size_t big = (size_t)R * F;
@@ -395,7 +478,7 @@ static int run_ops(void) {
         snprintf(result + used, sizeof result - used, " %s_gbps=%.0f", name, gbps);
     }
     printf("%s\n", result);
-    return 0;
+    return run_attn(e0, e1);
 }
 
 int main(int argc, char **argv) {

@@ -231,8 +231,9 @@ elif [ "$mode" != profile ]; then
   gen gen-1b-b64 60 1b 64 64
   gen gen-1b-b64-graphs 60 1b 64 64 NS_CUDA_GRAPHS=1
   gen gen-1b-b64-graphs-overlap 60 1b 64 64 NS_CUDA_GRAPHS=1 NS_ENGINE_OVERLAP=1
-  # where the time goes with everything on: the next step's starting point (timing events
-  # between ops slow it a little, so its tok/s is not compared)
+  # where the time goes with the defaults, and with FP8 too: the next step's starting point
+  # (timing events between ops slow it a little, so its tok/s is not compared)
+  gen prof-1b-all 90 1b "$n_prompts" 1024 $all NS_CUDA_PROFILE=1
   gen prof-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8 NS_CUDA_PROFILE=1
 else
   # device time per op (NS_CUDA_PROFILE=1), and the plain attention kernel side by side
