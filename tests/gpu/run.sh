@@ -27,7 +27,7 @@
 #   3g-5g. steps 3-5 again with NS_CUDA_GRAPHS=1 (decode steps replayed as CUDA graphs),
 #          and the 1B/8B benchmarks with it, and the 1B at 64 sequences both ways
 #   4t.    step 4 with NS_CUDA_ATTN_TC=2 (attention on the tensor cores), and the 1B/8B
-#          benchmarks with it for prompt groups (1), the 1B for every group (2)
+#          benchmarks with it for prompt groups (1) and for every group (2)
 #   4o-5o. steps 4-5 with NS_ENGINE_OVERLAP=1 (overlapped steps), the 1B benchmark with it
 #          (1,000 and 64 sequences)
 #   4f-5f. steps 4-5 with NS_CUDA_FUSED_FFN=1 (bf16 gate/up GEMMs, bf16 SwiGLU) and
@@ -222,6 +222,7 @@ elif [ "$mode" != profile ]; then
   fi
   # the 8B shape; 64 sequences, where launch overhead weighs more
   gen gen-8b-tc1 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_TC=1
+  gen gen-8b-tc2 150 8b "$n_prompts" 1024 NS_CUDA_ATTN_TC=2
   gen gen-8b-fused 150 8b "$n_prompts" 1024 NS_CUDA_FUSED_FFN=1 NS_CUDA_FUSED_NORM=1
   gen gen-8b-all 150 8b "$n_prompts" 1024 $all
   gen gen-8b-all-qkv 150 8b "$n_prompts" 1024 $all NS_CUDA_FUSED_QKV=1
@@ -258,7 +259,7 @@ ratio() { # ratio NAME BASE: NAME's output tok/s over BASE's
 }
 echo "== side by side (output tok/s)" | tee -a "$logs/summary.txt"
 for pair in "gen-1b-graphs gen-1b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 gen-1b" \
-            "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
+            "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-8b-tc2 gen-8b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
             "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-1b-fp8gemm gen-1b" "gen-1b-kvfp8 gen-1b" \
             "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" "gen-1b-qkv gen-1b" "gen-1b-all-qkv gen-1b-all" "gen-8b-all-qkv gen-8b-all" \
@@ -309,7 +310,7 @@ echo "== the switches" | tee -a "$logs/summary.txt"
 {
   verdict NS_CUDA_GRAPHS=1 "3g. 4g. 5g." "gen-1b-graphs/gen-1b gen-1b-b64-graphs/gen-1b-b64"
   verdict NS_CUDA_ATTN_TC=1 "1. 4t." "gen-1b-tc1/gen-1b gen-8b-tc1/gen-8b"
-  verdict NS_CUDA_ATTN_TC=2 "1. 4t." "gen-1b-tc2/gen-1b"
+  verdict NS_CUDA_ATTN_TC=2 "1. 4t." "gen-1b-tc2/gen-1b gen-8b-tc2/gen-8b"
   verdict NS_ENGINE_OVERLAP=1 "4o. 5o." "gen-1b-overlap/gen-1b gen-1b-b64-graphs-overlap/gen-1b-b64-graphs"
   verdict NS_CUDA_FUSED_FFN=1 "1. 4f. 5f." "gen-1b-ffn/gen-1b"
   verdict NS_CUDA_FUSED_NORM=1 "1. 4f. 5f." "gen-1b-norm/gen-1b"
