@@ -19,7 +19,8 @@
 #                             and the same job on 2 worker processes (--devices 0,0 is
 #                             refused, so both on device 0 through the spec's devices)
 #   6. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator);
-#      gpu-bench ops:         the row kernels' GB/s, each FP8-writing one beside its twin
+#      gpu-bench ops:         the row kernels' GB/s, each FP8-writing one beside its twin,
+#                             the fused QKV's epilogue, decode attention's GB/s of K and V
 #   7. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
 #                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
 #   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload, in batches
@@ -180,7 +181,7 @@ gen() { # gen NAME TIMEOUT SHAPE N_PROMPTS MAX_SEQS [VAR=VALUE ...]: gpu-bench g
 }
 bench gemm 40 "$bin/gpu-bench" gemm
 # the row kernels, each FP8-writing one beside the one it replaces (GB/s)
-[ "$mode" != bench ] && bench ops 40 "$bin/gpu-bench" ops
+[ "$mode" != bench ] && bench ops 60 env NS_CUDA_ATTN_TC=1 "$bin/gpu-bench" ops
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 gen gen-1b 90 1b "$n_prompts" 1024
 gen gen-8b 150 8b "$n_prompts" 1024
