@@ -35,8 +35,8 @@
 #          NS_CUDA_FUSED_NORM=1 (residual add + RMSNorm in one pass), the 1B benchmark with
 #          each, the 8B with both, and the 1B/8B with every switch on at once
 #   4q-5q. steps 4-5 with NS_CUDA_FUSED_QKV=1 (q, k, v from one GEMM over the joined
-#          weights, then one pass for the biases and RoPE), the 1B benchmark with it alone and
-#          with every other switch, the 8B with every other switch
+#          weights, then one pass for the biases and RoPE), and 4pq, step 4p with it; the 1B
+#          benchmark with it alone and with every other switch, the 8B with every other switch
 #   4p.    precision fp8 (FP8 GEMMs through cuBLASLt and the FP8 KV cache; changes results,
 #          so never on by default): gpu-parity fp8 (logits against the CPU, determinism),
 #          the 1B/8B benchmarks with it (gpu-bench: NS_CUDA_FP8=1 NS_CUDA_KV_FP8=1), each
@@ -53,7 +53,7 @@
 # usage: bash tests/gpu/run.sh [quick|profile|bench|fp8]
 #   quick:   200 prompts in the benchmarks
 #   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
-#   fp8:     precision fp8 alone: steps 1, 4, 5 and 4p, the row kernels' GB/s (gpu-bench ops),
+#   fp8:     precision fp8 alone: steps 1, 4, 5, 4p and 4pq, the row kernels' GB/s (gpu-bench ops),
 #            then the 1B/8B benchmarks with every switch on in bf16 and in fp8 side by side,
 #            FP8's halves alone, HF, and where the FP8 run's time goes (a short call, after a
 #            change to the FP8 path)
@@ -144,6 +144,7 @@ fi
 if [ "$mode" = fp8 ]; then
   step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
   step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
+  step "4pq. FP8 GEMMs, fused QKV" 150 env NS_CUDA_FUSED_QKV=1 "$bin/gpu-parity" fp8
 elif [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "5. nightshift run on cuda" 120 bash tests/gpu/runner_cuda.sh "$bin"
   # CUDA graphs (NS_CUDA_GRAPHS=1, off by default until these pass): the same checks
@@ -168,6 +169,7 @@ elif [ "$mode" != profile ] && [ "$mode" != bench ]; then
   step "4q. synthetic, fused QKV" 120 env NS_CUDA_FUSED_QKV=1 "$bin/gpu-parity" synthetic
   step "5q. nightshift run, fused QKV" 120 env NS_CUDA_FUSED_QKV=1 bash tests/gpu/runner_cuda.sh "$bin"
   step "4p. synthetic, FP8 GEMMs" 150 "$bin/gpu-parity" fp8
+  step "4pq. FP8 GEMMs, fused QKV" 150 env NS_CUDA_FUSED_QKV=1 "$bin/gpu-parity" fp8
 fi
 # Benchmarks, most wanted first, so that a run cut short by the time budget loses the
 # least: every switch is said either way (off="... =0"), so each side-by-side pair differs
@@ -315,7 +317,7 @@ echo "== the switches" | tee -a "$logs/summary.txt"
   verdict NS_ENGINE_OVERLAP=1 "4o. 5o." "gen-1b-overlap/gen-1b gen-1b-b64-graphs-overlap/gen-1b-b64-graphs"
   verdict NS_CUDA_FUSED_FFN=1 "1. 4f. 5f." "gen-1b-ffn/gen-1b"
   verdict NS_CUDA_FUSED_NORM=1 "1. 4f. 5f." "gen-1b-norm/gen-1b"
-  verdict NS_CUDA_FUSED_QKV=1 "1. 4q. 5q." "gen-1b-qkv/gen-1b gen-1b-all-qkv/gen-1b-all gen-8b-all-qkv/gen-8b-all"
+  verdict NS_CUDA_FUSED_QKV=1 "1. 4q. 5q. 4pq." "gen-1b-qkv/gen-1b gen-1b-all-qkv/gen-1b-all gen-8b-all-qkv/gen-8b-all"
   verdict NS_CUDA_FP8=1 "1. 4p." "gen-1b-fp8/gen-1b gen-8b-fp8/gen-8b gen-1b-fp8gemm/gen-1b gen-1b-kvfp8/gen-1b gen-8b-kvfp8/gen-8b"
 } | tee -a "$logs/summary.txt"
 echo "$pass passed, $fail failed, $skip skipped"
