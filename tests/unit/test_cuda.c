@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include <math.h>
 #include <stdlib.h>
 
 static int cuda_devices(void) {
@@ -160,6 +161,86 @@ NS_TEST(test_cuda_matmul_rmsnorm_vs_cpu) {
 done:
     ns_backend_destroy(cpu);
     ns_backend_destroy(gpu);
+}
+
+/* weight_join (NS_CUDA_FUSED_QKV=1), bf16 and FP8: three matrices of one width joined
+ * into one. Each part's matmul after the join gives what it gave before (its rows now
+ * inside the joined storage; FP8: its codes and row scales too), the joined matmul's
+ * columns are the parts' side by side, and the joined matrix may be freed before the
+ * parts. Matrices of different widths are not joined (NULL, no error). */
+NS_TEST(test_cuda_weight_join) {
+    if (cuda_devices() == 0) SKIP("no CUDA device (or a build without CUDA)");
+    enum { M = 5, K = 64, N0 = 48, N1 = 16, N2 = 16, N = N0 + N1 + N2 };
+    const int rows[3] = {N0, N1, N2};
+    ns_test_rng rng = {11};
+    float *wf = malloc(sizeof(float) * N * K), x[M * K];
+    for (int i = 0; i < N * K; i++) wf[i] = ns_test_rng_f32(&rng);
+    for (int i = 0; i < M * K; i++) x[i] = ns_test_rng_f32(&rng);
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        setenv("NS_CUDA_FUSED_QKV", "1", 1);
+        ns_backend *b = NULL;
+        ns_error err;
+        CHECK_STATUS_OK(ns_backend_create("cuda", 0, &b, NULL, &err), &err);
+        unsetenv("NS_CUDA_FUSED_QKV");
+        if (!b) break;
+        CHECK(b->ops->weight_join != NULL && b->ops->qkv_rope != NULL);
+        if (!b->ops->weight_join || (fp8 && (!b->ops->use_fp8 || b->ops->use_fp8(b, &err) != NS_OK))) {
+            ns_backend_destroy(b);
+            continue;
+        }
+        ns_bweight *parts[3] = {NULL, NULL, NULL}, *joined = NULL, *odd = NULL;
+        float *dx = NULL, *dy = NULL, before[3][M * N0], after[M * N0], all[M * N];
+        const char *names[3] = {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"};
+        int off = 0;
+        for (int i = 0; i < 3; i++) {
+            ns_gguf_tensor t = make_tensor(names[i], NS_GGML_F32, K, rows[i], wf + (size_t)off * K);
+            CHECK_STATUS_OK(b->ops->weight_load(b, &t, &parts[i], &err), &err);
+            off += rows[i];
+        }
+        ns_gguf_tensor t_odd = make_tensor("blk.0.ffn_down.weight", NS_GGML_F32, K / 2, 16, wf);
+        CHECK_STATUS_OK(b->ops->weight_load(b, &t_odd, &odd, &err), &err);
+        CHECK_STATUS_OK(b->ops->buf_alloc(b, sizeof x, (void **)&dx, &err), &err);
+        CHECK_STATUS_OK(b->ops->buf_alloc(b, sizeof all, (void **)&dy, &err), &err);
+        if (!parts[0] || !parts[1] || !parts[2] || !odd || !dx || !dy) goto next;
+        CHECK_STATUS_OK(b->ops->upload(b, dx, x, sizeof x, &err), &err);
+        for (int i = 0; i < 3; i++) {
+            b->ops->matmul(b, dy, dx, parts[i], M, rows[i], K);
+            CHECK_STATUS_OK(b->ops->download(b, before[i], dy, sizeof(float) * M * rows[i], &err), &err);
+        }
+        ns_bweight *mixed[2] = {parts[0], odd};
+        ns_bweight *none = (ns_bweight *)1;
+        CHECK_STATUS_OK(b->ops->weight_join(b, mixed, 2, &none, &err), &err);
+        CHECK_MSG(none == NULL, "%s: matrices of widths %d and %d joined", fp8 ? "fp8" : "bf16", K, K / 2);
+        CHECK_STATUS_OK(b->ops->weight_join(b, parts, 3, &joined, &err), &err);
+        CHECK_MSG(joined != NULL, "%s: not joined", fp8 ? "fp8" : "bf16");
+        if (!joined) goto next;
+        for (int i = 0; i < 3; i++) { /* each part as before */
+            b->ops->matmul(b, dy, dx, parts[i], M, rows[i], K);
+            CHECK_STATUS_OK(b->ops->download(b, after, dy, sizeof(float) * M * rows[i], &err), &err);
+            CHECK_ALLCLOSE(after, before[i], (size_t)M * rows[i], 1e-6, 1e-5, 1e-12);
+        }
+        b->ops->matmul(b, dy, dx, joined, M, N, K); /* the parts side by side */
+        CHECK_STATUS_OK(b->ops->download(b, all, dy, sizeof all, &err), &err);
+        for (int i = 0, col = 0; i < 3; col += rows[i], i++)
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < rows[i]; n++) {
+                    const float got = all[m * N + col + n], want = before[i][m * rows[i] + n];
+                    if (!(fabsf(got - want) <= 1e-6f + 1e-5f * fabsf(want))) {
+                        CHECK_MSG(0, "%s joined: row %d column %d: %g, the part's %g", fp8 ? "fp8" : "bf16", m,
+                                  col + n, (double)got, (double)want);
+                        m = M, n = rows[i];
+                    }
+                }
+        b->ops->weight_free(b, joined); /* before the parts: they free only what is theirs */
+    next:
+        if (dx) b->ops->buf_free(b, dx);
+        if (dy) b->ops->buf_free(b, dy);
+        for (int i = 0; i < 3; i++)
+            if (parts[i]) b->ops->weight_free(b, parts[i]);
+        if (odd) b->ops->weight_free(b, odd);
+        ns_backend_destroy(b);
+    }
+    free(wf);
 }
 
 /* The whole forward pass of a tiny model: prompt logits on the CPU and on CUDA. */
