@@ -190,6 +190,7 @@ gen gen-8b 150 8b "$n_prompts" 1024
 if [ "$mode" = fp8 ]; then
   gen gen-1b-all 90 1b "$n_prompts" 1024 $all
   gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8
+  gen gen-1b-fp8-all-qkv 90 1b "$n_prompts" 1024 $all $fp8 NS_CUDA_FUSED_QKV=1
   gen gen-1b-fp8 90 1b "$n_prompts" 1024 $fp8
   gen gen-1b-fp8gemm 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
   gen gen-8b-all 150 8b "$n_prompts" 1024 $all
@@ -216,6 +217,7 @@ elif [ "$mode" != profile ]; then
   gen gen-1b-fp8gemm 90 1b "$n_prompts" 1024 NS_CUDA_FP8=1
   gen gen-1b-kvfp8 90 1b "$n_prompts" 1024 NS_CUDA_KV_FP8=1
   gen gen-1b-fp8-all 90 1b "$n_prompts" 1024 $all $fp8
+  gen gen-1b-fp8-all-qkv 90 1b "$n_prompts" 1024 $all $fp8 NS_CUDA_FUSED_QKV=1
   if python3 -c 'import torch, transformers' 2>/dev/null; then
     bench hf-1b 150 env PYTHONUNBUFFERED=1 python3 tests/gpu/hf_baseline.py --shape 1b --n "$n_prompts" --batch 250
     # HF with every prompt in one generate call: if it is faster, it is the fair baseline
@@ -265,7 +267,7 @@ for pair in "gen-1b-graphs gen-1b" "gen-1b-b64-graphs gen-1b-b64" "gen-1b-tc1 ge
             "gen-8b-tc1 gen-8b" "gen-1b-tc2 gen-1b" "gen-8b-tc2 gen-8b" "gen-1b-ffn gen-1b" "gen-1b-norm gen-1b" "gen-8b-fused gen-8b" "gen-1b-overlap gen-1b" \
             "gen-1b-b64-graphs-overlap gen-1b-b64-graphs" "gen-1b-all gen-1b" "gen-8b-all gen-8b" "gen-1b hf-1b" "gen-1b hf-1b-b1000" \
             "gen-1b-all hf-1b" "gen-1b-all hf-1b-b1000" "gen-1b-fp8 gen-1b" "gen-1b-fp8gemm gen-1b" "gen-1b-kvfp8 gen-1b" \
-            "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" "gen-1b-qkv gen-1b" "gen-1b-all-qkv gen-1b-all" "gen-8b-all-qkv gen-8b-all" \
+            "gen-8b-fp8 gen-8b" "gen-8b-kvfp8 gen-8b" "gen-1b-qkv gen-1b" "gen-1b-all-qkv gen-1b-all" "gen-8b-all-qkv gen-8b-all" "gen-1b-fp8-all-qkv gen-1b-fp8-all" \
             "gen-1b-fp8-all gen-1b-all" "gen-8b-fp8-all gen-8b-all" "gen-1b-fp8-all hf-1b" "gen-1b-fp8-all hf-1b-b1000"; do
   ratio $pair
 done | tee -a "$logs/summary.txt"

@@ -77,7 +77,7 @@ go "$T/a" "$T/oa" full; rc=$?
 check "all pass: exit 0" [ $rc -eq 0 ]
 check "all pass: totals line" says "$T/oa" "^[0-9]* passed, 0 failed, 1 skipped$"
 n_rows=$(sed -n '/^== summary/,/^== side by side/p' "$T/oa/out.txt" | grep -c ' (.* s)$')
-check "all pass: 17 checks + 31 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 48 ]
+check "all pass: 17 checks + 32 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 49 ]
 check "all pass: step 5 ran on the stand-in" says "$T/oa" "^5. nightshift run on cuda .* 0 failed"
 check "all pass: graphs ratio x1.010" grep -q "^gen-1b-graphs .*x1.010 of gen-1b$" "$T/oa/summary.txt"
 check "all pass: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oa/summary.txt"
@@ -132,5 +132,6 @@ check "fp8 mode: step 4pq ran" grep -q "^4pq\. .* 0 failed" "$T/oe/summary.txt"
 check "fp8 mode: no step 2" bash -c "! grep -q '^2\. ' '$T/oe/summary.txt'"
 check "fp8 mode: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oe/summary.txt"
 check "fp8 mode: 8B fp8 beside bf16" grep -q "^gen-8b-fp8 .* of gen-8b$" "$T/oe/summary.txt"
+check "fp8 mode: fused QKV beside fp8-all x1.040" grep -q "^gen-1b-fp8-all-qkv .*x1.040 of gen-1b-fp8-all$" "$T/oe/summary.txt"
 echo "$pass passed, $fail failed, 0 skipped"
 [ $fail -eq 0 ]
