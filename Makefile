@@ -61,7 +61,7 @@ ifeq ($(strip $(HAVE_CUDA)),1)
   # the CUDA backend's host code on a CPU stand-in for the device (tests/cudamock, below)
   # and the GPU check programs, built (not run) so that a compile break shows without a GPU
   CUDAMOCK_BIN := $(BUILD)/unit-cudamock $(BUILD)/unit-cudamock-emu $(BUILD)/cudamock/nightshift $(BUILD)/check-fp8-format \
-                  $(BUILD)/gpu-parity $(BUILD)/gpu-bench
+                  $(BUILD)/gpu-parity $(BUILD)/gpu-bench $(BUILD)/cudamock/gpu-bench
   CUDA_NOTE := cuda: building $(words $(CUDA_SRCS)) CUDA sources with $(NVCC_PATH) (sm_80, sm_90), cuBLAS from $(CUDA_HOME)/lib64
   CFLAGS += -DNS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels/cuda
   LDLIBS += $(BUILD)/libnightshift_cuda.a -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
@@ -188,6 +188,14 @@ $(BUILD)/cudamock/nightshift: $(CLI_OBJS) tests/cudamock/cudamock.c tests/cudamo
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/cudamock $(CLI_OBJS) tests/cudamock/cudamock.c $(BUILD)/libnightshift.a -o $@ $(CUDAMOCK_LIBS)
 	cp $(BUILD)/unit-cudamock $(BUILD)/cudamock/unit
+
+# gpu-bench on the stand-in, for tests/gpu/bench_smoke.sh in make test: its host code
+# (buffers, launcher arguments) runs before a GPU session does; its timings mean nothing
+$(BUILD)/cudamock/gpu-bench: tests/gpu/bench_gpu.c tests/cudamock/cudamock.c tests/cudamock/cudamock.h \
+                             $(BUILD)/libnightshift.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/cudamock tests/gpu/bench_gpu.c tests/cudamock/cudamock.c $(BUILD)/libnightshift.a -o $@ \
+	    $(CUDAMOCK_LIBS)
 
 # The CUDA row-sampling kernel compiled for the host, one thread per CUDA thread, against
 # its CPU reference (tests/gpu/emu_sample_rows.cpp): the kernel's logic checked without a

@@ -64,6 +64,8 @@ if [ -x "$build/cudamock/nightshift" ]; then
   run env NS_CUDA_GRAPHS=1 bash tests/gpu/runner_cuda.sh "$build/cudamock"
   echo "== the prepared GPU check (tests/gpu/run.sh) with stand-ins for its programs" >&2
   run bash tests/gpu/run_selftest.sh "$build"
+  echo "== gpu-bench's ops on the stand-in (tests/gpu/bench_smoke.sh)" >&2
+  run bash tests/gpu/bench_smoke.sh "$build"
 fi
 for check in "emu-sample-rows:the CUDA row-sampling kernel, emulated on the CPU" \
              "emu-attention-tc:the CUDA tensor-core attention kernel (bf16 and FP8 KV), emulated on the CPU" \

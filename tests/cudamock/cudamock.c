@@ -263,6 +263,22 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
     return LAUNCH(run_copy, a);
 }
 
+/* The synchronous forms (gpu-bench): after everything queued before them, as on CUDA's
+ * legacy default stream. */
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
+    (void)kind;
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    q_run_all();
+    memmove(dst, src, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemset(void *dst, int v, size_t n) {
+    if (refuse_in_capture()) return cudaErrorStreamCaptureUnsupported;
+    q_run_all();
+    memset(dst, v, n);
+    return cudaSuccess;
+}
+
 typedef struct { void *dst; int v; size_t n; } set_args;
 static void run_set(const void *a) {
     const set_args *c = a;
@@ -1293,6 +1309,26 @@ cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const fl
 #else
     return LAUNCH(run_attention, a);
 #endif
+}
+
+/* The tensor-core kernel's launcher (called directly by gpu-bench ops; the backend reaches
+ * it through the two above): the same attention, by the same stand-in, bf16 pools or FP8
+ * ones with their scales. */
+cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
+                                 const int32_t *tok_seq, const int32_t *groups, int n_groups, int qt,
+                                 const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
+                                 const void *v_pool, const float *k_scale, const float *v_scale, int block_size,
+                                 int n_head, int n_head_kv, int head_dim, float scale, cudaStream_t s) {
+    if (!ns_cuda_attention_tc_fits(q, k_pool, v_pool, n_head, n_head_kv, head_dim) || qt < 1 ||
+        (k_scale == NULL) != (v_scale == NULL))
+        return M.last_error = cudaErrorInvalidValue;
+    if (k_scale)
+        return ns_cuda_attention_paged_fp8(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, qt == 1, block_table,
+                                           max_blocks_per_seq, k_pool, v_pool, k_scale, v_scale, block_size, n_head,
+                                           n_head_kv, head_dim, scale, s);
+    return ns_cuda_attention_paged(out, out_bf16, q, q_pos, tok_seq, groups, n_groups, qt == 1, block_table,
+                                   max_blocks_per_seq, k_pool, v_pool, NS_CUDA_TYPE_BF16, block_size, n_head,
+                                   n_head_kv, head_dim, scale, s);
 }
 
 typedef struct { int32_t *ids; const float *logits; int n_rows, n_vocab; const ns_row_sampling *params; } samp_args;

@@ -9,7 +9,7 @@
  *          N_PROMPTS requests of N_IN random prompt tokens, N_OUT generated each
  *          (greedy, ignore_eos), at most MAX_SEQS in one batch. Prints output tok/s,
  *          total tok/s, and the MFU against PEAK_TFLOPS when given.
- *        gpu-bench ops
+ *        gpu-bench ops [small]
  *          the row kernels at a 1B prompt batch's shapes (4096 rows of 2048 and of 8192),
  *          each one that writes FP8 rows (precision fp8) beside the one it replaces:
  *          median ms of 20 after 3 warm-ups, and GB/s of the bytes each must move (every
@@ -333,8 +333,8 @@ static cudaError_t ops_launch(int op, const ops_bufs *b, int R, int E, int F, co
  * and at 1,024 (per-block costs spread over more tiles) the two say whether the kernels
  * are bound by bytes or by something per block. The pools hold constants (speed does not
  * depend on the values). Appends " NAME_gbps=V" to result. */
-static int run_attn(int ctx, bool fp8, char *result, size_t cap, cudaEvent_t e0, cudaEvent_t e1) {
-    enum { S = 1000, H = 32, HK = 8, HD = 64, BS = 16, REPS = 20 };
+static int run_attn(int S, int ctx, bool fp8, char *result, size_t cap, cudaEvent_t e0, cudaEvent_t e1) {
+    enum { H = 32, HK = 8, HD = 64, BS = 16, REPS = 20 };
     const int nb = (ctx + BS - 1) / BS;
     const size_t rows = (size_t)S * nb * BS, row = (size_t)HK * HD;
     int32_t *hpos = malloc(S * 4), *hseq = malloc(S * 4), *hgrp = malloc(2 * S * 4), *htab = malloc((size_t)S * nb * 4);
@@ -413,8 +413,11 @@ static int run_attn(int ctx, bool fp8, char *result, size_t cap, cudaEvent_t e0,
     return 0;
 }
 
-static int run_ops(void) {
-    enum { R = 4096, E = 2048, F = 8192, REPS = 20 };
+/* small: shapes a CPU stand-in for the device runs in a moment (make test runs the bench's
+ * host code that way, tests/gpu/bench_smoke.sh); the numbers then mean nothing. */
+static int run_ops(bool small) {
+    const int R = small ? 64 : 4096, E = small ? 256 : 2048, F = small ? 4096 : 8192; /* F >= 48 * 64: the QKV ops */
+    enum { REPS = 20 };
     const size_t big = (size_t)R * F;
     ops_bufs b;
     CU(cudaMalloc((void **)&b.x, big * 4));
@@ -449,11 +452,13 @@ static int run_ops(void) {
     CU(cudaMemcpy(b.sa, hf + 99, F * 4, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(b.sb, hf + 999, R * 4, cudaMemcpyHostToDevice));
     { /* RoPE: positions 0 .. 255 (a 1B batch's), Llama 3's base */
-        int32_t hp[R];
+        int32_t *hp = malloc((size_t)R * 4);
         float hi[32];
+        if (!hp) return 1;
         for (int i = 0; i < R; i++) hp[i] = i % 256;
         for (int i = 0; i < 32; i++) hi[i] = powf(500000.0f, -2.0f * i / 64.0f);
-        CU(cudaMemcpy(b.pos, hp, sizeof hp, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(b.pos, hp, (size_t)R * 4, cudaMemcpyHostToDevice));
+        free(hp);
         CU(cudaMemcpy(b.inv, hi, sizeof hi, cudaMemcpyHostToDevice));
     }
     fill_bf16(hb, big, 3);
@@ -485,7 +490,10 @@ static int run_ops(void) {
     }
     printf("%s\n", result);
     char attn[512] = "result:";
-    if (run_attn(192, true, attn, sizeof attn, e0, e1) || run_attn(1024, false, attn, sizeof attn, e0, e1)) return 1;
+    const int n_seqs = small ? 8 : 1000;
+    if (run_attn(n_seqs, small ? 40 : 192, true, attn, sizeof attn, e0, e1) ||
+        run_attn(n_seqs, small ? 72 : 1024, false, attn, sizeof attn, e0, e1))
+        return 1;
     printf("%s\n", attn);
     return 0;
 }
@@ -493,7 +501,7 @@ static int run_ops(void) {
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "gemm")) return run_gemm();
     if (argc >= 2 && !strcmp(argv[1], "gen")) return run_gen(argc, argv);
-    if (argc >= 2 && !strcmp(argv[1], "ops")) return run_ops();
-    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops\n");
+    if (argc >= 2 && !strcmp(argv[1], "ops")) return run_ops(argc >= 3 && !strcmp(argv[2], "small"));
+    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops [small]\n");
     return 2;
 }
