@@ -1313,7 +1313,8 @@ cudaError_t ns_cuda_attention_paged_fp8(float *out, uint16_t *out_bf16, const fl
 
 /* The tensor-core kernel's launcher (called directly by gpu-bench ops; the backend reaches
  * it through the two above): the same attention, by the same stand-in, bf16 pools or FP8
- * ones with their scales. */
+ * ones with their scales. With the emulated kernels, attention_tc.cu's own launcher. */
+#ifndef NS_CUDAMOCK_EMU_KERNELS
 cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, const float *q, const int32_t *q_pos,
                                  const int32_t *tok_seq, const int32_t *groups, int n_groups, int qt,
                                  const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
@@ -1330,6 +1331,7 @@ cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, const float *q,
                                    max_blocks_per_seq, k_pool, v_pool, NS_CUDA_TYPE_BF16, block_size, n_head,
                                    n_head_kv, head_dim, scale, s);
 }
+#endif
 
 typedef struct { int32_t *ids; const float *logits; int n_rows, n_vocab; const ns_row_sampling *params; } samp_args;
 static void run_greedy(const void *p) {
