@@ -24,6 +24,15 @@ static __device__ __forceinline__ float ns_load_bf16(const uint8_t *p) {
     return __uint_as_float((uint32_t)ns_load_u16(p) << 16);
 }
 
+/* The two bf16 values of a 32-bit word (the low half first) as floats, exactly. */
+static __device__ __forceinline__ float ns_bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+static __device__ __forceinline__ float ns_bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+/* SwiGLU's element, silu(g) * u with silu(g) = g / (1 + exp(-g)): the one expression of
+ * every SwiGLU kernel (swiglu.cu, and fp8.cu's fused one), so that they give the same bits.
+ * expf, not __expf: within a few ulp of ns_cpu_swiglu_ref. */
+static __device__ __forceinline__ float ns_silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 /* Element i of a row in `type` (layouts in kernels/cpu/ops.h). */
 static __device__ __forceinline__ float ns_dequant_elem(int type, const uint8_t *row, int64_t i) {
     int64_t b = i / 32;

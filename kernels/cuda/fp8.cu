@@ -68,11 +68,10 @@ struct norm_row { /* RMSNorm: x * s * w (the expression of rmsnorm.cu's kernels)
     float s;
     __device__ __forceinline__ float operator()(int64_t i) const { return x[i] * s * w[i]; }
 };
-static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 struct swiglu_row { /* SwiGLU of bf16 gate and up (the expression of swiglu.cu's kernels) */
     const __nv_bfloat16 *g, *u;
     __device__ __forceinline__ float operator()(int64_t i) const {
-        return silu_mul(__bfloat162float(g[i]), __bfloat162float(u[i]));
+        return ns_silu_mul(__bfloat162float(g[i]), __bfloat162float(u[i]));
     }
 };
 
@@ -175,9 +174,6 @@ static inline int fp8_norm_per(int64_t n) {
  * the codes are those of swiglu then quant_rows_fp8 whatever the grouping. */
 #define SWIGLU_THREADS 512
 
-static __device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-static __device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-
 template <int VEC, int G>
 static __global__ void __launch_bounds__(SWIGLU_THREADS)
     swiglu_bf16_fp8_kernel(uint8_t *q, float *scales, const __nv_bfloat16 *gate, const __nv_bfloat16 *up, int64_t n) {
@@ -201,11 +197,11 @@ static __global__ void __launch_bounds__(SWIGLU_THREADS)
                     const uint32_t gw[4] = {g8.x, g8.y, g8.z, g8.w}, uw[4] = {u8.x, u8.y, u8.z, u8.w};
 #pragma unroll
                     for (int k = 0; k < 4; k++) {
-                        v[j * VEC + 2 * k] = silu_mul(bf16_lo(gw[k]), bf16_lo(uw[k]));
-                        v[j * VEC + 2 * k + 1] = silu_mul(bf16_hi(gw[k]), bf16_hi(uw[k]));
+                        v[j * VEC + 2 * k] = ns_silu_mul(ns_bf16_lo(gw[k]), ns_bf16_lo(uw[k]));
+                        v[j * VEC + 2 * k + 1] = ns_silu_mul(ns_bf16_hi(gw[k]), ns_bf16_hi(uw[k]));
                     }
                 } else {
-                    v[j * VEC] = silu_mul(__bfloat162float(gr[i]), __bfloat162float(ur[i]));
+                    v[j * VEC] = ns_silu_mul(__bfloat162float(gr[i]), __bfloat162float(ur[i]));
                 }
 #pragma unroll
                 for (int k = 0; k < VEC; k++) m = ns_amax_join(m, fabsf(v[j * VEC + k]));

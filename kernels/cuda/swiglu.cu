@@ -1,13 +1,12 @@
-/* swiglu.cu: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)), elementwise (out may
- * alias gate or up), from fp32 or from bf16 inputs (8 at a time where aligned). expf, not __expf: within a few ulp
- * of ns_cpu_swiglu_ref. */
+/* swiglu.cu: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (ns_silu_mul, common.cuh),
+ * elementwise (out may alias gate or up), from fp32 or from bf16 inputs (8 at a time where
+ * aligned). */
 #include "common.cuh"
 
 static __global__ void swiglu_f32_kernel(float *out, __nv_bfloat16 *out_bf16, const float *gate, const float *up,
                                          int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float g = gate[i];
-        float v = g / (1.0f + expf(-g)) * up[i];
+        float v = ns_silu_mul(gate[i], up[i]);
         out[i] = v;
         if (out_bf16) out_bf16[i] = __float2bfloat16_rn(v);
     }
@@ -17,19 +16,15 @@ static __global__ void swiglu_f32_kernel(float *out, __nv_bfloat16 *out_bf16, co
 static __global__ void swiglu_bf16_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *gate, const __nv_bfloat16 *up,
                                           int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float g = __bfloat162float(gate[i]);
-        out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * __bfloat162float(up[i]));
+        out[i] = __float2bfloat16_rn(ns_silu_mul(__bfloat162float(gate[i]), __bfloat162float(up[i])));
     }
 }
 
 /* The same, 8 elements a thread: 16-byte loads and stores (n_groups = n / 8; every
  * pointer 16-byte aligned). Each element's expression is the one above. */
-static __device__ __forceinline__ float bf16_word_lo(uint32_t w) { return __uint_as_float(w << 16); }
-static __device__ __forceinline__ float bf16_word_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 static __device__ __forceinline__ uint32_t swiglu_pair(uint32_t g, uint32_t u) {
-    const float g0 = bf16_word_lo(g), g1 = bf16_word_hi(g);
-    const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(g0 / (1.0f + expf(-g0)) * bf16_word_lo(u)));
-    const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(g1 / (1.0f + expf(-g1)) * bf16_word_hi(u)));
+    const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(ns_silu_mul(ns_bf16_lo(g), ns_bf16_lo(u))));
+    const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(ns_silu_mul(ns_bf16_hi(g), ns_bf16_hi(u))));
     return lo | hi << 16;
 }
 static __global__ void swiglu_bf16_vec8_kernel(uint4 *out, const uint4 *gate, const uint4 *up, int64_t n_groups) {
