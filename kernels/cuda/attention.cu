@@ -481,9 +481,17 @@ static __global__ void kv_store_fp8_kernel(uint8_t *k_pool, uint8_t *v_pool, flo
 
 /* Whether a batch's groups go to the tensor-core kernel (attention_tc.cu):
  * NS_CUDA_ATTN_TC (engine/switches.h) 1 for prompt groups, 2 for every group. */
+static int attn_tc = -1;
+
+extern "C" int ns_cuda_attention_tc_level(int level) {
+    if (attn_tc < 0) attn_tc = ns_switch("NS_CUDA_ATTN_TC", NS_DEFAULT_CUDA_ATTN_TC, 2);
+    const int was = attn_tc;
+    if (level >= 0) attn_tc = level < 2 ? level : 2;
+    return was;
+}
+
 static bool attn_use_tc(int single) {
-    static int tc = -1;
-    if (tc < 0) tc = ns_switch("NS_CUDA_ATTN_TC", NS_DEFAULT_CUDA_ATTN_TC, 2);
+    const int tc = ns_cuda_attention_tc_level(-1);
     return tc == 2 || (tc == 1 && !single);
 }
 

@@ -177,6 +177,11 @@ cudaError_t ns_cuda_attention_tc(float *out, uint16_t *out_bf16, const float *q,
                                  const int32_t *block_table, int max_blocks_per_seq, const void *k_pool,
                                  const void *v_pool, const float *k_scale, const float *v_scale, int block_size,
                                  int n_head, int n_head_kv, int head_dim, float scale, cudaStream_t stream);
+/* The NS_CUDA_ATTN_TC level that ns_cuda_attention_paged and _paged_fp8 follow (0, 1 or
+ * 2; read from the environment on first use): returns it, then sets it to level when
+ * level >= 0. For tests that check one kernel whatever the default (gpu-parity), not for
+ * use while another thread launches attention. */
+int ns_cuda_attention_tc_level(int level);
 static inline int ns_cuda_attention_tc_fits(const void *q, const void *k_pool, const void *v_pool, int n_head,
                                             int n_head_kv, int head_dim) {
     return (head_dim == 64 || head_dim == 128) && n_head_kv >= 1 && n_head % n_head_kv == 0 &&

@@ -507,6 +507,9 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
     float *dout = dev_canary(qn);
     CU(ns_cuda_kv_store(dk, dv, kv_type, dkk, dvv, dslot, T, (int)row, 0));
     int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
+    /* the plain kernels, to this bound, whatever NS_CUDA_ATTN_TC's default; the tensor-core
+     * kernel has its own checks below */
+    const int tc_level = ns_cuda_attention_tc_level(0);
     CU(ns_cuda_attention_paged(dout, NULL, dq, dpos, dseq, dgroups, n_groups, 0, dtab, MB, dk, dv, kv_type, bs, n_head,
                                n_head_kv, hd, 1.0f / sqrtf((float)hd), 0));
     char what[96];
@@ -531,6 +534,7 @@ static void check_attention(ns_test_rng *r, int n_head, int n_head_kv, int hd, i
         free(all1);
         CU(cudaFree(done));
     }
+    ns_cuda_attention_tc_level(tc_level);
     /* the tensor-core kernel (bf16 pools, head_dim 64 or 128): the backend's groups, then
      * one token per group. Q and the softmax weights are rounded to bf16 there: an output
      * moves by at most 2^-8 max |v| (|v| <= 1 here) from P, less from Q */
@@ -624,6 +628,7 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
     for (int t = 0; t < T; t++) singles[2 * t] = t, singles[2 * t + 1] = 1;
     int32_t *dgroups = dev_copy(groups, sizeof(int32_t) * 2 * n_groups);
     int32_t *dsingles = dev_copy(singles, sizeof(int32_t) * 2 * T);
+    const int tc_level = ns_cuda_attention_tc_level(0); /* the plain kernel, as in check_attention */
     for (int pass = 0; pass < 2; pass++) {
         float *dout = dev_canary(qn);
         CU(ns_cuda_attention_paged_fp8(dout, NULL, dq, dpos, dseq, pass ? dsingles : dgroups, pass ? T : n_groups, pass,
@@ -633,6 +638,7 @@ static void check_attention_fp8(ns_test_rng *r, int n_head, int n_head_kv, int h
         int ok = fetch(w, got, dout, qn);
         result(ok && allclose(w, got, ref, qn, 1e-4, 1e-3, 1e-8));
     }
+    ns_cuda_attention_tc_level(tc_level);
     /* the tensor-core kernel over the same pools, with check_attention's tensor-core bounds
      * (Q and p * v_scale rounded to bf16; |v| <= 1 here) */
     if (ns_cuda_attention_tc_fits(dq, dk, dv, n_head, n_head_kv, hd))

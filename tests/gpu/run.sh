@@ -50,7 +50,7 @@
 # defaults. Logs go to $OUT (the device tool's folder) or build/gpu-logs. Ends with a
 # table, the side-by-side throughput ratios, each switch's checks and ratios with what they
 # advise for its default, and "N passed, N failed, N skipped"; exit 1 on any failure.
-# usage: bash tests/gpu/run.sh [quick|profile|bench|fp8]
+# usage: [NS_GPU_ONLY=REGEX] [NS_GPU_BUDGET_S=S] bash tests/gpu/run.sh [quick|profile|bench|fp8]
 #   quick:   200 prompts in the benchmarks
 #   bench:   steps 6-8 only (the benchmarks, e.g. on a second kind of card)
 #   fp8:     precision fp8 alone: steps 1, 4, 5, 4p and 4pq, the row kernels' GB/s (gpu-bench ops),
@@ -98,7 +98,11 @@ fi
 # The device tool stops a command at 600 s: no step starts after budget seconds, and none
 # runs past it, so that the summary below is always printed (what was cut says SKIPPED).
 budget=${NS_GPU_BUDGET_S:-580}
+# NS_GPU_ONLY (an extended regex over the names, e.g. '^(1\. .*|gen-8b.*)$'): only the steps and benchmarks
+# whose names match run, the rest leave no row (a short second call after a fix)
+only=${NS_GPU_ONLY:-}
 in_budget() { # in_budget NAME LIMIT: false (and the row says so) when the budget is spent; sets limit
+  [ -n "$only" ] && ! [[ $1 =~ $only ]] && return 1
   local left=$((budget - ($(date +%s) - t_start)))
   if [ "$left" -lt 15 ]; then
     echo "== $1: SKIPPED (the ${budget} s budget is spent)"; skip=$((skip + 1))

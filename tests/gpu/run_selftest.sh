@@ -8,7 +8,8 @@
 # steps and benchmarks all run and land in the summary; the side-by-side ratios are the
 # stand-in's factors; each switch's advice follows from its checks and ratios and from
 # engine/switches.h's default; a time budget too small to finish cuts the rest, marked,
-# and the summary still prints. Ends with "N passed, N failed, N skipped".
+# and the summary still prints; NS_GPU_ONLY runs only the steps it names. Ends with "N
+# passed, N failed, N skipped".
 set -u
 build=${1:-build}
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,7 @@ if [ ! -x "$build/cudamock/nightshift" ] || [ ! -x "$build/cudamock/unit" ]; the
   echo "SKIP: no CPU stand-in build ($build/cudamock)"; echo "0 passed, 0 failed, 1 skipped"; exit 0
 fi
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+[ -n "${KEEP_T:-}" ] || trap 'rm -rf "$T"' EXIT
 bin=$T/bin
 mkdir -p "$bin"
 ln -s "$root/$build/cudamock/nightshift" "$bin/nightshift"
@@ -133,5 +134,16 @@ check "fp8 mode: no step 2" bash -c "! grep -q '^2\. ' '$T/oe/summary.txt'"
 check "fp8 mode: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oe/summary.txt"
 check "fp8 mode: 8B fp8 beside bf16" grep -q "^gen-8b-fp8 .* of gen-8b$" "$T/oe/summary.txt"
 check "fp8 mode: fused QKV beside fp8-all x1.040" grep -q "^gen-1b-fp8-all-qkv .*x1.040 of gen-1b-fp8-all$" "$T/oe/summary.txt"
+
+# 6. NS_GPU_ONLY: the named steps and benchmarks alone, the rest leave no row
+tree "$T/f" ""
+go "$T/f" "$T/of" full NS_GPU_ONLY='^(1\. .*|gemm|gen-1b|gen-8b-all)$'; rc=$?
+check "only: exit 0" [ $rc -eq 0 ]
+n_rows=$(sed -n '/^== summary/,/^== side by side/p' "$T/of/out.txt" | grep -c ' (.* s)$')
+check "only: the header and 4 rows in the summary ($n_rows)" [ "$n_rows" -eq 5 ]
+check "only: ops left out" bash -c "! grep -q '^ops ' '$T/of/summary.txt'"
+check "only: step 1 ran" grep -q "^1\. .* 0 failed" "$T/of/summary.txt"
+check "only: gen-8b-all ran, gen-8b did not" bash -c "grep -q '^gen-8b-all ' '$T/of/summary.txt' && ! grep -q '^gen-8b ' '$T/of/summary.txt'"
+check "only: switches whose checks did not run are not advised on" bash -c "! grep -q -- '-> turn on' '$T/of/summary.txt'"
 echo "$pass passed, $fail failed, 0 skipped"
 [ $fail -eq 0 ]
