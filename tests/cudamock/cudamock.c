@@ -625,22 +625,28 @@ static bool lt_mode_on(const char *name) {
     return false;
 }
 
-enum { LT_OUTER, LT_BLOCK, LT_RAW, LT_NONE };
+enum { LT_OUTER, LT_BLOCK, LT_RAW, LT_BF16, LT_NONE };
 
 /* The kind of scales of a supported form, else LT_NONE. The form: D (m, n) = sum_k A(k, i)
  * B(k, j) scaled, A (k, m) and B (k, n) e4m3 with ld k (A transposed), k and m multiples
- * of 16 (of 128 for k with 128-block scales), D (m, n) fp32 or bf16 with ld m. */
+ * of 16 (of 128 for k with 128-block scales), D (m, n) fp32 or bf16 with ld m. LT_BF16:
+ * the same with A and B bf16 and no scales (gpu-bench gemm-shapes). */
 static int lt_kind(const lt_desc *x, const lt_layout *a, const lt_layout *b, const lt_layout *c, const lt_layout *d) {
     int kind = LT_NONE;
+    const bool bf16 = a->type == CUDA_R_16BF && b->type == CUDA_R_16BF;
     if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F && x->b_mode == x->a_mode && lt_mode_on("outer"))
         kind = LT_OUTER;
     else if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F && x->b_mode == x->a_mode && lt_mode_on("block") &&
              a->rows % 128 == 0)
         kind = LT_BLOCK;
+    else if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F && x->b_mode == x->a_mode && bf16 && !x->a_scale &&
+             !x->b_scale)
+        kind = LT_BF16;
     else if (x->a_mode == CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F && x->b_mode == x->a_mode && lt_mode_on("raw"))
         kind = LT_RAW;
     const bool ok = x->compute == CUBLAS_COMPUTE_32F && x->scale_type == CUDA_R_32F && x->transa == CUBLAS_OP_T &&
-                    x->transb == CUBLAS_OP_N && a->type == CUDA_R_8F_E4M3 && b->type == CUDA_R_8F_E4M3 &&
+                    x->transb == CUBLAS_OP_N &&
+                    (kind == LT_BF16 || (a->type == CUDA_R_8F_E4M3 && b->type == CUDA_R_8F_E4M3)) &&
                     (d->type == CUDA_R_32F || d->type == CUDA_R_16BF) &&
                     !(d->type == CUDA_R_32F && getenv("NS_CUDAMOCK_LT_NO_F32")) && !memcmp(c, d, sizeof *c) &&
                     a->rows == b->rows && a->rows % 16 == 0 && a->cols % 16 == 0 && (int64_t)a->rows == a->ld &&
@@ -662,7 +668,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
                              (const lt_layout *)d->data);
     if (kind == LT_NONE) return CUBLAS_STATUS_NOT_SUPPORTED;
     /* a scaled form queried without its scale pointers: what an H100 answered (CUDA 13.1) */
-    if (kind != LT_RAW && (!x->a_scale || !x->b_scale)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (kind != LT_RAW && kind != LT_BF16 && (!x->a_scale || !x->b_scale)) return CUBLAS_STATUS_INVALID_VALUE;
     memset(res, 0, sizeof *res);
     res->algo.data[0] = 0x46503851u; /* "FP8Q": checked at the call */
     res->state = CUBLAS_STATUS_SUCCESS;
@@ -687,8 +693,9 @@ static void run_lt(const void *p) {
     float *a = malloc((size_t)g->m * g->k * sizeof *a), *b = malloc((size_t)g->n * g->k * sizeof *b);
     float *d = malloc((size_t)g->m * g->n * sizeof *d), *part = malloc((size_t)g->m * g->n * sizeof *part);
     if (!a || !b || !d || !part) abort();
-    for (size_t i = 0; i < (size_t)g->m * g->k; i++) a[i] = lut[g->A[i]];
-    for (size_t i = 0; i < (size_t)g->n * g->k; i++) b[i] = lut[g->B[i]];
+    const uint16_t *A16 = (const uint16_t *)g->A, *B16 = (const uint16_t *)g->B;
+    for (size_t i = 0; i < (size_t)g->m * g->k; i++) a[i] = g->kind == LT_BF16 ? ns_bf16_to_fp32(A16[i]) : lut[g->A[i]];
+    for (size_t i = 0; i < (size_t)g->n * g->k; i++) b[i] = g->kind == LT_BF16 ? ns_bf16_to_fp32(B16[i]) : lut[g->B[i]];
     if (g->kind == LT_BLOCK) { /* each 128-wide block of K: its sums times its two scales */
         const int kb = g->k / 128;
         memset(d, 0, (size_t)g->m * g->n * sizeof *d);
@@ -729,7 +736,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
                     *d = (const lt_layout *)ddesc->data;
     const int kind = lt_kind(x, a, b, (const lt_layout *)cdesc->data, d);
     if (kind == LT_NONE || !algo || algo->data[0] != 0x46503851u || *(const float *)alpha != 1.0f ||
-        *(const float *)beta != 0.0f || C != D || (kind != LT_RAW && (!x->a_scale || !x->b_scale)))
+        *(const float *)beta != 0.0f || C != D || (kind != LT_RAW && kind != LT_BF16 && (!x->a_scale || !x->b_scale)))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (M.capturing) {
         const char *f = getenv("NS_CUDAMOCK_CAPTURE_FAIL");
@@ -742,7 +749,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
     const char *kbm = getenv("NS_CUDAMOCK_LT_KB_MAJOR");
     lt_args g = {(int)a->cols, (int)b->cols, (int)a->rows, kind, kbm && !strcmp(kbm, "1"), A, B,
                  x->a_scale, x->b_scale, D, d->type == CUDA_R_16BF};
-    M.n.gemms_fp8++;
+    M.n.gemms_lt_bf16 += kind == LT_BF16;
+    M.n.gemms_fp8 += kind != LT_BF16;
     M.n.gemms_fp8_block += kind == LT_BLOCK;
     M.n.gemms_fp8_raw += kind == LT_RAW;
     M.n.gemms_bf16_out += d->type == CUDA_R_16BF;

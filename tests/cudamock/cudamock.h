@@ -15,6 +15,7 @@ typedef struct ns_cudamock_counters {
     long gemms_fp8;             /* cuBLASLt FP8 GEMMs (precision fp8) */
     long gemms_fp8_block;       /* of which with 128-block scales (VEC128_32F) */
     long gemms_fp8_raw;         /* of which unscaled (scalar scales; the backend scales after) */
+    long gemms_lt_bf16;         /* cuBLASLt GEMMs over bf16 (gpu-bench gemm-shapes; the backend has none) */
     long quant_fp8_calls;       /* rows quantized to fp8 by the quantizer (weights at load, matmul inputs) */
     long fused_fp8_calls;       /* ops that wrote their output as fp8 rows (RMSNorm, the fused SwiGLU) */
     long kv_fp8_stores;         /* ns_cuda_kv_store_fp8 calls (the FP8 KV cache) */

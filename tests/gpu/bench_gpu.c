@@ -17,8 +17,13 @@
  *          time goes (tests/gpu/RESULTS.md, run 9); the fused QKV's epilogue beside the
  *          two RoPE passes it replaces (1B heads: 32 + 8 of 64); decode attention at the
  *          1B's decode shape, each kernel over bf16 and FP8 pools, in GB/s of K and V read
+ *        gpu-bench gemm-shapes SHAPE [M]
+ *          each GEMM of one decode step at M rows (default 1000) through cublasGemmEx's
+ *          default (as the backend calls it) and through each of up to 16 algorithms that
+ *          cuBLASLt's heuristic offers: how much a per-shape choice could save
  * Lines starting "result:" are machine-readable (key=value).
  */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -498,10 +503,184 @@ static int run_ops(bool small) {
     return 0;
 }
 
+/* Median ms of `reps` runs after 2 warm-ups of one GEMM: y (M, N) = x (M, K) . W^T, as the
+ * backend's gemm() lays it out; algo NULL: cublasGemmEx's default, else that cuBLASLt
+ * algorithm (inf when it fails). */
+typedef struct {
+    cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, d;
+    void *w, *x, *y, *ws;
+    size_t ws_n;
+    int M, N, K;
+    cudaDataType out;
+} gemm_case;
+
+static double gemm_case_ms(const gemm_case *g, const cublasLtMatmulAlgo_t *algo, cudaEvent_t e0, cudaEvent_t e1) {
+    const float alpha = 1.0f, beta = 0.0f;
+    enum { REPS = 10 };
+    double t[REPS];
+    for (int i = -2; i < REPS; i++) {
+        CU(cudaEventRecord(e0, 0));
+        cublasStatus_t s;
+        if (!algo)
+            s = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, g->N, g->M, g->K, &alpha, g->w, CUDA_R_16BF, g->K,
+                             g->x, CUDA_R_16BF, g->K, &beta, g->y, g->out, g->N, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
+        else
+            s = cublasLtMatmul(g->lt, g->desc, &alpha, g->w, g->a, g->x, g->b, &beta, g->y, g->d, g->y, g->d, algo,
+                               g->ws, g->ws_n, 0);
+        const float ms = elapsed_ms(e0, e1);
+        if (s != CUBLAS_STATUS_SUCCESS) return INFINITY;
+        if (i >= 0) t[i] = ms;
+    }
+    qsort(t, REPS, sizeof t[0], cmp_double);
+    return t[REPS / 2];
+}
+
+/* y as floats (out: CUDA_R_32F or CUDA_R_16BF), n elements, into h. */
+static void fetch_y(float *h, const void *y, cudaDataType out, size_t n) {
+    if (out == CUDA_R_32F) {
+        CU(cudaMemcpy(h, y, n * 4, cudaMemcpyDeviceToHost));
+        return;
+    }
+    uint16_t *b = (uint16_t *)h + n; /* the upper half of h, read before it is overwritten */
+    CU(cudaMemcpy(b, y, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) h[i] = ns_bf16_to_fp32(b[i]);
+}
+
+/* gpu-bench gemm-shapes SHAPE [M]: each GEMM of one decode step at M rows (the defaults'
+ * layout: q, k and v joined, gate and up writing bf16, the output head), timed through
+ * cublasGemmEx's default as the backend calls it, and through each algorithm cuBLASLt's
+ * heuristic offers for the same product (up to 16). Says how much of the step's GEMM time
+ * a per-shape choice of algorithm could save, before anyone builds one. */
+static int run_gemm_shapes(int argc, char **argv) {
+    const char *shape = argc >= 3 ? argv[2] : "1b";
+    const int M = argc >= 4 ? atoi(argv[3]) : 1000;
+    if (M < 1) {
+        fprintf(stderr, "gpu-bench gemm-shapes: M must be at least 1\n");
+        return 2;
+    }
+    ns_hparams hp;
+    shape_of(shape, &hp);
+    const int E = hp.n_embd, QD = hp.n_head * hp.head_dim, KVD = hp.n_head_kv * hp.head_dim;
+    const struct { const char *name; int n, k, per_step; cudaDataType out; } op[] = {
+        {"qkv", QD + 2 * KVD, E, hp.n_layer, CUDA_R_32F}, {"wo", E, QD, hp.n_layer, CUDA_R_32F},
+        {"gate/up", hp.n_ff, E, 2 * hp.n_layer, CUDA_R_16BF}, {"down", E, hp.n_ff, hp.n_layer, CUDA_R_32F},
+        {"head", hp.n_vocab, E, 1, CUDA_R_32F}};
+    const int n_op = (int)(sizeof op / sizeof op[0]);
+    size_t w_max = 0, x_max = 0, y_max = 0;
+    for (int i = 0; i < n_op; i++) {
+        w_max = (size_t)op[i].n * op[i].k > w_max ? (size_t)op[i].n * op[i].k : w_max;
+        x_max = (size_t)M * op[i].k > x_max ? (size_t)M * op[i].k : x_max;
+        y_max = (size_t)M * op[i].n > y_max ? (size_t)M * op[i].n : y_max;
+    }
+    gemm_case g = {0};
+    g.ws_n = 32u << 20; /* the backend's workspace (NS_CUDA_CUBLAS_WS) */
+    uint16_t *h = malloc((w_max > x_max ? w_max : x_max) * 2);
+    if (!h) return 1;
+    CU(cudaMalloc(&g.w, w_max * 2));
+    CU(cudaMalloc(&g.x, x_max * 2));
+    CU(cudaMalloc(&g.y, y_max * 4));
+    CU(cudaMalloc(&g.ws, g.ws_n));
+    fill_bf16(h, w_max, 3);
+    CU(cudaMemcpy(g.w, h, w_max * 2, cudaMemcpyHostToDevice));
+    fill_bf16(h, x_max, 4);
+    CU(cudaMemcpy(g.x, h, x_max * 2, cudaMemcpyHostToDevice));
+    free(h);
+    if (cublasCreate(&g.blas) != CUBLAS_STATUS_SUCCESS || cublasSetWorkspace(g.blas, g.ws, g.ws_n) ||
+        cublasLtCreate(&g.lt) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "gpu-bench gemm-shapes: cuBLAS setup failed\n");
+        return 1;
+    }
+    cublasLtMatmulPreference_t pref;
+    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    const uint64_t ws_n = g.ws_n;
+    if (cublasLtMatmulDescCreate(&g.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
+        cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t) ||
+        cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n) ||
+        cublasLtMatmulPreferenceCreate(&pref) ||
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_n, sizeof ws_n)) {
+        fprintf(stderr, "gpu-bench gemm-shapes: cuBLASLt setup failed\n");
+        return 1;
+    }
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    float *ref = malloc(y_max * 4), *got = malloc(y_max * 4);
+    if (!ref || !got) return 1;
+    int bad = 0;
+    double step_dflt = 0, step_best = 0;
+    printf("gemm-shapes %s, M = %d (bf16 in, fp32 accumulate; median of 10 after 2 warm-ups)\n", shape, M);
+    for (int i = 0; i < n_op; i++) {
+        g.M = M, g.N = op[i].n, g.K = op[i].k, g.out = op[i].out;
+        const double flop = 2.0 * M * (double)g.N * g.K;
+        const double t_dflt = gemm_case_ms(&g, NULL, e0, e1);
+        double t_best = t_dflt, t_first = INFINITY;
+        int best = -1, n_found = 0;
+        cublasLtMatmulHeuristicResult_t res[16];
+        if (!cublasLtMatrixLayoutCreate(&g.a, CUDA_R_16BF, (uint64_t)g.K, (uint64_t)g.N, g.K) &&
+            !cublasLtMatrixLayoutCreate(&g.b, CUDA_R_16BF, (uint64_t)g.K, (uint64_t)M, g.K) &&
+            !cublasLtMatrixLayoutCreate(&g.d, g.out, (uint64_t)g.N, (uint64_t)M, g.N) &&
+            cublasLtMatmulAlgoGetHeuristic(g.lt, g.desc, g.a, g.b, g.d, g.d, pref, 16, res, &n_found))
+            n_found = 0;
+        for (int j = 0; j < n_found; j++) {
+            if (res[j].state != CUBLAS_STATUS_SUCCESS) continue;
+            const double t = gemm_case_ms(&g, &res[j].algo, e0, e1);
+            if (j == 0) t_first = t;
+            if (t < t_best) t_best = t, best = j;
+        }
+        /* the best algorithm (else cuBLASLt's first) must compute the default's product, or
+         * its time means nothing: within 1e-2 of the largest |y|, the two summing in
+         * different orders */
+        double diff = 0, top = 0;
+        const int chk = best >= 0 ? best : n_found > 0 ? 0 : -1;
+        if (chk >= 0) {
+            const size_t n_y = (size_t)M * g.N;
+            gemm_case_ms(&g, NULL, e0, e1);
+            fetch_y(ref, g.y, g.out, n_y);
+            gemm_case_ms(&g, &res[chk].algo, e0, e1);
+            fetch_y(got, g.y, g.out, n_y);
+            for (size_t e = 0; e < n_y; e++) {
+                diff = fmax(diff, fabs((double)got[e] - ref[e]));
+                top = fmax(top, fabs((double)ref[e]));
+            }
+            if (!(diff <= 1e-2 * top)) {
+                printf("FAIL %s: cuBLASLt algorithm %d's product differs from the default's by %g (largest |y| %g)\n",
+                       op[i].name, chk, diff, top);
+                bad = 1;
+            }
+        }
+        cublasLtMatrixLayoutDestroy(g.a), cublasLtMatrixLayoutDestroy(g.b), cublasLtMatrixLayoutDestroy(g.d);
+        g.a = g.b = g.d = NULL;
+        char who[32] = "the default";
+        if (best >= 0) snprintf(who, sizeof who, "algorithm %d", best);
+        printf("  %-8s N %6d K %6d x%-3d default %8.4f ms (%4.0f TFLOP/s); cuBLASLt: %d algorithms, first %8.4f ms; "
+               "best %s, x%.3f\n",
+               op[i].name, g.N, g.K, op[i].per_step, t_dflt, t_dflt > 0 ? flop / (t_dflt * 1e-3) / 1e12 : 0.0, n_found,
+               t_first, who, t_best > 0 ? t_dflt / t_best : 1.0);
+        step_dflt += t_dflt * op[i].per_step, step_best += t_best * op[i].per_step;
+    }
+    const double gain = step_best > 0 ? step_dflt / step_best : 1.0;
+    printf("one step's GEMMs: default %.3f ms, best of each %.3f ms (x%.3f)\n", step_dflt, step_best, gain);
+    printf("result: shape=%s m=%d step_ms_default=%.3f step_ms_best=%.3f gain=%.3f\n", shape, M, step_dflt,
+           step_best, gain);
+    free(ref), free(got);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatmulDescDestroy(g.desc);
+    cublasLtDestroy(g.lt);
+    cublasDestroy(g.blas);
+    CU(cudaFree(g.w)); CU(cudaFree(g.x)); CU(cudaFree(g.y)); CU(cudaFree(g.ws));
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "gemm")) return run_gemm();
     if (argc >= 2 && !strcmp(argv[1], "gen")) return run_gen(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "ops")) return run_ops(argc >= 3 && !strcmp(argv[2], "small"));
-    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops [small]\n");
+    if (argc >= 2 && !strcmp(argv[1], "gemm-shapes")) return run_gemm_shapes(argc, argv);
+    fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops [small] | "
+                    "gemm-shapes SHAPE [M]\n");
     return 2;
 }
