@@ -17,10 +17,11 @@
  *          time goes (tests/gpu/RESULTS.md, run 9); the fused QKV's epilogue beside the
  *          two RoPE passes it replaces (1B heads: 32 + 8 of 64); decode attention at the
  *          1B's decode shape, each kernel over bf16 and FP8 pools, in GB/s of K and V read
- *        gpu-bench gemm-shapes SHAPE [M]
- *          each GEMM of one decode step at M rows (default 1000) through cublasGemmEx's
- *          default (as the backend calls it) and through each of up to 16 algorithms that
- *          cuBLASLt's heuristic offers: how much a per-shape choice could save
+ *        gpu-bench gemm-shapes SHAPE [M] [fp8]
+ *          each GEMM of one decode step at M rows (default 1000) as the backend runs it
+ *          (bf16: cublasGemmEx's default; fp8: cuBLASLt's first algorithm) and through each
+ *          of up to 16 algorithms that cuBLASLt's heuristic offers: how much a per-shape
+ *          choice could save
  * Lines starting "result:" are machine-readable (key=value).
  */
 #include <cublasLt.h>
@@ -503,20 +504,25 @@ static int run_ops(bool small) {
     return 0;
 }
 
-/* Median ms of `reps` runs after 2 warm-ups of one GEMM: y (M, N) = x (M, K) . W^T, as the
- * backend's gemm() lays it out; algo NULL: cublasGemmEx's default, else that cuBLASLt
- * algorithm (inf when it fails). */
+/* One GEMM of gemm-shapes: y (M, N) = x (M, K) . W^T, as the backend's gemm() lays it out
+ * (column-major y^T = W x^T), in bf16, or in FP8 (e4m3 codes, outer-vector scales, as
+ * gemm_fp8 with the scaled form the H100 takes). */
 typedef struct {
     cublasHandle_t blas;
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t desc;
+    cublasLtMatmulPreference_t pref;
     cublasLtMatrixLayout_t a, b, d;
     void *w, *x, *y, *ws;
+    float *sa, *sb; /* FP8: W's scale per row (N), x's per row (M) */
     size_t ws_n;
     int M, N, K;
+    bool f8;
     cudaDataType out;
 } gemm_case;
 
+/* Median ms of 10 runs after 2 warm-ups; algo NULL: cublasGemmEx's default (bf16), else
+ * that cuBLASLt algorithm; inf when the call fails. */
 static double gemm_case_ms(const gemm_case *g, const cublasLtMatmulAlgo_t *algo, cudaEvent_t e0, cudaEvent_t e1) {
     const float alpha = 1.0f, beta = 0.0f;
     enum { REPS = 10 };
@@ -550,14 +556,97 @@ static void fetch_y(float *h, const void *y, cudaDataType out, size_t n) {
     for (size_t i = 0; i < n; i++) h[i] = ns_bf16_to_fp32(b[i]);
 }
 
-/* gpu-bench gemm-shapes SHAPE [M]: each GEMM of one decode step at M rows (the defaults'
- * layout: q, k and v joined, gate and up writing bf16, the output head), timed through
- * cublasGemmEx's default as the backend calls it, and through each algorithm cuBLASLt's
- * heuristic offers for the same product (up to 16). Says how much of the step's GEMM time
- * a per-shape choice of algorithm could save, before anyone builds one. */
+/* Random operands on the device: bf16 in [-0.5, 0.5), or e4m3 codes (never NaN) with
+ * scales near 1/64; a cuBLAS workspace the size of the backend's (NS_CUDA_CUBLAS_WS). */
+static int gemm_case_setup(gemm_case *g, bool f8, size_t w_n, size_t x_n, size_t y_n, int n_max, int m) {
+    const size_t eb = f8 ? 1 : 2;
+    g->f8 = f8;
+    g->ws_n = 32u << 20;
+    uint16_t *h = malloc((w_n > x_n ? w_n : x_n) * 2);
+    if (!h) return 1;
+    CU(cudaMalloc(&g->w, w_n * eb));
+    CU(cudaMalloc(&g->x, x_n * eb));
+    CU(cudaMalloc(&g->y, y_n * 4));
+    CU(cudaMalloc(&g->ws, g->ws_n));
+    for (int pass = 0; pass < 2; pass++) {
+        const size_t n = pass ? x_n : w_n;
+        fill_bf16(h, n, 3 + pass);
+        if (f8) /* the bf16 bits' low byte as a code, with the lowest exponent bit cleared: no NaN */
+            for (size_t i = 0; i < n; i++) ((uint8_t *)h)[i] = (uint8_t)(h[i] & 0xf7u);
+        CU(cudaMemcpy(pass ? g->x : g->w, h, n * eb, cudaMemcpyHostToDevice));
+    }
+    free(h);
+    if (f8) {
+        float *sc = malloc((size_t)(n_max > m ? n_max : m) * sizeof *sc);
+        if (!sc) return 1;
+        for (int i = 0; i < (n_max > m ? n_max : m); i++) sc[i] = (1.0f + (float)(i % 7) / 8.0f) / 64.0f;
+        CU(cudaMalloc((void **)&g->sa, (size_t)n_max * 4));
+        CU(cudaMalloc((void **)&g->sb, (size_t)m * 4));
+        CU(cudaMemcpy(g->sa, sc, (size_t)n_max * 4, cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(g->sb, sc, (size_t)m * 4, cudaMemcpyHostToDevice));
+        free(sc);
+    }
+    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+    const cublasLtMatmulMatrixScale_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    const uint64_t ws_n = g->ws_n;
+    if (cublasCreate(&g->blas) || cublasSetWorkspace(g->blas, g->ws, g->ws_n) || cublasLtCreate(&g->lt) ||
+        cublasLtMatmulDescCreate(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
+        cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t) ||
+        cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n) ||
+        (f8 && (cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer, sizeof outer) ||
+                cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer, sizeof outer) ||
+                cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g->sa, sizeof g->sa) ||
+                cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g->sb,
+                                               sizeof g->sb))) ||
+        cublasLtMatmulPreferenceCreate(&g->pref) ||
+        cublasLtMatmulPreferenceSetAttribute(g->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_n, sizeof ws_n)) {
+        fprintf(stderr, "gpu-bench gemm-shapes: cuBLAS / cuBLASLt setup failed\n");
+        return 1;
+    }
+    return 0;
+}
+
+static void gemm_case_free(gemm_case *g) {
+    cublasLtMatmulPreferenceDestroy(g->pref);
+    cublasLtMatmulDescDestroy(g->desc);
+    cublasLtDestroy(g->lt);
+    cublasDestroy(g->blas);
+    CU(cudaFree(g->w)); CU(cudaFree(g->x)); CU(cudaFree(g->y)); CU(cudaFree(g->ws));
+    if (g->f8) {
+        CU(cudaFree(g->sa));
+        CU(cudaFree(g->sb));
+    }
+}
+
+/* Whether algo computes the same product as ref (NULL: cublasGemmEx's default): within
+ * 1e-2 of the largest |y|, the two summing in different orders. host: 2 x M x N floats. */
+static bool gemm_case_same(const gemm_case *g, const cublasLtMatmulAlgo_t *ref, const cublasLtMatmulAlgo_t *algo,
+                           float *host, cudaEvent_t e0, cudaEvent_t e1, double *diff, double *top) {
+    const size_t n = (size_t)g->M * g->N;
+    float *r = host, *got = host + n;
+    gemm_case_ms(g, ref, e0, e1);
+    fetch_y(r, g->y, g->out, n);
+    gemm_case_ms(g, algo, e0, e1);
+    fetch_y(got, g->y, g->out, n);
+    *diff = *top = 0;
+    for (size_t e = 0; e < n; e++) {
+        *diff = fmax(*diff, fabs((double)got[e] - r[e]));
+        *top = fmax(*top, fabs((double)r[e]));
+    }
+    return *diff <= 1e-2 * *top;
+}
+
+/* gpu-bench gemm-shapes SHAPE [M] [fp8]: each GEMM of one decode step at M rows (the
+ * defaults' layout: q, k and v joined, gate and up writing bf16, the output head), timed
+ * as the backend runs it (bf16: cublasGemmEx's default; fp8: cuBLASLt's first algorithm,
+ * gemm_fp8's choice) and through each other algorithm cuBLASLt's heuristic offers for the
+ * same product (up to 16). Says how much of the step's GEMM time a per-shape choice of
+ * algorithm could save, before anyone builds one. The best one's product is checked
+ * against the default's. */
 static int run_gemm_shapes(int argc, char **argv) {
     const char *shape = argc >= 3 ? argv[2] : "1b";
     const int M = argc >= 4 ? atoi(argv[3]) : 1000;
+    const bool f8 = argc >= 5 && !strcmp(argv[4], "fp8");
     if (M < 1) {
         fprintf(stderr, "gpu-bench gemm-shapes: M must be at least 1\n");
         return 2;
@@ -571,107 +660,74 @@ static int run_gemm_shapes(int argc, char **argv) {
         {"head", hp.n_vocab, E, 1, CUDA_R_32F}};
     const int n_op = (int)(sizeof op / sizeof op[0]);
     size_t w_max = 0, x_max = 0, y_max = 0;
+    int n_max = 0;
     for (int i = 0; i < n_op; i++) {
         w_max = (size_t)op[i].n * op[i].k > w_max ? (size_t)op[i].n * op[i].k : w_max;
         x_max = (size_t)M * op[i].k > x_max ? (size_t)M * op[i].k : x_max;
         y_max = (size_t)M * op[i].n > y_max ? (size_t)M * op[i].n : y_max;
+        n_max = op[i].n > n_max ? op[i].n : n_max;
     }
     gemm_case g = {0};
-    g.ws_n = 32u << 20; /* the backend's workspace (NS_CUDA_CUBLAS_WS) */
-    uint16_t *h = malloc((w_max > x_max ? w_max : x_max) * 2);
-    if (!h) return 1;
-    CU(cudaMalloc(&g.w, w_max * 2));
-    CU(cudaMalloc(&g.x, x_max * 2));
-    CU(cudaMalloc(&g.y, y_max * 4));
-    CU(cudaMalloc(&g.ws, g.ws_n));
-    fill_bf16(h, w_max, 3);
-    CU(cudaMemcpy(g.w, h, w_max * 2, cudaMemcpyHostToDevice));
-    fill_bf16(h, x_max, 4);
-    CU(cudaMemcpy(g.x, h, x_max * 2, cudaMemcpyHostToDevice));
-    free(h);
-    if (cublasCreate(&g.blas) != CUBLAS_STATUS_SUCCESS || cublasSetWorkspace(g.blas, g.ws, g.ws_n) ||
-        cublasLtCreate(&g.lt) != CUBLAS_STATUS_SUCCESS) {
-        fprintf(stderr, "gpu-bench gemm-shapes: cuBLAS setup failed\n");
-        return 1;
-    }
-    cublasLtMatmulPreference_t pref;
-    const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
-    const uint64_t ws_n = g.ws_n;
-    if (cublasLtMatmulDescCreate(&g.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) ||
-        cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t) ||
-        cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n) ||
-        cublasLtMatmulPreferenceCreate(&pref) ||
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_n, sizeof ws_n)) {
-        fprintf(stderr, "gpu-bench gemm-shapes: cuBLASLt setup failed\n");
-        return 1;
-    }
+    if (gemm_case_setup(&g, f8, w_max, x_max, y_max, n_max, M)) return 1;
     cudaEvent_t e0, e1;
     CU(cudaEventCreate(&e0));
     CU(cudaEventCreate(&e1));
-    float *ref = malloc(y_max * 4), *got = malloc(y_max * 4);
-    if (!ref || !got) return 1;
+    float *host = malloc(y_max * 8);
+    if (!host) return 1;
     int bad = 0;
     double step_dflt = 0, step_best = 0;
-    printf("gemm-shapes %s, M = %d (bf16 in, fp32 accumulate; median of 10 after 2 warm-ups)\n", shape, M);
+    printf("gemm-shapes %s, M = %d (%s in, fp32 accumulate; median of 10 after 2 warm-ups; the default: %s)\n", shape,
+           M, f8 ? "e4m3 with outer-vector scales" : "bf16", f8 ? "cuBLASLt's first algorithm" : "cublasGemmEx");
     for (int i = 0; i < n_op; i++) {
         g.M = M, g.N = op[i].n, g.K = op[i].k, g.out = op[i].out;
-        const double flop = 2.0 * M * (double)g.N * g.K;
-        const double t_dflt = gemm_case_ms(&g, NULL, e0, e1);
-        double t_best = t_dflt, t_first = INFINITY;
-        int best = -1, n_found = 0;
+        const cudaDataType in = f8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
         cublasLtMatmulHeuristicResult_t res[16];
-        if (!cublasLtMatrixLayoutCreate(&g.a, CUDA_R_16BF, (uint64_t)g.K, (uint64_t)g.N, g.K) &&
-            !cublasLtMatrixLayoutCreate(&g.b, CUDA_R_16BF, (uint64_t)g.K, (uint64_t)M, g.K) &&
-            !cublasLtMatrixLayoutCreate(&g.d, g.out, (uint64_t)g.N, (uint64_t)M, g.N) &&
-            cublasLtMatmulAlgoGetHeuristic(g.lt, g.desc, g.a, g.b, g.d, g.d, pref, 16, res, &n_found))
+        int n_found = 0;
+        if (cublasLtMatrixLayoutCreate(&g.a, in, (uint64_t)g.K, (uint64_t)g.N, g.K) ||
+            cublasLtMatrixLayoutCreate(&g.b, in, (uint64_t)g.K, (uint64_t)M, g.K) ||
+            cublasLtMatrixLayoutCreate(&g.d, g.out, (uint64_t)g.N, (uint64_t)M, g.N) ||
+            cublasLtMatmulAlgoGetHeuristic(g.lt, g.desc, g.a, g.b, g.d, g.d, g.pref, 16, res, &n_found))
             n_found = 0;
-        for (int j = 0; j < n_found; j++) {
+        const cublasLtMatmulAlgo_t *dflt = f8 ? (n_found > 0 ? &res[0].algo : NULL) : NULL;
+        const double t_dflt = f8 && !dflt ? INFINITY : gemm_case_ms(&g, dflt, e0, e1);
+        double t_best = t_dflt;
+        int best = -1;
+        for (int j = f8 ? 1 : 0; j < n_found; j++) {
             if (res[j].state != CUBLAS_STATUS_SUCCESS) continue;
             const double t = gemm_case_ms(&g, &res[j].algo, e0, e1);
-            if (j == 0) t_first = t;
             if (t < t_best) t_best = t, best = j;
         }
-        /* the best algorithm (else cuBLASLt's first) must compute the default's product, or
-         * its time means nothing: within 1e-2 of the largest |y|, the two summing in
-         * different orders */
-        double diff = 0, top = 0;
-        const int chk = best >= 0 ? best : n_found > 0 ? 0 : -1;
-        if (chk >= 0) {
-            const size_t n_y = (size_t)M * g.N;
-            gemm_case_ms(&g, NULL, e0, e1);
-            fetch_y(ref, g.y, g.out, n_y);
-            gemm_case_ms(&g, &res[chk].algo, e0, e1);
-            fetch_y(got, g.y, g.out, n_y);
-            for (size_t e = 0; e < n_y; e++) {
-                diff = fmax(diff, fabs((double)got[e] - ref[e]));
-                top = fmax(top, fabs((double)ref[e]));
-            }
-            if (!(diff <= 1e-2 * top)) {
-                printf("FAIL %s: cuBLASLt algorithm %d's product differs from the default's by %g (largest |y| %g)\n",
-                       op[i].name, chk, diff, top);
-                bad = 1;
-            }
+        /* the best algorithm (else cuBLASLt's first, for bf16) must compute the default's
+         * product, or its time means nothing */
+        const int chk = best >= 0 ? best : !f8 && n_found > 0 ? 0 : -1;
+        double diff, top;
+        if (chk >= 0 && !gemm_case_same(&g, dflt, &res[chk].algo, host, e0, e1, &diff, &top)) {
+            printf("FAIL %s: cuBLASLt algorithm %d's product differs from the default's by %g (largest |y| %g)\n",
+                   op[i].name, chk, diff, top);
+            bad = 1;
         }
         cublasLtMatrixLayoutDestroy(g.a), cublasLtMatrixLayoutDestroy(g.b), cublasLtMatrixLayoutDestroy(g.d);
         g.a = g.b = g.d = NULL;
+        if (f8 && !dflt) {
+            printf("FAIL %s: cuBLASLt has no algorithm for it\n", op[i].name);
+            bad = 1;
+            continue;
+        }
         char who[32] = "the default";
         if (best >= 0) snprintf(who, sizeof who, "algorithm %d", best);
-        printf("  %-8s N %6d K %6d x%-3d default %8.4f ms (%4.0f TFLOP/s); cuBLASLt: %d algorithms, first %8.4f ms; "
-               "best %s, x%.3f\n",
+        const double flop = 2.0 * M * (double)g.N * g.K;
+        printf("  %-8s N %6d K %6d x%-3d default %8.4f ms (%4.0f TFLOP/s); cuBLASLt: %d algorithms; best %s, "
+               "x%.3f\n",
                op[i].name, g.N, g.K, op[i].per_step, t_dflt, t_dflt > 0 ? flop / (t_dflt * 1e-3) / 1e12 : 0.0, n_found,
-               t_first, who, t_best > 0 ? t_dflt / t_best : 1.0);
+               who, t_best > 0 ? t_dflt / t_best : 1.0);
         step_dflt += t_dflt * op[i].per_step, step_best += t_best * op[i].per_step;
     }
     const double gain = step_best > 0 ? step_dflt / step_best : 1.0;
     printf("one step's GEMMs: default %.3f ms, best of each %.3f ms (x%.3f)\n", step_dflt, step_best, gain);
-    printf("result: shape=%s m=%d step_ms_default=%.3f step_ms_best=%.3f gain=%.3f\n", shape, M, step_dflt,
-           step_best, gain);
-    free(ref), free(got);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatmulDescDestroy(g.desc);
-    cublasLtDestroy(g.lt);
-    cublasDestroy(g.blas);
-    CU(cudaFree(g.w)); CU(cudaFree(g.x)); CU(cudaFree(g.y)); CU(cudaFree(g.ws));
+    printf("result: shape=%s m=%d%s step_ms_default=%.3f step_ms_best=%.3f gain=%.3f\n", shape, M, f8 ? " fp8=1" : "",
+           step_dflt, step_best, gain);
+    free(host);
+    gemm_case_free(&g);
     return bad;
 }
 
@@ -681,6 +737,6 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "ops")) return run_ops(argc >= 3 && !strcmp(argv[2], "small"));
     if (argc >= 2 && !strcmp(argv[1], "gemm-shapes")) return run_gemm_shapes(argc, argv);
     fprintf(stderr, "usage: gpu-bench gemm | gen SHAPE N_PROMPTS N_IN N_OUT MAX_SEQS [PEAK_TFLOPS] | ops [small] | "
-                    "gemm-shapes SHAPE [M]\n");
+                    "gemm-shapes SHAPE [M] [fp8]\n");
     return 2;
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # tests/gpu/bench_smoke.sh BUILD: gpu-bench's ops and gemm-shapes modes (tests/gpu/bench_gpu.c)
 # on the CPU stand-in for the device (BUILD/cudamock/gpu-bench, `ops small`, `gemm-shapes
-# 135m 4`), so that their host code (buffers, launcher arguments, cuBLASLt layouts, the
-# stand-in's checks of them) has run before a GPU session spends time on it. The
-# stand-in's timings are zero: only that it ran, that every op gave its line, and that
-# cuBLASLt's product equals cublasGemmEx's count here. Ends with "N passed, N failed, N
-# skipped".
+# 135m 4` and its fp8 form), so that their host code (buffers, launcher arguments,
+# cuBLASLt layouts, the stand-in's checks of them) has run before a GPU session spends
+# time on it. The stand-in's timings are zero: only that it ran, that every op gave its
+# line, and that cuBLASLt's product equals cublasGemmEx's count here. Ends with "N passed,
+# N failed, N skipped".
 set -u
 build=${1:-build}
 bin=$build/cudamock/gpu-bench
@@ -30,5 +30,10 @@ check "gpu-bench gemm-shapes 135m 4: exit 0" [ $rc -eq 0 ]
 check "gpu-bench gemm-shapes: 5 GEMMs, each with a cuBLASLt algorithm" [ "$(grep -c 'cuBLASLt: 1 algorithms' <<<"$out")" -eq 5 ]
 check "gpu-bench gemm-shapes: no product differs" bash -c '! grep -q "^FAIL" <<<"$1"' _ "$out"
 check "gpu-bench gemm-shapes: result line" grep -q "^result: shape=135m m=4 step_ms_default=" <<<"$out"
+# the same in FP8: the stand-in takes its layouts and scales only as the H100's cuBLASLt does
+out=$("$bin" gemm-shapes 135m 16 fp8 2>&1); rc=$?
+check "gpu-bench gemm-shapes 135m 16 fp8: exit 0" [ $rc -eq 0 ]
+check "gpu-bench gemm-shapes fp8: 5 GEMMs, each with a cuBLASLt algorithm" [ "$(grep -c 'cuBLASLt: 1 algorithms' <<<"$out")" -eq 5 ]
+check "gpu-bench gemm-shapes fp8: result line" grep -q "^result: shape=135m m=16 fp8=1 " <<<"$out"
 echo "$pass passed, $fail failed, 0 skipped"
 [ $fail -eq 0 ]

@@ -22,8 +22,8 @@
 #   6. gpu-bench gemm:        the card's cuBLAS bf16 GEMM rate (the MFU denominator);
 #      gpu-bench ops:         the row kernels' GB/s, each FP8-writing one beside its twin,
 #                             the fused QKV's epilogue, decode attention's GB/s of K and V;
-#      gpu-bench gemm-shapes: the decode step's GEMMs (1B, 8B) through cuBLAS's default
-#                             and through each algorithm cuBLASLt offers
+#      gpu-bench gemm-shapes: the decode step's GEMMs (1B, 8B; bf16 and FP8) as the
+#                             backend runs them and through each algorithm cuBLASLt offers
 #   7. gpu-bench gen 1b, 8b:  1,000 prompts x (128 in + 128 out), greedy, ignore_eos, on
 #                             Llama-3.2-1B and Llama-3.1-8B shapes, bf16 random weights
 #   8. hf_baseline.py 1b:     HF transformers generate on the same 1B workload, in batches
@@ -195,8 +195,10 @@ bench gemm 40 "$bin/gpu-bench" gemm
 # algorithms: what a per-shape choice would save (the decode GEMMs ran at half the large
 # GEMMs' rate in run 11)
 if [ "$mode" != bench ]; then
-  bench gemm-shapes-1b 60 "$bin/gpu-bench" gemm-shapes 1b 1000
-  bench gemm-shapes-8b 60 "$bin/gpu-bench" gemm-shapes 8b 1000
+  [ "$mode" != fp8 ] && bench gemm-shapes-1b 60 "$bin/gpu-bench" gemm-shapes 1b 1000
+  [ "$mode" != fp8 ] && bench gemm-shapes-8b 60 "$bin/gpu-bench" gemm-shapes 8b 1000
+  bench gemm-shapes-1b-fp8 60 "$bin/gpu-bench" gemm-shapes 1b 1000 fp8
+  bench gemm-shapes-8b-fp8 60 "$bin/gpu-bench" gemm-shapes 8b 1000 fp8
 fi
 peak=$(grep -o 'gemm_tflops=[0-9.]*' "$logs/bench-gemm.txt" | cut -d= -f2)
 gen gen-1b 90 1b "$n_prompts" 1024

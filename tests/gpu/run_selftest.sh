@@ -78,7 +78,7 @@ go "$T/a" "$T/oa" full; rc=$?
 check "all pass: exit 0" [ $rc -eq 0 ]
 check "all pass: totals line" says "$T/oa" "^[0-9]* passed, 0 failed, 1 skipped$"
 n_rows=$(sed -n '/^== summary/,/^== side by side/p' "$T/oa/out.txt" | grep -c ' (.* s)$')
-check "all pass: 17 checks + 34 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 51 ]
+check "all pass: 17 checks + 36 benchmarks in the summary ($n_rows)" [ "$n_rows" -eq 53 ]
 check "all pass: step 5 ran on the stand-in" says "$T/oa" "^5. nightshift run on cuda .* 0 failed"
 check "all pass: graphs ratio x1.010" grep -q "^gen-1b-graphs .*x1.010 of gen-1b$" "$T/oa/summary.txt"
 check "all pass: fp8-all over all x1.320" grep -q "^gen-1b-fp8-all .*x1.320 of gen-1b-all$" "$T/oa/summary.txt"
