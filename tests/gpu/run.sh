@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the prepared GPU check, for a machine with one NVIDIA GPU (sm_80 or
-# sm_90). Its steps take about 620 s on an H100 (run 10, 2026-11-26, ran the first 400 s),
+# sm_90). Its steps take about 640 s on an H100 (run 10, 2026-11-26, ran the first 400 s),
 # so one call does not hold them all: every step has its own timeout, and no step starts
 # or runs past NS_GPU_BUDGET_S (580 s; the device tool stops a command at 600): what the
 # budget cuts says SKIPPED, the summary is printed all the same, and NS_GPU_ONLY runs what
